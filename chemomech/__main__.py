@@ -1,0 +1,5 @@
+"""`python -m chemomech ...` is the `chemomech` command."""
+
+from chemomech.cli import main
+
+raise SystemExit(main())

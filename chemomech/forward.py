@@ -1,0 +1,149 @@
+r"""Forward model: linear elasticity with an eigenstrain on one particle.
+
+Find :math:`u \in V` with :math:`\int C:(\varepsilon(u) - \varepsilon^*) : \varepsilon(v)\,dx = 0`
+for all v.  Traction-free by default: the stiffness matrix is singular with the three
+rigid modes as its null space, which is attached to the PETSc matrix (and as the
+near-null space for GAMG); the returned displacement is orthogonal to the rigid modes.
+
+The stiffness matrix does not depend on the eigenstrain, so it is assembled and
+factorised once and every further solve costs one back-substitution (the inverse
+problem solves for 2(N+1) basis loads with the same factorisation).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import ufl
+from dolfinx import fem, la
+from dolfinx.fem import petsc as fem_petsc
+from petsc4py import PETSc
+
+from chemomech.exceptions import SolverError
+from chemomech.forms import eigenstrain_load_form, elastic_energy_form
+
+logger = logging.getLogger(__name__)
+
+SolverKind = Literal["auto", "lu", "gamg"]
+
+#: "auto" uses MUMPS LU up to this many global DOFs, CG + GAMG above.
+LU_MAX_DOFS = 300_000
+
+
+def rigid_body_modes(V: fem.FunctionSpace) -> PETSc.NullSpace:
+    """Orthonormal PETSc null space of the 2-D rigid motions: x- and y-translation, rotation."""
+    index_map, bs = V.dofmap.index_map, V.dofmap.index_map_bs
+    n_local = index_map.size_local
+    x = V.tabulate_dof_coordinates()[:n_local]
+    basis = [la.vector(index_map, bs=bs, dtype=PETSc.ScalarType) for _ in range(3)]
+    arrays = [b.array for b in basis]
+    arrays[0][0 : bs * n_local : bs] = 1.0
+    arrays[1][1 : bs * n_local : bs] = 1.0
+    arrays[2][0 : bs * n_local : bs] = -x[:, 1]
+    arrays[2][1 : bs * n_local : bs] = x[:, 0]
+    la.orthonormalize(basis)
+    vectors = [b.petsc_vec.copy() for b in basis]  # copies own their memory
+    return PETSc.NullSpace().create(vectors=vectors, comm=V.mesh.comm)
+
+
+def choose_solver(num_dofs: int, kind: SolverKind = "auto") -> Literal["lu", "gamg"]:
+    """MUMPS LU for small problems (<= LU_MAX_DOFS global DOFs), CG + GAMG for large ones."""
+    if kind == "auto":
+        return "lu" if num_dofs <= LU_MAX_DOFS else "gamg"
+    if kind not in ("lu", "gamg"):
+        raise ValueError(f"solver must be 'auto', 'lu' or 'gamg', got {kind!r}")
+    return kind
+
+
+class ElasticityProblem:
+    """Traction-free (or Dirichlet) anisotropic elasticity on `mesh` with stiffness `C`.
+
+    `C` is a UFL 4th-order tensor in the image frame (constant or a field of X);
+    `bcs` optional Dirichlet conditions (then no null space is used).
+    """
+
+    _count = 0
+
+    def __init__(self, mesh, C, degree: int = 1, solver: SolverKind = "auto",
+                 bcs: list[fem.DirichletBC] | None = None, rtol: float = 1e-12,
+                 petsc_options: dict | None = None):
+        self.mesh = mesh
+        self.C = C
+        self.V = fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
+        self.bcs = list(bcs or [])
+        self._v = ufl.TestFunction(self.V)
+        self.a = fem.form(elastic_energy_form(ufl.TrialFunction(self.V), self._v, C))
+        self.A = fem_petsc.assemble_matrix(self.a, bcs=self.bcs)
+        self.A.assemble()
+        self.nullspace = None if self.bcs else rigid_body_modes(self.V)
+        if self.nullspace is not None:
+            self.A.setNullSpace(self.nullspace)
+            self.A.setNearNullSpace(self.nullspace)
+        n_dofs = self.V.dofmap.index_map.size_global * self.V.dofmap.index_map_bs
+        self.num_dofs = n_dofs
+        self.solver = choose_solver(n_dofs, solver)
+        self.ksp = self._make_ksp(rtol, petsc_options or {})
+
+    def _make_ksp(self, rtol: float, extra: dict) -> PETSc.KSP:
+        ElasticityProblem._count += 1
+        prefix = f"chemomech_elasticity_{ElasticityProblem._count}_"
+        if self.solver == "lu":
+            opts = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+            if self.nullspace is not None:  # singular: let MUMPS detect the null pivots
+                opts |= {"mat_mumps_icntl_24": 1, "mat_mumps_icntl_25": 0}
+        else:
+            opts = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": rtol, "ksp_atol": 0.0,
+                    "ksp_max_it": 2000, "pc_gamg_coarse_eq_limit": 1000,
+                    "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi"}
+        opts |= extra
+        db = PETSc.Options()
+        for key, value in opts.items():
+            db[prefix + key] = value
+        ksp = PETSc.KSP().create(self.mesh.comm)
+        ksp.setOperators(self.A)
+        ksp.setOptionsPrefix(prefix)
+        ksp.setFromOptions()
+        for key in opts:
+            del db[prefix + key]
+        ksp.setUp()
+        return ksp
+
+    def load_vector(self, eps_star) -> PETSc.Vec:
+        """Assemble b = L(v) for the eigenstrain `eps_star` (a UFL 2x2 tensor)."""
+        L = fem.form(eigenstrain_load_form(eps_star, self._v, self.C))
+        b = fem_petsc.assemble_vector(L)
+        fem_petsc.apply_lifting(b, [self.a], bcs=[self.bcs])
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        fem_petsc.set_bc(b, self.bcs)
+        return b
+
+    def solve_vector(self, b: PETSc.Vec, u: fem.Function | None = None) -> fem.Function:
+        """Solve A u = b for an assembled load vector (rigid modes removed)."""
+        u = u or fem.Function(self.V, name="u")
+        if self.nullspace is not None:
+            self.nullspace.remove(b)
+        self.ksp.solve(b, u.x.petsc_vec)
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverError(f"elasticity solve failed: KSP reason {reason} "
+                              f"({self.solver}, {self.num_dofs} DOFs)")
+        if self.nullspace is not None:
+            self.nullspace.remove(u.x.petsc_vec)
+        u.x.scatter_forward()
+        return u
+
+    def solve(self, eps_star, u: fem.Function | None = None) -> fem.Function:
+        """Displacement u for the eigenstrain `eps_star` (UFL 2x2 tensor, image frame)."""
+        b = self.load_vector(eps_star)
+        try:
+            return self.solve_vector(b, u)
+        finally:
+            b.destroy()
+
+
+def l2_norm(f: fem.Function) -> float:
+    r""":math:`\|f\|_{L^2} = (\int f\cdot f\,dx)^{1/2}`, reduced over all ranks."""
+    local = fem.assemble_scalar(fem.form(ufl.inner(f, f) * ufl.dx))
+    return float(np.sqrt(f.function_space.mesh.comm.allreduce(local)))
