@@ -1,0 +1,122 @@
+"""The run configuration (YAML), validated with pydantic: unknown keys are errors.
+
+Minimum keys (DESIGN §3)::
+
+    data: path/to/stack.h5        # or .mat / py4DSTEM file; list allowed
+    particles: all                # or a list of names
+    model: M1                     # M0 | M1 | M2
+    legendre_degree: 2            # highest degree of P_n(2X-1); "auto" = choose by validation
+    output: results/
+
+Every other key has a documented default (see `RunConfig` and `chemomech config --defaults`).
+Relative paths are resolved against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chemomech.exceptions import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeshConfig(_Strict):
+    """Meshing of the particle masks (units: pixels)."""
+
+    size_px: float = Field(1.0, gt=0, description="target element size")
+    simplify_tol_px: float = Field(0.25, ge=0, le=1, description="contour simplification")
+    min_island_px: int = Field(50, ge=1, description="drop particles smaller than this")
+    fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
+
+
+class OptimiserConfig(_Strict):
+    """The optimiser of the adjoint path (PETSc TAO) or the linear fast path."""
+
+    method: Literal["tao", "linear"] = Field("tao", description="adjoint+TAO or normal equations")
+    tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = "blmvm"
+    gatol: float = Field(1e-12, gt=0, description="absolute gradient tolerance")
+    grtol: float = Field(1e-10, ge=0, description="relative gradient tolerance")
+    max_it: int = Field(500, ge=1)
+    cross_check: bool = Field(True, description="compare TAO with the linear fast path")
+
+
+class FrameConfig(_Strict):
+    """Frame check of the measured gradient (DESIGN §2)."""
+
+    check: bool = True
+    adopt: bool = Field(False, description="use the most compatible frame instead of the file's")
+
+
+class RunConfig(_Strict):
+    """A chemomech run: data, model and options; every default documented here."""
+
+    data: list[Path]
+    particles: Literal["all"] | list[str] = "all"
+    model: Literal["M0", "M1", "M2"] = "M1"
+    legendre_degree: int | Literal["auto"] = 2
+    max_auto_degree: int = Field(4, ge=0, le=8, description="largest degree tried by 'auto'")
+    m0_degree: int = Field(3, ge=0, le=8, description="degree of the direct regression M0")
+    output: Path = Path("results")
+    misfit: Literal["displacement", "strain"] = "displacement"
+    edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
+    boundary_condition: Literal["traction_free", "dirichlet"] = "traction_free"
+    stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = "average"
+    reduction: Literal["plane_stress", "plane_strain"] = "plane_stress"
+    solver: Literal["auto", "lu", "gamg"] = "auto"
+    pixel_size_nm: float | None = Field(None, gt=0, description="override the file's pixel size")
+    band_level: float = Field(0.95, gt=0, lt=1, description="pointwise confidence level")
+    mesh: MeshConfig = MeshConfig()
+    optimiser: OptimiserConfig = OptimiserConfig()
+    frame: FrameConfig = FrameConfig()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _as_list(cls, value):
+        return value if isinstance(value, list) else [value]
+
+    @field_validator("legendre_degree")
+    @classmethod
+    def _degree_range(cls, value):
+        if value != "auto" and not 0 <= value <= 8:
+            raise ValueError("legendre_degree must be 0..8 or 'auto'")
+        return value
+
+    def resolved(self, base: Path) -> RunConfig:
+        """Copy with relative `data` and `output` paths made relative to `base`."""
+        data = [p if p.is_absolute() else base / p for p in self.data]
+        output = self.output if self.output.is_absolute() else base / self.output
+        return self.model_copy(update={"data": data, "output": output})
+
+
+def load_config(path: str | Path, **overrides) -> RunConfig:
+    """Read and validate a YAML config; errors name the file and the offending keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, "
+                          f"got {type(raw).__name__}")
+    raw |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}"
+                             for e in err.errors())
+        raise ConfigError(f"config file {path}: {problems}") from None
+    return config.resolved(path.resolve().parent)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The config as YAML (all keys, defaults filled in), for the results folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
