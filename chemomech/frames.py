@@ -1,0 +1,254 @@
+"""Crystal and image frames of the measured strain, and the frame (compatibility) check.
+
+Displacement gradient in the crystal frame, rows (u_a, u_c), columns (d/da, d/dc)::
+
+    H_cr = [[e_aa, e_ac + s theta], [e_ac - s theta, e_cc]]        s = theta_sign
+
+and in the image frame H_img = Q H_cr Q^T with Q = R(rotation_rad) (DESIGN §2), or
+Q = R(rotation_rad) diag(1, -1) for a mirrored (left-handed) crystal frame: c -> -c, which
+flips the sign of e_ac and of theta.  Strain tensors rotate the same way.
+
+A measured gradient must be compatible: curl_i = d H_iy/dx - d H_ix/dy = 0 for both rows.  A
+wrong rotation, theta sign or handedness breaks that, so `frame_check` scans them for the
+smallest RMS curl.  H_img is unchanged by rotation_rad -> rotation_rad + pi (Q -> -Q): angles
+are only determined modulo pi.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from chemomech.materials import rotation_matrix
+from chemomech.stack import ParticleData
+
+logger = logging.getLogger(__name__)
+
+MIRROR = np.diag([1.0, -1.0])
+
+
+def frame_matrix(rotation_rad: float, mirror: bool = False) -> np.ndarray:
+    """Q = R(phi) (or R(phi) diag(1, -1) if mirrored): columns are crystal a, c in the image."""
+    R = rotation_matrix(rotation_rad)
+    return R @ MIRROR if mirror else R
+
+
+def gradient_crystal(e_aa: np.ndarray, e_cc: np.ndarray, e_ac: np.ndarray, theta: np.ndarray,
+                     theta_sign: int = 1) -> np.ndarray:
+    """H_cr[..., i, j] = [[e_aa, e_ac + s theta], [e_ac - s theta, e_cc]] (dimensionless)."""
+    H = np.empty(np.shape(e_aa) + (2, 2))
+    H[..., 0, 0] = e_aa
+    H[..., 0, 1] = e_ac + theta_sign * theta
+    H[..., 1, 0] = e_ac - theta_sign * theta
+    H[..., 1, 1] = e_cc
+    return H
+
+
+def rotate_tensor_field(T: np.ndarray, rotation_rad: float, mirror: bool = False) -> np.ndarray:
+    """T_img = Q T_cr Q^T per pixel, Q = frame_matrix(rotation_rad, mirror)."""
+    Q = frame_matrix(rotation_rad, mirror)
+    return np.einsum("ip,...pq,jq->...ij", Q, T, Q)
+
+
+def gradient_image(particle: ParticleData, rotation_rad: float | None = None,
+                   theta_sign: int | None = None, mirror: bool = False) -> np.ndarray:
+    """H_img (nx, ny, 2, 2) = Q H_cr Q^T from the particle's maps (its own frame by default)."""
+    phi = particle.rotation_rad if rotation_rad is None else rotation_rad
+    s = particle.theta_sign if theta_sign is None else theta_sign
+    H = gradient_crystal(particle.e_xx, particle.e_yy, particle.e_xy, particle.theta, s)
+    if particle.strain_frame == "image" and rotation_rad is None:
+        phi = 0.0
+    return rotate_tensor_field(H, phi, mirror)
+
+
+def strain_image(particle: ParticleData, mirror: bool = False) -> dict[str, np.ndarray]:
+    """Symmetric strain in the image frame: e_xx, e_yy, e_xy = sym(H_img) (dimensionless)."""
+    H = gradient_image(particle, mirror=mirror)
+    return {"e_xx": H[..., 0, 0], "e_yy": H[..., 1, 1],
+            "e_xy": 0.5 * (H[..., 0, 1] + H[..., 1, 0])}
+
+
+def strain_crystal_from_image(e_xx: np.ndarray, e_yy: np.ndarray, e_xy: np.ndarray,
+                              rotation_rad: float, mirror: bool = False,
+                              ) -> dict[str, np.ndarray]:
+    """e_cr = Q^T e_img Q: the symmetric image-frame strain back in the crystal frame (a, c)."""
+    E = gradient_crystal(e_xx, e_yy, e_xy, np.zeros_like(e_xx))
+    Q = frame_matrix(rotation_rad, mirror)
+    C = np.einsum("pi,...pq,qj->...ij", Q, E, Q)
+    return {"e_aa": C[..., 0, 0], "e_cc": C[..., 1, 1], "e_ac": C[..., 0, 1]}
+
+
+def smooth_masked(field: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Normalised Gaussian smoothing sum(G f m) / sum(G m) over valid pixels (NaN elsewhere)."""
+    valid = mask & np.isfinite(field)
+    if sigma_px <= 0:
+        return np.where(valid, field, np.nan)
+    f = np.where(valid, field, 0.0)
+    num = ndimage.gaussian_filter(f, sigma_px, mode="constant")
+    den = ndimage.gaussian_filter(valid.astype(float), sigma_px, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[~valid] = np.nan
+    return out
+
+
+def interior_pixels(mask: np.ndarray, erosion_px: int) -> np.ndarray:
+    """Mask pixels at least `erosion_px` (4-connected steps) inside the boundary."""
+    if erosion_px <= 0:
+        return mask.copy()
+    return ndimage.binary_erosion(mask, iterations=erosion_px, border_value=0)
+
+
+def curl_field(H_img: np.ndarray, pixel_size_nm: float = 1.0) -> np.ndarray:
+    """curl_i = dH_iy/dx - dH_ix/dy (1/nm) per pixel and row i, shape (nx, ny, 2)."""
+    d_dx = np.gradient(H_img, pixel_size_nm, axis=0)
+    d_dy = np.gradient(H_img, pixel_size_nm, axis=1)
+    return d_dx[..., :, 1] - d_dy[..., :, 0]
+
+
+@dataclass(frozen=True)
+class FrameCandidate:
+    """One row of the frame check: a frame and its RMS curl (1/nm) over interior pixels."""
+
+    rotation_rad: float
+    theta_sign: int
+    mirror: bool
+    curl_rms_per_nm: float
+    label: str = ""
+
+    @property
+    def rotation_deg(self) -> float:
+        """The rotation in degrees."""
+        return math.degrees(self.rotation_rad)
+
+
+@dataclass
+class FrameCheckResult:
+    """Ranked frames (best first), the file's stated frame, and the particle (adopted or not)."""
+
+    table: list[FrameCandidate]
+    stated: FrameCandidate
+    particle: ParticleData
+    adopted: bool
+
+    @property
+    def best(self) -> FrameCandidate:
+        """The most compatible frame."""
+        return self.table[0]
+
+    def stated_is_best(self, tolerance_rad: float = math.radians(2.0)) -> bool:
+        """Whether the stated frame equals the best one (rotation modulo pi within tolerance)."""
+        b, s = self.best, self.stated
+        return (b.theta_sign == s.theta_sign and b.mirror == s.mirror
+                and angle_distance_mod_pi(b.rotation_rad, s.rotation_rad) <= tolerance_rad)
+
+    def format_table(self, rows: int = 10) -> str:
+        """The first `rows` rows of the ranking as text."""
+        lines = [f"{'rank':>4} {'rotation_rad':>12} {'deg':>8} {'s':>3} {'mirror':>6} "
+                 f"{'curl_rms_1/nm':>14} label"]
+        for k, c in enumerate(self.table[:rows]):
+            lines.append(f"{k + 1:>4} {c.rotation_rad:>12.4f} {c.rotation_deg:>8.2f} "
+                         f"{c.theta_sign:>+3d} {c.mirror!s:>6} {c.curl_rms_per_nm:>14.4e} "
+                         f"{c.label}")
+        lines.append(f"stated: rotation {self.stated.rotation_rad:.4f}, s "
+                     f"{self.stated.theta_sign:+d}, curl_rms {self.stated.curl_rms_per_nm:.4e}")
+        return "\n".join(lines)
+
+
+def angle_distance_mod_pi(a: float, b: float) -> float:
+    """Distance between two angles modulo pi (frames at phi and phi + pi are the same)."""
+    d = (a - b) % math.pi
+    return min(d, math.pi - d)
+
+
+def _candidate_angles(stated: float, step_rad: float) -> list[tuple[float, str]]:
+    """A grid over [-pi/2, pi/2) plus +-stated and +-stated +- pi/2 (labelled)."""
+    grid = [(float(a), "") for a in np.arange(-math.pi / 2, math.pi / 2, step_rad)]
+    special = [(stated, "stated"), (-stated, "-stated"),
+               (stated + math.pi / 2, "stated+pi/2"), (stated - math.pi / 2, "stated-pi/2"),
+               (-stated + math.pi / 2, "-stated+pi/2"), (-stated - math.pi / 2, "-stated-pi/2")]
+    return special + grid
+
+
+def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: float = 1.0,
+                erosion_px: int = 3, include_mirror: bool = True, adopt: bool = False,
+                ) -> FrameCheckResult:
+    """Rank frames (rotation mod pi, theta sign, handedness) by RMS curl of smoothed H_img (1/nm).
+
+    The strain maps are smoothed (normalised Gaussian, `sigma_px`), differentiated by central
+    differences, and the curl of Q H Q^T is evaluated over the mask eroded by `erosion_px`.
+    Warns when the stated frame is not the best; with `adopt=True` the returned particle carries
+    the best frame (a mirrored best frame is adopted by negating e_xy and theta).
+    """
+    h = particle.pixel_size_nm
+    mask = particle.mask
+    stated_angle = 0.0 if particle.strain_frame == "image" else particle.rotation_rad
+    interior = interior_pixels(mask, erosion_px)
+    # derivative maps of the smoothed components; curl is linear in them for a fixed frame
+    comps = {}
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        smooth = smooth_masked(getattr(particle, name), mask, sigma_px)
+        comps[name] = (np.gradient(smooth, h, axis=0)[interior],
+                       np.gradient(smooth, h, axis=1)[interior])
+    keep = np.all([np.isfinite(d) for pair in comps.values() for d in pair], axis=0)
+    if keep.sum() < 10:
+        logger.warning("frame check: only %d interior pixels (erosion %d px); ranking is "
+                       "unreliable", int(keep.sum()), erosion_px)
+    comps = {k: (dx[keep], dy[keep]) for k, (dx, dy) in comps.items()}
+
+    names = ("e_xx", "e_yy", "e_xy", "theta")
+
+    def curl_rms(angles: np.ndarray, s: int, mirror: bool) -> np.ndarray:
+        dHx = gradient_crystal(*(comps[k][0] for k in names), s)
+        dHy = gradient_crystal(*(comps[k][1] for k in names), s)
+        Q = np.stack([frame_matrix(phi, mirror) for phi in angles])
+        # curl_i = Q_ip (Q_yq dHx_pq - Q_xq dHy_pq) for every angle a and pixel n
+        curl = (np.einsum("aip,aq,npq->ani", Q, Q[:, 1, :], dHx)
+                - np.einsum("aip,aq,npq->ani", Q, Q[:, 0, :], dHy))
+        if curl.shape[1] == 0:
+            return np.full(len(angles), np.nan)
+        return np.sqrt(np.mean(curl**2, axis=(1, 2)))
+
+    candidates = _candidate_angles(stated_angle, math.radians(step_deg))
+    angles = np.array([phi for phi, _ in candidates])
+    table: list[FrameCandidate] = []
+    mirrors = (False, True) if include_mirror else (False,)
+    for s in (1, -1):
+        for m in mirrors:
+            rms = curl_rms(angles, s, m)
+            table += [FrameCandidate(phi, s, m, float(r), label)
+                      for (phi, label), r in zip(candidates, rms, strict=True)]
+    stated = FrameCandidate(stated_angle, particle.theta_sign, False,
+                            float(curl_rms(np.array([stated_angle]), particle.theta_sign,
+                                           False)[0]), "stated")
+    table.sort(key=lambda c: (c.curl_rms_per_nm, c.label == ""))
+    result = FrameCheckResult(table=table, stated=stated, particle=particle, adopted=False)
+    best = result.best
+    logger.info("frame check of %s:\n%s", particle.name, result.format_table(6))
+    if not result.stated_is_best():
+        logger.warning("particle %s: the stated frame (rotation %.4f rad, theta_sign %+d) is "
+                       "not the most compatible; best is rotation %.4f rad (mod pi), "
+                       "theta_sign %+d, mirror %s (curl RMS %.3e vs %.3e 1/nm)%s",
+                       particle.name, stated.rotation_rad, stated.theta_sign,
+                       best.rotation_rad, best.theta_sign, best.mirror, best.curl_rms_per_nm,
+                       stated.curl_rms_per_nm, "; adopting it" if adopt else "")
+    if adopt and not result.stated_is_best():
+        result.particle = adopt_frame(particle, best)
+        result.adopted = True
+    return result
+
+
+def adopt_frame(particle: ParticleData, frame: FrameCandidate) -> ParticleData:
+    """The particle re-labelled with `frame` (crystal frame; mirror folded into e_xy, theta)."""
+    note = (f"frame check adopted rotation {frame.rotation_rad:.4f} rad, theta_sign "
+            f"{frame.theta_sign:+d}{', mirrored (e_xy, theta negated)' if frame.mirror else ''}")
+    p = particle.with_frame(frame.rotation_rad, frame.theta_sign, note)
+    p.strain_frame = "crystal"
+    if frame.mirror:
+        p.e_xy = -p.e_xy
+        p.theta = -p.theta
+    return p
