@@ -207,8 +207,8 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
         dHy = gradient_crystal(*(comps[k][1] for k in names), s)
         Q = np.stack([frame_matrix(phi, mirror) for phi in angles])
         # curl_i = Q_ip (Q_yq dHx_pq - Q_xq dHy_pq) for every angle a and pixel n
-        curl = (np.einsum("aip,aq,npq->ani", Q, Q[:, 1, :], dHx)
-                - np.einsum("aip,aq,npq->ani", Q, Q[:, 0, :], dHy))
+        V = dHx @ Q[:, 1, :].T - dHy @ Q[:, 0, :].T  # (n, p, a)
+        curl = np.einsum("aip,npa->ani", Q, V, optimize=True)
         if curl.shape[1] == 0:
             return np.full(len(angles), np.nan)
         return np.sqrt(np.mean(curl**2, axis=(1, 2)))

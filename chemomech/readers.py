@@ -1,0 +1,560 @@
+"""Readers of real data files, all converting to `ParticleData` and the stack file (DESIGN §3).
+
+- the reference study's MATLAB file (`read_reference_mat`, v5 by scipy or v7.3 by h5py);
+- py4DSTEM strain maps (`read_py4dstem_strain`): legacy v0.12
+  `/<top>/data/realslices/<name>/data` (Rx, Ry, N) with labels in `dim3`, and the v0.14 EMD
+  Array (`data` (N, Rx, Ry), labels in `dim2` named `_labels_`);
+- composition maps (`read_composition_map`): .npz, TIFF (tifffile), HDF5 (generic datasets or a
+  chemomech composition file), holding X or the thicknesses t_LFP, t_FP;
+- a whole particle as plain .npz (`read_particle_npz`).
+
+`import_to_stack` combines them into a stack file; `add_import_arguments` / `cmd_import` are the
+`chemomech import` subcommand.  Pure numpy/scipy/h5py: no DOLFINx here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from chemomech.exceptions import InputError
+from chemomech.stack import (
+    ParticleData,
+    is_stack_file,
+    largest_component,
+    read_stack,
+    write_stack,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Pixel size of LFP50_P2.mat (not stored in the file), inferred from the particle's known size.
+REFERENCE_MAT_PIXEL_SIZE_NM = 16.6
+#: Particle threshold on the X-ray thickness sum FP + LFP in the reference .mat files.
+REFERENCE_MAT_THRESHOLD = 0.10
+#: Variables the reference .mat must hold.
+REFERENCE_MAT_FIELDS = ("FP", "LFP", "exx", "eyy", "exy", "theta", "rot")
+#: Label aliases of py4DSTEM strain slices -> our field names.
+STRAIN_LABELS = {"e_xx": ("e_xx", "exx"), "e_yy": ("e_yy", "eyy"), "e_xy": ("e_xy", "exy"),
+                 "theta": ("theta",), "mask": ("mask",)}
+LENGTH_UNITS_NM = {"nm": 1.0, "a": 0.1, "å": 0.1, "angstrom": 0.1, "angstroms": 0.1,
+                   "um": 1e3, "µm": 1e3, "pm": 1e-3}
+
+
+# --------------------------------------------------------------------------- .mat
+
+
+def _load_mat(path: Path) -> dict[str, np.ndarray]:
+    """Variables of a MATLAB file: v7.3 (HDF5, column-major) via h5py, v4-v7 via scipy."""
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as f:
+                return {k: np.asarray(v[()]).T for k, v in f.items()
+                        if isinstance(v, h5py.Dataset)}
+        except OSError as err:
+            raise InputError(f"not a readable MATLAB v7.3 file (truncated?): {err}",
+                             path=str(path)) from None
+    try:
+        data = scipy.io.loadmat(path)
+    except (MatReadError, NotImplementedError, ValueError, OSError, TypeError) as err:
+        raise InputError(f"not a readable MATLAB file (truncated or corrupt?): {err}",
+                         path=str(path)) from None
+    return {k: np.asarray(v) for k, v in data.items() if not k.startswith("__")}
+
+
+def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT_PIXEL_SIZE_NM,
+                       rotation: str | float = "documented", theta_sign: int = 1,
+                       threshold: float = REFERENCE_MAT_THRESHOLD,
+                       name: str | None = None) -> ParticleData:
+    """The reference study's particle: X = LFP / (LFP + FP), crystal-frame strain, mask FP+LFP>0.1.
+
+    `rotation`: "documented" (default) uses -rot (the file's rot is for MATLAB's x = column
+    convention; -rot is the most compatible frame in our x = axis-0 convention, DESIGN §3,
+    checked by `chemomech.frames.frame_check`), "file" uses rot as stored, a number overrides.
+    Pixels with theta == 0 or 1, or a strain component == 1, are outside the measurement.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    data = _load_mat(path)
+    for key in REFERENCE_MAT_FIELDS:
+        if key not in data:
+            raise InputError(f"variable missing (has {sorted(data)})", path=str(path), field=key)
+    maps = {k: np.asarray(data[k], dtype=float) for k in REFERENCE_MAT_FIELDS if k != "rot"}
+    rot = np.asarray(data["rot"], dtype=float).ravel()
+    if rot.size != 1 or not np.isfinite(rot[0]):
+        raise InputError(f"must be one finite angle in rad, got {data['rot']!r}",
+                         path=str(path), field="rot")
+    file_rot = float(rot[0])
+    if rotation == "documented":
+        rotation_rad, how = -file_rot, f"-rot = {-file_rot:.4f} rad (documented, DESIGN §3)"
+    elif rotation == "file":
+        rotation_rad, how = file_rot, f"rot = {file_rot:.4f} rad as stored (MATLAB x = column)"
+    else:
+        rotation_rad, how = float(rotation), f"{float(rotation):.4f} rad given by the user"
+    shape = maps["FP"].shape
+    for key, arr in maps.items():
+        if arr.ndim != 2 or arr.shape != shape:
+            raise InputError(f"shape {arr.shape} differs from FP's {shape}", path=str(path),
+                             field=key)
+    thickness = maps["FP"] + maps["LFP"]
+    mask = thickness > threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        X = np.where(mask, maps["LFP"] / np.where(mask, thickness, 1.0), np.nan)
+    outside = ((maps["theta"] == 0) | (maps["theta"] == 1) | np.isclose(maps["exx"], 1.0)
+               | np.isclose(maps["eyy"], 1.0) | np.isclose(maps["exy"], 1.0))
+    strain = {k: np.where(outside, np.nan, maps[k]) for k in ("exx", "eyy", "exy", "theta")}
+    unmeasured = int((mask & outside).sum())
+    if unmeasured:
+        logger.warning("%s: %d particle pixels have no strain measurement (NaN)", path,
+                       unmeasured)
+    dark_field = np.asarray(data["HAADF"], dtype=float) if "HAADF" in data else None
+    if dark_field is not None and dark_field.shape != shape:
+        dark_field = None
+    source = (f"{path.name}: reference-study .mat; X = LFP/(LFP+FP); mask FP+LFP > "
+              f"{threshold}; pixel size {pixel_size_nm} nm (not stored in the file); rotation "
+              f"{how}; theta_sign {theta_sign:+d}; thickness = FP+LFP, dark_field = HAADF")
+    return ParticleData(name=name or path.stem, X=X, e_xx=strain["exx"], e_yy=strain["eyy"],
+                        e_xy=strain["exy"], theta=strain["theta"], mask=mask,
+                        pixel_size_nm=pixel_size_nm, rotation_rad=rotation_rad,
+                        strain_frame="crystal", theta_sign=theta_sign, source=source,
+                        thickness=thickness, dark_field=dark_field, file=str(path))
+
+
+# --------------------------------------------------------------------------- py4DSTEM
+
+
+@dataclass
+class StrainMaps:
+    """Strain maps (dimensionless, rad) with an optional validity mask and pixel size (nm)."""
+
+    e_xx: np.ndarray
+    e_yy: np.ndarray
+    e_xy: np.ndarray
+    theta: np.ndarray
+    mask: np.ndarray | None = None
+    pixel_size_nm: float | None = None
+    source: str = ""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _decode_labels(dataset: h5py.Dataset) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(dataset[()])
+            .ravel()]
+
+
+def _is_label_dim(dataset: h5py.Dataset) -> bool:
+    kind = dataset.dtype.kind
+    name = dataset.attrs.get("name", b"")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return kind in ("S", "O", "U") or name == "_labels_"
+
+
+def _dim_pixel_size_nm(group: h5py.Group, key: str) -> float | None:
+    """Pixel size from an EMD dim vector [x0, x1, ...] whose units are a length, else None."""
+    if key not in group or not isinstance(group[key], h5py.Dataset):
+        return None
+    dim = group[key]
+    units = dim.attrs.get("units", b"")
+    units = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()
+    values = np.asarray(dim[()], dtype=float).ravel() if dim.dtype.kind in "fiu" else None
+    if units not in LENGTH_UNITS_NM or values is None or values.size < 2:
+        return None
+    step = float(values[1] - values[0])
+    return step * LENGTH_UNITS_NM[units] if step > 0 else None
+
+
+def _find_strain_groups(f: h5py.File) -> list[tuple[str, str]]:
+    """(group path, layout) of every 3-D `data` array carrying strain slice labels."""
+    found: list[tuple[str, str]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Group) or "data" not in obj:
+            return
+        data = obj["data"]
+        if not isinstance(data, h5py.Dataset) or data.ndim != 3:
+            return
+        for key in obj:
+            if key.startswith("dim") and isinstance(obj[key], h5py.Dataset) \
+                    and _is_label_dim(obj[key]):
+                labels = {lbl.lower() for lbl in _decode_labels(obj[key])}
+                if {"exx", "e_xx"} & labels:
+                    found.append((obj.name, "v0.12" if "/realslices/" in obj.name
+                                  else "emd"))
+                return
+
+    f.visititems(visit)
+    return found
+
+
+def read_py4dstem_strain(path: str | Path, *, group: str | None = None) -> StrainMaps:
+    """Strain maps from a py4DSTEM file: v0.12 (Rx, Ry, N) with dim3 labels or EMD (N, Rx, Ry)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"not a readable HDF5 file (truncated or corrupt?): {err}",
+                         path=str(path)) from None
+    with f:
+        candidates = _find_strain_groups(f)
+        if group is not None:
+            candidates = [c for c in candidates if c[0].rstrip("/").endswith(group.strip("/"))]
+        if not candidates:
+            raise InputError("no py4DSTEM strain map (a 3-D 'data' array labelled e_xx/exx, "
+                             "e_yy, e_xy, theta) found" + (f" named {group!r}" if group else ""),
+                             path=str(path), field=group or "data")
+        if len(candidates) > 1:
+            raise InputError(f"several strain maps {[c[0] for c in candidates]}; choose one "
+                             "with group=...", path=str(path), field="data")
+        gpath, layout = candidates[0]
+        g = f[gpath]
+        label_key = next(k for k in g if k.startswith("dim") and _is_label_dim(g[k]))
+        labels = [lbl.lower() for lbl in _decode_labels(g[label_key])]
+        try:
+            data = np.asarray(g["data"][()], dtype=float)
+        except OSError as err:
+            raise InputError(f"unreadable data (truncated?): {err}", path=str(path),
+                             field=f"{gpath}/data") from None
+        # the label axis: first in EMD v0.14 (N, Rx, Ry), last in v0.12 / v0.13 (Rx, Ry, N)
+        first, last = data.shape[0] == len(labels), data.shape[-1] == len(labels)
+        if not (first or last):
+            raise InputError(f"{len(labels)} labels {labels} but data shape {data.shape}",
+                             path=str(path), field=f"{gpath}/{label_key}")
+        axis = 0 if first and (layout == "emd" or not last) else data.ndim - 1
+        slices = {lbl: np.take(data, k, axis=axis) for k, lbl in enumerate(labels)}
+        spatial = sorted(k for k in g if k.startswith("dim") and k != label_key)
+        pixel = _dim_pixel_size_nm(g, spatial[0]) if spatial else None
+    maps: dict[str, np.ndarray] = {}
+    for ours, aliases in STRAIN_LABELS.items():
+        hit = next((a for a in aliases if a in slices), None)
+        if hit is None and ours != "mask":
+            raise InputError(f"no slice labelled {aliases} (labels: {labels})", path=str(path),
+                             field=f"{gpath}/{label_key}")
+        if hit is not None:
+            maps[ours] = slices.pop(hit)
+    source = f"{path.name}: py4DSTEM {layout} strain map {gpath}"
+    logger.info("read %s (labels %s, pixel size %s nm)", source, labels, pixel)
+    return StrainMaps(e_xx=maps["e_xx"], e_yy=maps["e_yy"], e_xy=maps["e_xy"],
+                      theta=maps["theta"], mask=maps.get("mask"), pixel_size_nm=pixel,
+                      source=source, extra=slices)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@dataclass
+class CompositionMap:
+    """Li fraction X (NaN outside), the particle mask and optional thickness t_LFP + t_FP."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    thickness: np.ndarray | None = None
+    source: str = ""
+
+
+def _composition_from_arrays(arrays: dict[str, np.ndarray], path: Path, threshold: float,
+                             ) -> CompositionMap:
+    """X given directly (mask = finite X, or a 'mask' array) or from t_LFP, t_FP thicknesses."""
+    keys = {k.lower(): k for k in arrays}
+    lfp = next((keys[k] for k in ("t_lfp", "lfp") if k in keys), None)
+    fp = next((keys[k] for k in ("t_fp", "fp") if k in keys), None)
+    if "x" in keys:
+        X = np.asarray(arrays[keys["x"]], dtype=float)
+        if "mask" in keys:
+            mask = np.asarray(arrays[keys["mask"]]) > 0.5
+        else:
+            mask = np.isfinite(X)
+        thickness = None
+        if lfp and fp:
+            thickness = np.asarray(arrays[lfp], dtype=float) + np.asarray(arrays[fp], float)
+        how = "X as stored"
+    elif lfp and fp:
+        t_lfp = np.asarray(arrays[lfp], dtype=float)
+        t_fp = np.asarray(arrays[fp], dtype=float)
+        if t_lfp.shape != t_fp.shape:
+            raise InputError(f"{lfp} {t_lfp.shape} and {fp} {t_fp.shape} differ", path=str(path),
+                             field=fp)
+        thickness = t_lfp + t_fp
+        mask = thickness > threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            X = np.where(mask, t_lfp / np.where(mask, thickness, 1.0), np.nan)
+        how = f"X = {lfp}/({lfp}+{fp}), mask {lfp}+{fp} > {threshold}"
+    else:
+        raise InputError(f"need 'X' or thicknesses 't_LFP' and 't_FP' (has {sorted(arrays)})",
+                         path=str(path), field="X")
+    if X.ndim != 2:
+        raise InputError(f"must be a 2-D image, got shape {X.shape}", path=str(path), field="X")
+    return CompositionMap(X=X, mask=mask, thickness=thickness, source=f"{path.name}: {how}")
+
+
+def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_THRESHOLD,
+                         ) -> CompositionMap:
+    """Li fraction X from .npz, TIFF (X, or pages t_LFP, t_FP) or HDF5 (X or t_LFP, t_FP)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        return _composition_from_arrays(arrays, path, threshold)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            image = np.asarray(tifffile.imread(path), dtype=float)
+        except Exception as err:  # tifffile raises several exception types
+            raise InputError(f"not a readable TIFF file: {err}", path=str(path)) from None
+        if image.ndim == 2:
+            return _composition_from_arrays({"X": image}, path, threshold)
+        if image.ndim == 3 and image.shape[0] == 2:
+            return _composition_from_arrays({"t_LFP": image[0], "t_FP": image[1]}, path,
+                                            threshold)
+        raise InputError(f"TIFF must be one X image or two pages (t_LFP, t_FP), got shape "
+                         f"{image.shape}", path=str(path), field="X")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"not a readable HDF5, .npz or TIFF file: {err}", path=str(path)) \
+            from None
+    with f:
+        arrays = {k: v[()] for k, v in f.items()
+                  if isinstance(v, h5py.Dataset) and v.ndim == 2}
+    return _composition_from_arrays(arrays, path, threshold)
+
+
+# --------------------------------------------------------------------------- particles
+
+
+def read_particle_npz(path: str | Path, *, name: str | None = None,
+                      pixel_size_nm: float | None = None) -> ParticleData:
+    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys)."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+    for key in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask"):
+        if key not in arrays:
+            raise InputError(f"array missing (has {sorted(arrays)})", path=str(path), field=key)
+
+    def scalar(key: str, default: Any) -> Any:
+        return arrays[key].item() if key in arrays else default
+
+    return ParticleData(name=name or str(scalar("name", path.stem)), X=arrays["X"],
+                        e_xx=arrays["e_xx"], e_yy=arrays["e_yy"], e_xy=arrays["e_xy"],
+                        theta=arrays["theta"], mask=arrays["mask"],
+                        pixel_size_nm=pixel_size_nm or scalar("pixel_size_nm", None),
+                        rotation_rad=scalar("rotation_rad", 0.0),
+                        strain_frame=str(scalar("strain_frame", "crystal")),
+                        theta_sign=int(scalar("theta_sign", 1)),
+                        source=f"{path.name}: plain .npz", file=str(path))
+
+
+def read_strain_npz(path: str | Path) -> StrainMaps:
+    """Strain maps from .npz: e_xx, e_yy, e_xy, theta (+ optional mask, pixel_size_nm)."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+    for key in ("e_xx", "e_yy", "e_xy", "theta"):
+        if key not in arrays:
+            raise InputError(f"array missing (has {sorted(arrays)})", path=str(path), field=key)
+    h = arrays["pixel_size_nm"].item() if "pixel_size_nm" in arrays else None
+    return StrainMaps(arrays["e_xx"], arrays["e_yy"], arrays["e_xy"], arrays["theta"],
+                      arrays.get("mask"), h, f"{path.name}: strain .npz")
+
+
+def combine_strain_and_composition(strain: StrainMaps, composition: CompositionMap, *,
+                                   name: str, pixel_size_nm: float | None = None,
+                                   rotation_rad: float = 0.0, strain_frame: str = "image",
+                                   theta_sign: int = 1, strain_path: str | None = None,
+                                   keep_largest: bool = False) -> ParticleData:
+    """One particle from registered maps: mask = composition mask & strain mask (if any)."""
+    where = strain_path
+    shape = strain.e_xx.shape
+    if composition.X.shape != shape:
+        raise InputError(f"composition map {composition.X.shape} and strain map {shape} differ: "
+                         "register the X-ray map onto the 4D-STEM grid first",
+                         path=where, field="X")
+    mask = composition.mask & np.isfinite(composition.X)
+    if strain.mask is not None:
+        mask &= np.nan_to_num(strain.mask) > 0.5
+    if keep_largest:
+        mask = largest_component(mask)
+    h = pixel_size_nm if pixel_size_nm is not None else strain.pixel_size_nm
+    source = "; ".join(s for s in (strain.source, composition.source) if s)
+    return ParticleData(name=name, X=composition.X, e_xx=strain.e_xx, e_yy=strain.e_yy,
+                        e_xy=strain.e_xy, theta=strain.theta, mask=mask, pixel_size_nm=h,
+                        rotation_rad=rotation_rad, strain_frame=strain_frame,
+                        theta_sign=theta_sign, source=source, thickness=composition.thickness,
+                        file=where)
+
+
+def _kind(path: Path) -> str:
+    """'stack', 'mat', 'npz-particle', 'npz-strain', 'py4dstem' or 'composition' by content."""
+    suffix = path.suffix.lower()
+    if suffix == ".mat":
+        return "mat"
+    if suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                has_strain = {"e_xx", "e_yy", "e_xy", "theta"} <= set(z.files)
+                has_x = "X" in z.files
+        except (OSError, ValueError) as err:
+            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        if has_strain:
+            return "npz-particle" if has_x else "npz-strain"
+        return "composition"
+    if suffix in (".tif", ".tiff"):
+        return "composition"
+    if is_stack_file(path):
+        return "stack"
+    try:
+        with h5py.File(path, "r") as f:
+            return "py4dstem" if _find_strain_groups(f) else "composition"
+    except OSError as err:
+        raise InputError(f"not a readable HDF5 file (truncated or corrupt?): {err}",
+                         path=str(path)) from None
+
+
+def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
+                   pixel_size_nm: float | None = None, rotation_rad: float | None = None,
+                   strain_frame: str | None = None, theta_sign: int | None = None,
+                   mat_rotation: str = "documented", keep_largest: bool = False,
+                   ) -> list[ParticleData]:
+    """Particles from a stack, a .mat, a particle .npz, or a strain file + a composition file."""
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise InputError("no such file", path=str(p))
+    kinds = {p: _kind(p) for p in paths}
+    if len(paths) == 1 and kinds[paths[0]] in ("stack", "mat", "npz-particle"):
+        p, kind = paths[0], kinds[paths[0]]
+        if kind == "stack":
+            particles = read_stack(p)
+        elif kind == "mat":
+            rot: str | float = mat_rotation if rotation_rad is None else rotation_rad
+            particles = [read_reference_mat(
+                p, pixel_size_nm=pixel_size_nm or REFERENCE_MAT_PIXEL_SIZE_NM, rotation=rot,
+                theta_sign=theta_sign or 1, name=name)]
+        else:
+            particles = [read_particle_npz(p, name=name, pixel_size_nm=pixel_size_nm)]
+        overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
+                                       ("strain_frame", strain_frame),
+                                       ("theta_sign", theta_sign)) if v is not None}
+        if overrides and kind != "mat":
+            particles = [_override(q, overrides) for q in particles]
+        return particles
+    strain_paths = [p for p in paths if kinds[p] in ("py4dstem", "npz-strain")]
+    comp_paths = [p for p in paths if kinds[p] == "composition"]
+    if len(paths) != 2 or len(strain_paths) != 1 or len(comp_paths) != 1:
+        raise InputError(f"give one stack, .mat or particle .npz, or one strain file and one "
+                         f"composition file; got {[f'{p} ({kinds[p]})' for p in paths]}",
+                         path=", ".join(map(str, paths)), field="inputs")
+    sp, cp = strain_paths[0], comp_paths[0]
+    if kinds[sp] == "py4dstem":
+        strain = read_py4dstem_strain(sp)
+    else:
+        strain = read_strain_npz(sp)
+    composition = read_composition_map(cp)
+    return [combine_strain_and_composition(
+        strain, composition, name=name or sp.stem, pixel_size_nm=pixel_size_nm,
+        rotation_rad=0.0 if rotation_rad is None else rotation_rad,
+        strain_frame=strain_frame or "image", theta_sign=theta_sign or 1, strain_path=str(sp),
+        keep_largest=keep_largest)]
+
+
+def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
+    q = p.with_frame(values.get("rotation_rad", p.rotation_rad),
+                     values.get("theta_sign", p.theta_sign), "frame set by the user")
+    q.strain_frame = values.get("strain_frame", p.strain_frame)
+    return ParticleData(**{k: getattr(q, k) for k in q.__dataclass_fields__})
+
+
+def import_to_stack(inputs: Sequence[str | Path], output: str | Path, *,
+                    frame_check: str = "warn", append: bool = False,
+                    **read_options: Any) -> Path:
+    """Read `inputs` (see `read_particles`), check frames, write a stack file atomically.
+
+    `frame_check`: "off", "warn" (log when the stated frame is not the most compatible) or
+    "adopt" (store the most compatible frame).  `append` adds to an existing stack.
+    Nothing is written unless every step succeeds.
+    """
+    from chemomech.frames import frame_check as check
+
+    if frame_check not in ("off", "warn", "adopt"):
+        raise InputError(f"frame_check must be off, warn or adopt, got {frame_check!r}",
+                         field="frame_check")
+    particles = read_particles(inputs, **read_options)
+    if frame_check != "off":
+        particles = [check(p, adopt=frame_check == "adopt").particle for p in particles]
+    output = Path(output)
+    if append and output.exists():
+        existing = read_stack(output)
+        names = {p.name for p in particles}
+        particles = [p for p in existing if p.name not in names] + particles
+    return write_stack(output, particles)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `chemomech import`."""
+    parser.add_argument("inputs", nargs="+",
+                        help="a .mat (reference study), a stack .h5, a particle .npz, or a "
+                             "strain file (py4DSTEM .h5 / .npz) plus a composition file "
+                             "(.npz, .tif, .h5)")
+    parser.add_argument("-o", "--output", required=True, help="stack file to write (.h5)")
+    parser.add_argument("--name", default=None, help="particle name (default: file stem)")
+    parser.add_argument("--pixel-size-nm", type=float, default=None,
+                        help="pixel size in nm (default: from the file; .mat: 16.6)")
+    parser.add_argument("--rotation-rad", type=float, default=None,
+                        help="angle from image x (axis 0) to crystal a, ccw (default: from "
+                             "the file; .mat: -rot, see --mat-rotation)")
+    parser.add_argument("--mat-rotation", choices=("documented", "file"), default="documented",
+                        help="for .mat: 'documented' = -rot (x = axis 0 convention), "
+                             "'file' = rot as stored")
+    parser.add_argument("--strain-frame", choices=("crystal", "image"), default=None,
+                        help="frame of the strain maps (default: .mat crystal, py4DSTEM image)")
+    parser.add_argument("--theta-sign", type=int, choices=(1, -1), default=None,
+                        help="s in H = [[e_aa, e_ac + s theta], [e_ac - s theta, e_cc]] "
+                             "(default +1)")
+    parser.add_argument("--frame-check", choices=("off", "warn", "adopt"), default="warn",
+                        help="compatibility check of the frame (default: warn)")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="keep only the largest connected piece of the mask")
+    parser.add_argument("--append", action="store_true", help="add to an existing stack")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`chemomech import INPUTS... -o STACK.h5`: convert data files to a stack file."""
+    options: dict[str, Any] = dict(name=args.name, pixel_size_nm=args.pixel_size_nm,
+                                   rotation_rad=args.rotation_rad,
+                                   strain_frame=args.strain_frame, theta_sign=args.theta_sign,
+                                   mat_rotation=args.mat_rotation,
+                                   keep_largest=args.keep_largest)
+    out = import_to_stack(args.inputs, args.output, frame_check=args.frame_check,
+                          append=args.append, **options)
+    logger.info("wrote %s", out)
+    return 0
+
