@@ -100,6 +100,19 @@ def _check_design_matrix(A: np.ndarray, source: str = "") -> None:
                          "these energies", path=source or None, field="od_LFP/od_FP")
 
 
+def model_reference_spectra(energy_ev) -> tuple[np.ndarray, np.ndarray]:
+    """Model Fe L3 OD per nm for verification: Fe2+ (LiFePO4) peak 707.8 eV, Fe3+ 709.8 eV."""
+    energy_ev = np.asarray(energy_ev, dtype=float)
+
+    def peak(e0: float, width: float, height: float) -> np.ndarray:
+        return height * np.exp(-0.5 * ((energy_ev - e0) / width) ** 2)
+
+    edge = 0.0015 / (1 + np.exp(-(energy_ev - 708.5) / 0.8))
+    lfp = 0.0008 + edge + peak(707.8, 0.9, 0.0060) + peak(711.5, 1.6, 0.0012)
+    fp = 0.0008 + edge + peak(709.8, 1.0, 0.0055) + peak(706.5, 0.8, 0.0010)
+    return lfp, fp
+
+
 def read_reference_spectra(path: str | Path) -> ReferenceSpectra:
     """Reference OD per unit thickness from CSV columns energy (eV), od_LFP, od_FP."""
     path = Path(path)

@@ -12,6 +12,7 @@ from chemomech.composition import (
     DEFAULT_ENERGIES_EV,
     composition_from_files,
     fit_composition,
+    model_reference_spectra,
     nnls_two_components,
     read_composition,
     read_od_stack,
@@ -21,21 +22,9 @@ from chemomech.composition import (
 from chemomech.exceptions import InputError
 
 
-def fe_l3_references(energy_ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Model Fe L3 spectra per nm: Fe2+ (LiFePO4) peaks at 707.8 eV, Fe3+ (FePO4) at 709.8 eV."""
-    def peak(e0, width, height):
-        return height * np.exp(-0.5 * ((energy_ev - e0) / width) ** 2)
-
-    edge = 0.0015 / (1 + np.exp(-(energy_ev - 708.5) / 0.8))
-    base = 0.0008
-    lfp = base + edge + peak(707.8, 0.9, 0.0060) + peak(711.5, 1.6, 0.0012)
-    fp = base + edge + peak(709.8, 1.0, 0.0055) + peak(706.5, 0.8, 0.0010)
-    return lfp, fp
-
-
 def write_reference_csv(path, header: bool = True) -> None:
     energy = np.arange(696.0, 740.01, 0.2)
-    lfp, fp = fe_l3_references(energy)
+    lfp, fp = model_reference_spectra(energy)
     table = np.column_stack([energy, lfp, fp])
     np.savetxt(path, table, delimiter=",", header="energy,od_LFP,od_FP" if header else "",
                comments="")
@@ -68,7 +57,7 @@ def test_closed_form_matches_scipy_nnls_on_random_pixels():
 
 
 def test_noise_free_stack_recovers_thickness_and_x_exactly():
-    A = np.column_stack(fe_l3_references(np.asarray(DEFAULT_ENERGIES_EV)))
+    A = np.column_stack(model_reference_spectra(np.asarray(DEFAULT_ENERGIES_EV)))
     t_lfp, t_fp, inside, X = synthetic_particle()
     od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
     maps = fit_composition(od, A, threshold=30.0)
@@ -84,7 +73,7 @@ def test_poisson_noise_error_in_x_matches_propagated_noise():
     """Counts N ~ Poisson(I0 exp(-OD)): RMS error of X equals linear error propagation."""
     rng = np.random.default_rng(1)
     energies = np.asarray(DEFAULT_ENERGIES_EV)
-    A = np.column_stack(fe_l3_references(energies))
+    A = np.column_stack(model_reference_spectra(energies))
     t_lfp, t_fp, inside, X = synthetic_particle(64, 56)
     od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
     results = {}
@@ -112,7 +101,7 @@ def test_poisson_noise_error_in_x_matches_propagated_noise():
 
 def test_tiff_hdf5_and_nxstxm_readers_round_trip(tmp_path):
     energies = np.asarray(DEFAULT_ENERGIES_EV)
-    A = np.column_stack(fe_l3_references(energies))
+    A = np.column_stack(model_reference_spectra(energies))
     t_lfp, t_fp, inside, X = synthetic_particle()
     od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
     refs = tmp_path / "refs.csv"
@@ -148,7 +137,7 @@ def test_references_csv_without_header_and_interpolation(tmp_path):
     write_reference_csv(path, header=False)
     refs = read_reference_spectra(path)
     energies = np.array([700.0, 706.3, 711.1])
-    lfp, fp = fe_l3_references(energies)
+    lfp, fp = model_reference_spectra(energies)
     np.testing.assert_allclose(refs.matrix(energies), np.column_stack([lfp, fp]), rtol=1e-2)
     with pytest.raises(InputError, match="outside the reference range"):
         refs.matrix([690.0, 700.0])
@@ -156,7 +145,7 @@ def test_references_csv_without_header_and_interpolation(tmp_path):
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
     energies = np.asarray(DEFAULT_ENERGIES_EV)
-    A = np.column_stack(fe_l3_references(energies))
+    A = np.column_stack(model_reference_spectra(energies))
     t_lfp, t_fp, _, _ = synthetic_particle()
     od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
     with pytest.raises(InputError, match="5 energy images but the references give 4"):
