@@ -252,19 +252,8 @@ def _write_particle(group: h5py.Group, p: ParticleData) -> None:
         _write_truth(group.create_group("truth"), p.truth)
 
 
-def write_stack(path: str | Path, particles: ParticleData | Iterable[ParticleData]) -> Path:
-    """Write particles to an HDF5 stack file atomically (temporary file + rename)."""
-    path = Path(path)
-    if isinstance(particles, ParticleData):
-        particles = [particles]
-    particles = list(particles)
-    if not particles:
-        raise InputError("no particle to write", path=str(path), field="particles")
-    names = [p.name for p in particles]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InputError(f"duplicate particle names {duplicates}", path=str(path),
-                         field="particles")
+def _write_stack_file(path: Path, particles: list[ParticleData]) -> None:
+    """Write to a temporary file in the same folder, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -279,6 +268,40 @@ def write_stack(path: str | Path, particles: ParticleData | Iterable[ParticleDat
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_stack(path: str | Path, particles: ParticleData | Iterable[ParticleData],
+                comm: Any = None) -> Path:
+    """Write particles to an HDF5 stack file atomically (temporary file + rename).
+
+    With an MPI communicator `comm`, rank 0 writes and every rank returns (or raises) together.
+    """
+    path = Path(path)
+    if isinstance(particles, ParticleData):
+        particles = [particles]
+    particles = list(particles)
+    if not particles:
+        raise InputError("no particle to write", path=str(path), field="particles")
+    names = [p.name for p in particles]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"duplicate particle names {duplicates}", path=str(path),
+                         field="particles")
+    if comm is None or comm.size == 1:
+        _write_stack_file(path, particles)
+    else:
+        failure = None
+        if comm.rank == 0:
+            try:
+                _write_stack_file(path, particles)
+            except Exception as err:
+                failure = err
+        message = comm.bcast(None if failure is None else f"{type(failure).__name__}: "
+                             f"{failure}", root=0)
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise InputError(f"writing failed on rank 0: {message}", path=str(path))
     logger.info("wrote %d particle(s) %s to %s", len(particles), names, path)
     return path
 

@@ -182,3 +182,21 @@ def test_with_frame_copies_and_notes():
     q = p.with_frame(-1.0, -1, "frame check")
     assert (q.rotation_rad, q.theta_sign) == (-1.0, -1)
     assert q.source.endswith("frame check") and p.rotation_rad == 0.3
+
+
+@pytest.mark.mpi
+def test_collective_write_and_read(tmp_path):
+    """Under mpirun: rank 0 writes, every rank reads the same particles back."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    folder = comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0)
+    out = write_stack(f"{folder}/collective.h5", [make_particle("a"), make_particle("b", seed=2)],
+                      comm=comm)
+    back = read_stack(out)
+    assert [p.name for p in back] == ["a", "b"]
+    assert_same(back[1], make_particle("b", seed=2))
+    checksum = float(np.nansum(back[0].e_xx))
+    assert comm.allreduce(checksum, op=MPI.MAX) == pytest.approx(comm.allreduce(checksum,
+                                                                                op=MPI.MIN))
+    comm.barrier()
