@@ -157,3 +157,7 @@ def test_frame_check_on_real_particle(real_particle_path):
     # every other sign/handedness is clearly worse than the best frame
     others = [c for c in result.table if (c.theta_sign, c.mirror) != (1, False)]
     assert min(c.curl_rms_per_nm for c in others) > 1.05 * best.curl_rms_per_nm
+    # the reader's documented frame (-rot, +1) is accepted by the check: nothing to adopt
+    documented = frame_check(read_reference_mat(real_particle_path), adopt=True)
+    assert documented.stated_is_best() and not documented.adopted
+    assert documented.particle.rotation_rad == pytest.approx(-1.7104, abs=1e-4)

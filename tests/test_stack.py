@@ -48,7 +48,9 @@ def test_round_trip_with_truth_and_optional_maps(tmp_path):
     gamma = np.linspace(0, 1, 12).reshape(3, 4)
     p = make_particle(thickness=np.full((24, 18), 40.0), dark_field=np.ones((24, 18)),
                       truth={"coefficients": coeffs, "model": "M1", "noise": 1e-4,
-                             "degree": 2, "gamma": gamma, "flags": [1, 2, 3]})
+                             "degree": 2, "gamma": gamma, "flags": [1, 2, 3],
+                             "systems": ["A", "D"], "converged": True, "seed": None,
+                             "noise_model": {"sigma": 2e-4, "kind": "gaussian"}})
     q = make_particle("p2", seed=1, strain_frame="image", theta_sign=-1)
     out = write_stack(tmp_path / "s.h5", [p, q])
     assert is_stack_file(out)
@@ -62,7 +64,9 @@ def test_round_trip_with_truth_and_optional_maps(tmp_path):
     truth = back[0].truth
     assert truth["coefficients"] == coeffs
     assert truth["model"] == "M1" and truth["noise"] == 1e-4 and truth["degree"] == 2
-    assert truth["flags"] == [1, 2, 3]
+    assert truth["flags"] == [1, 2, 3] and truth["systems"] == ["A", "D"]
+    assert truth["converged"] is True and truth["seed"] is None
+    assert truth["noise_model"] == {"sigma": 2e-4, "kind": "gaussian"}
     np.testing.assert_array_equal(truth["gamma"], gamma)
     assert back[1].truth == {} and back[1].thickness is None
     # selection and order by name
