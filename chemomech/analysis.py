@@ -351,3 +351,70 @@ def plot_interface_profiles(result: InterfaceWidths, path: str | Path | None = N
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+# --------------------------------------------------------------------------- driver and CLI
+
+
+def analyze_particles(particles: Sequence[ParticleData], output: str | Path, *,
+                      bins: int = 20, cut_length_nm: float = 600.0,
+                      sigma_px: float = 2.0) -> dict:
+    """Write analysis.json (widths per particle, binned a(X), c(X)) and figures under `output`."""
+    import matplotlib.pyplot as plt
+
+    from chemomech.results import write_json_atomic
+
+    output = Path(output)
+    figures = output / "figures"
+    summary: dict = {"interface_width_definition": InterfaceWidths.definition,
+                     "particles": {}, "lattice_vs_X": {}}
+    for p in particles:
+        widths = interface_widths(p, cut_length_nm=cut_length_nm, sigma_px=sigma_px)
+        summary["particles"][p.name] = {"mean_X": p.mean_X, "group": particle_group(p.mean_X),
+                                        **widths.summary()}
+        if widths.widths_X_nm.size:
+            plt.close(plot_interface_profiles(widths, figures / f"interface_{p.name}.png"))
+    stats = lattice_composition_statistics(particles, bins=bins)
+    for group, s in stats.items():
+        summary["lattice_vs_X"][group] = {
+            "particles": s.particles, "X_bin_centres": s.bin_centres.tolist(),
+            "count": s.count.tolist(), "a_mean_A": s.a_mean.tolist(), "a_std_A": s.a_std.tolist(),
+            "c_mean_A": s.c_mean.tolist(), "c_std_A": s.c_std.tolist()}
+    plt.close(plot_lattice_composition(stats, figures / "lattice_vs_X.png"))
+    # NaN is not JSON: empty bins and missing statistics become null
+    write_json_atomic(output / "analysis.json", _nan_to_none(summary))
+    return summary
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def add_analysis_arguments(parser) -> None:
+    """Arguments of `chemomech analyze`."""
+    parser.add_argument("inputs", nargs="+", help="a stack file, or any input of `import`")
+    parser.add_argument("-o", "--output", default="results/analysis", help="output folder")
+    parser.add_argument("--particles", nargs="*", default=None, help="names (default: all)")
+    parser.add_argument("--bins", type=int, default=20, help="X bins of a(X), c(X)")
+    parser.add_argument("--cut-length-nm", type=float, default=600.0,
+                        help="length of the line cuts across the boundary (nm)")
+    parser.add_argument("--sigma-px", type=float, default=2.0,
+                        help="Gaussian smoothing of X used to locate the boundary (px)")
+
+
+def cmd_analysis(args) -> int:
+    """`chemomech analyze INPUTS -o DIR`: lattice parameters vs X and interface widths."""
+    from chemomech.readers import read_particles
+
+    particles = read_particles(args.inputs)
+    if args.particles:
+        particles = [p for p in particles if p.name in set(args.particles)]
+    analyze_particles(particles, args.output, bins=args.bins,
+                      cut_length_nm=args.cut_length_nm, sigma_px=args.sigma_px)
+    return 0

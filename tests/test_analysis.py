@@ -151,3 +151,22 @@ def test_real_particle_widths(real_particle_path):
     # end members: a near a_FP at X ~ 0 and near a_LFP at X ~ 1 (within 0.1 Å)
     assert abs(s.a_mean[0] - A_FP) < 0.1 and abs(s.a_mean[-1] - A_LFP) < 0.15
     assert s.c_mean[0] > s.c_mean[-1]
+
+
+def test_analyze_particles_writes_json_and_figures(tmp_path):
+    import argparse
+    import json
+
+    from chemomech.analysis import add_analysis_arguments, cmd_analysis
+    from chemomech.stack import write_stack
+
+    stack = write_stack(tmp_path / "s.h5", [curved_interface(120.0)])
+    parser = argparse.ArgumentParser()
+    add_analysis_arguments(parser)
+    assert cmd_analysis(parser.parse_args([str(stack), "-o", str(tmp_path / "out")])) == 0
+    summary = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    widths = summary["particles"]["curved"]
+    assert widths["X_mean_nm"] == pytest.approx(120.0, rel=0.02)
+    assert summary["lattice_vs_X"]["LxFP"]["count"][0] > 0
+    assert (tmp_path / "out" / "figures" / "lattice_vs_X.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "figures" / "interface_curved.png").exists()
