@@ -264,6 +264,9 @@ def _write_stack_file(path: Path, particles: list[ParticleData]) -> None:
             root = f.create_group("particles")
             for p in particles:
                 _write_particle(root.create_group(p.name), p)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file is as readable as any
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
