@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -179,7 +182,9 @@ def test_write_is_atomic_and_refuses_duplicates(tmp_path):
         write_stack(out, [make_particle(truth={"bad": object()})])
     assert out.read_bytes() == before  # untouched by the failed writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary left
-    assert out.stat().st_mode & 0o044  # readable by others under a usual umask, unlike mkstemp's
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_with_frame_copies_and_notes():
