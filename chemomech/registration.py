@@ -439,160 +439,142 @@ def synthetic_particle_maps(shape: tuple[int, int] = (140, 90), seed: int = 0,
     return np.where(mask, X, np.nan), mask, np.where(mask, e_aa, np.nan)
 
 
-def particle_from_correlative(name: str, strain: dict[str, np.ndarray], strain_mask: np.ndarray,
-                              composition: np.ndarray, result: RegistrationResult, *,
-                              pixel_size_nm: float, rotation_rad: float = 0.0,
-                              strain_frame: str = "crystal", theta_sign: int = 1,
-                              composition_mask: np.ndarray | None = None, source: str = "",
-                              dark_field: np.ndarray | None = None):
-    """ParticleData on the 4D-STEM grid: strain maps plus X warped by the registration.
+def particle_from_correlative(name: str, strain, composition, result: RegistrationResult, *,
+                              pixel_size_nm: float | None = None, rotation_rad: float = 0.0,
+                              strain_frame: str = "crystal", theta_sign: int = 1):
+    """ParticleData on the 4D-STEM grid: `readers.StrainMaps` plus the registered X.
 
-    The particle is the largest connected part of the 4D-STEM mask where the warped X is
-    defined; `strain` holds e_xx, e_yy, e_xy, theta (dimensionless, radians).
+    X, its mask and thickness (a `readers.CompositionMap` on the X-ray grid) are carried by
+    `warp_to_grid`; the particle is the largest connected part of the strain mask where the
+    warped X is defined (`readers.combine_strain_and_composition`).
     """
-    from chemomech.stack import ParticleData, largest_component
+    from chemomech.readers import CompositionMap, combine_strain_and_composition
 
-    missing = {"e_xx", "e_yy", "e_xy", "theta"} - set(strain)
-    if missing:
-        raise InputError(f"strain maps missing {sorted(missing)}", field="strain")
-    shape = np.asarray(strain_mask).shape
-    X = warp_to_grid(composition, result.matrix, shape, composition_mask)
-    mask = largest_component(np.asarray(strain_mask, dtype=bool) & np.isfinite(X))
-    if not mask.any():
-        raise InputError("the registered composition does not overlap the 4D-STEM particle",
-                         field="mask")
+    shape = np.asarray(strain.e_xx).shape
+    X = warp_to_grid(composition.X, result.matrix, shape, composition.mask)
+    thickness = None if composition.thickness is None else \
+        warp_to_grid(composition.thickness, result.matrix, shape, composition.mask)
     note = (f"X registered by affine {np.round(result.matrix, 6).tolist()} "
             f"(flip={result.flip}, r={result.score:.4f})")
-    return ParticleData(name=name, X=np.clip(X, 0.0, 1.0), mask=mask,
-                        pixel_size_nm=pixel_size_nm, rotation_rad=rotation_rad,
-                        strain_frame=strain_frame, theta_sign=theta_sign,
-                        source=f"{source}; {note}" if source else note, dark_field=dark_field,
-                        **{k: np.asarray(strain[k], dtype=float)
-                           for k in ("e_xx", "e_yy", "e_xy", "theta")})
+    source = f"{composition.source}; {note}" if composition.source else note
+    registered = CompositionMap(X=np.clip(X, 0.0, 1.0), mask=np.isfinite(X),
+                                thickness=thickness, source=source)
+    if not (registered.mask & (strain.mask if strain.mask is not None else True)).any():
+        raise InputError("the registered composition does not overlap the 4D-STEM particle",
+                         field="mask")
+    return combine_strain_and_composition(strain, registered, name=name,
+                                          pixel_size_nm=pixel_size_nm, rotation_rad=rotation_rad,
+                                          strain_frame=strain_frame, theta_sign=theta_sign,
+                                          keep_largest=True)
 
 
 # ----------------------------------------------------------------------------- CLI
 
-#: Keys accepted for the strain maps in .npz / .mat inputs (first match wins).
-_STRAIN_KEYS = {"e_xx": ("e_xx", "exx"), "e_yy": ("e_yy", "eyy"), "e_xy": ("e_xy", "exy"),
-                "theta": ("theta",), "mask": ("mask",)}
 
+def read_strain_maps(path: str | Path):
+    """4D-STEM maps via `chemomech.readers`: .npz, the study's .mat, or py4DSTEM HDF5.
 
-def read_strain_maps(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Strain maps (e_xx, e_yy, e_xy, theta) and mask from .npz or the study's .mat layout.
-
-    In the .mat layout the particle is FP + LFP > 0.1 and strain == 1 marks unmeasured pixels.
+    Returns (StrainMaps, frame) with frame = (rotation_rad, strain_frame, theta_sign) as the
+    reader documents it ((0, "image", +1) where the file says nothing).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
-    if path.suffix.lower() == ".mat":
-        from scipy.io import loadmat
+    from chemomech import readers
 
-        raw = loadmat(path)
-    elif path.suffix.lower() == ".npz":
-        with np.load(path) as data:
-            raw = {k: data[k] for k in data.files}
-    else:
-        raise InputError("strain maps must be .npz or .mat (use a chemomech stack otherwise)",
-                         path=str(path))
-    maps = {}
-    for name, keys in _STRAIN_KEYS.items():
-        key = next((k for k in keys if k in raw), None)
-        if key is None:
-            raise InputError(f"missing (looked for {keys})", path=str(path), field=name)
-        maps[name] = np.asarray(raw[key], dtype=float)
-    mask = np.nan_to_num(maps.pop("mask")) > 0.5
-    if "FP" in raw and "LFP" in raw:
-        mask &= (np.asarray(raw["FP"]) + np.asarray(raw["LFP"])) > 0.10
-    for name in ("e_xx", "e_yy", "e_xy", "theta"):
-        maps[name] = np.where(np.isclose(maps[name], 1.0, atol=1e-6), np.nan, maps[name])
-    return maps, mask
-
-
-def read_composition_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """X and its mask from `chemomech composition` output (.h5), .npz (key X) or .tif."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        from chemomech.composition import read_composition
-
-        maps = read_composition(path)
-        return maps.X, maps.mask
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
-    if suffix == ".npz":
-        with np.load(path) as data:
-            if "X" not in data.files:
-                raise InputError("no array named X", path=str(path), field="X")
-            X = np.asarray(data["X"], dtype=float)
-            mask = np.asarray(data["mask"], dtype=bool) if "mask" in data.files else None
-    elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        X, mask = np.asarray(tifffile.imread(path), dtype=float), None
+    if suffix == ".mat":
+        p = readers.read_reference_mat(path)
+        maps = readers.StrainMaps(p.e_xx, p.e_yy, p.e_xy, p.theta, p.mask, p.pixel_size_nm,
+                                  p.source)
+        return maps, (p.rotation_rad, p.strain_frame, p.theta_sign)
+    maps = readers.read_strain_npz(path) if suffix == ".npz" else \
+        readers.read_py4dstem_strain(path)
+    if maps.mask is None:
+        maps.mask = np.isfinite(maps.e_xx)
     else:
-        raise InputError("composition must be .h5 (chemomech composition), .npz or .tif",
-                         path=str(path))
-    if X.ndim != 2:
-        raise InputError(f"X must be a 2-D map, got shape {X.shape}", path=str(path), field="X")
-    return X, np.isfinite(X) if mask is None else mask & np.isfinite(X)
+        maps.mask = (np.nan_to_num(np.asarray(maps.mask, dtype=float)) > 0.5) \
+            & np.isfinite(maps.e_xx)
+    return maps, (0.0, "image", 1)
+
+
+def fixed_channel(strain, channel: str, rotation_rad: float = 0.0,
+                  strain_frame: str = "crystal") -> np.ndarray:
+    """The 4D-STEM channel to correlate: e_aa = n.eps.n, n = (cos phi, sin phi) in the image.
+
+    `channel` is e_aa or e_cc (crystal axes, rotated from image-frame strain when needed) or a
+    stored map (e_xx, e_yy, e_xy, theta).
+    """
+    if channel in ("e_xx", "e_yy", "e_xy", "theta"):
+        return np.asarray(getattr(strain, channel), dtype=float)
+    if channel not in ("e_aa", "e_cc"):
+        raise InputError(f"unknown channel {channel!r}; choose e_aa, e_cc, e_xx, e_yy, e_xy or "
+                         "theta", field="channel")
+    if strain_frame == "crystal":
+        return np.asarray(strain.e_xx if channel == "e_aa" else strain.e_yy, dtype=float)
+    angle = rotation_rad if channel == "e_aa" else rotation_rad + np.pi / 2
+    c, s = np.cos(angle), np.sin(angle)
+    return c * c * strain.e_xx + 2 * c * s * strain.e_xy + s * s * strain.e_yy
 
 
 def add_register_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `chemomech register`."""
-    parser.add_argument("strain", help="4D-STEM strain maps: .npz (e_xx, e_yy, e_xy, theta, "
-                                       "mask) or the study's .mat layout")
-    parser.add_argument("composition", help="X-ray composition: chemomech composition .h5, "
-                                            ".npz (X[, mask]) or .tif")
+    parser.add_argument("strain", help="4D-STEM strain maps: .npz (e_xx, e_yy, e_xy, theta[, "
+                                       "mask]), the study's .mat, or py4DSTEM HDF5")
+    parser.add_argument("composition", help="X-ray composition on its own grid: chemomech "
+                                            "composition .h5, .npz (X[, mask]) or .tif")
     parser.add_argument("-o", "--output", default="registration",
                         help="folder for registration.json, overlay.png, X_registered.npz")
-    parser.add_argument("--channel", default="e_xx",
-                        help="4D-STEM channel to correlate with X (default e_xx = e_aa in the "
-                             "crystal frame)")
+    parser.add_argument("--channel", default="e_aa",
+                        help="4D-STEM channel correlated with X: e_aa (default), e_cc, e_xx, "
+                             "e_yy, e_xy, theta")
     parser.add_argument("--sign", type=int, choices=(1, -1), default=1,
-                        help="expected sign of the correlation (+1: a and X rise together)")
+                        help="sign of the correlation (+1: e_aa and X rise together; -1 e_cc)")
     parser.add_argument("--margin-px", type=float, default=4.0,
-                        help="score pixels more than this far inside the particle")
+                        help="score pixels more than this far inside the particle (4)")
     parser.add_argument("--allow-flip", action="store_true", help="also try mirrored maps")
     parser.add_argument("--contrast-degree", type=int, default=3,
-                        help="polynomial contrast model of the X-ray map (1 = plain Pearson)")
-    parser.add_argument("--levels", type=int, default=3, help="coarse-to-fine levels")
+                        help="polynomial X-ray contrast model (3; 1 = plain Pearson)")
+    parser.add_argument("--levels", type=int, default=3, help="coarse-to-fine levels (3)")
     parser.add_argument("--stack", default=None,
                         help="also write a chemomech stack (HDF5) with the registered X")
     parser.add_argument("--name", default="particle", help="particle name in the stack")
     parser.add_argument("--pixel-size-nm", type=float, default=None,
-                        help="4D-STEM pixel size (nm), required with --stack")
-    parser.add_argument("--rotation-rad", type=float, default=0.0,
-                        help="angle from image x to crystal a (rad, ccw)")
-    parser.add_argument("--strain-frame", choices=("crystal", "image"), default="crystal")
-    parser.add_argument("--theta-sign", type=int, choices=(1, -1), default=1)
+                        help="4D-STEM pixel size (nm; default: from the strain file)")
+    parser.add_argument("--rotation-rad", type=float, default=None,
+                        help="angle from image x to crystal a (rad, ccw; default: from the "
+                             "reader, else 0)")
+    parser.add_argument("--strain-frame", choices=("crystal", "image"), default=None,
+                        help="frame of the strain maps (default: from the reader)")
+    parser.add_argument("--theta-sign", type=int, choices=(1, -1), default=None)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     """`chemomech register STRAIN COMPOSITION -o DIR`: affine X-ray -> 4D-STEM registration."""
-    strain, strain_mask = read_strain_maps(args.strain)
-    if args.channel not in strain:
-        raise InputError(f"unknown channel {args.channel!r}; choose from {sorted(strain)}",
-                         path=str(args.strain), field="channel")
-    X, X_mask = read_composition_map(args.composition)
-    fixed = strain[args.channel]
-    result = register_affine(fixed, strain_mask, X, X_mask, sign=args.sign,
-                             margin_px=args.margin_px, allow_flip=args.allow_flip,
-                             contrast_degree=args.contrast_degree, levels=args.levels)
+    from chemomech.readers import read_composition_map
+
+    strain, (rotation, frame, theta_sign) = read_strain_maps(args.strain)
+    rotation = rotation if args.rotation_rad is None else args.rotation_rad
+    frame = frame if args.strain_frame is None else args.strain_frame
+    theta_sign = theta_sign if args.theta_sign is None else args.theta_sign
+    composition = read_composition_map(args.composition)
+    fixed = fixed_channel(strain, args.channel, rotation, frame)
+    result = register_affine(fixed, strain.mask, composition.X, composition.mask,
+                             sign=args.sign, margin_px=args.margin_px,
+                             allow_flip=args.allow_flip, contrast_degree=args.contrast_degree,
+                             levels=args.levels)
     out = Path(args.output)
     write_registration(result, out / "registration.json")
-    overlay_figure(fixed, strain_mask, X, result, out / "overlay.png", X_mask)
-    registered = warp_to_grid(X, result.matrix, strain_mask.shape, X_mask)
-    np.savez_compressed(out / "X_registered.npz", X=registered, mask=strain_mask)
+    overlay_figure(fixed, strain.mask, composition.X, result, out / "overlay.png",
+                   composition.mask)
+    registered = warp_to_grid(composition.X, result.matrix, strain.mask.shape,
+                              composition.mask)
+    np.savez_compressed(out / "X_registered.npz", X=registered, mask=strain.mask)
     if args.stack:
         from chemomech.stack import write_stack
 
-        particle = particle_from_correlative(
-            args.name, strain, strain_mask, X, result, pixel_size_nm=args.pixel_size_nm,
-            rotation_rad=args.rotation_rad, strain_frame=args.strain_frame,
-            theta_sign=args.theta_sign, composition_mask=X_mask,
-            source=f"{args.strain} + {args.composition}")
+        particle = particle_from_correlative(args.name, strain, composition, result,
+                                             pixel_size_nm=args.pixel_size_nm,
+                                             rotation_rad=rotation, strain_frame=frame,
+                                             theta_sign=theta_sign)
         write_stack(args.stack, particle)
     logger.info("registration r = %.4f written to %s", result.score, out)
     return 0

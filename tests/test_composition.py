@@ -175,3 +175,26 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         with h5py.File(tmp_path / "empty.h5", "w") as f:
             f.create_dataset("x", data=[1.0])
         read_od_stack(tmp_path / "empty.h5")
+
+
+def test_cli_writes_maps_that_the_readers_load(tmp_path):
+    import argparse
+
+    from chemomech.composition import add_composition_arguments, cmd_composition
+    from chemomech.readers import read_composition_map
+
+    energies = np.asarray(DEFAULT_ENERGIES_EV)
+    A = np.column_stack(model_reference_spectra(energies))
+    t_lfp, t_fp, inside, X = synthetic_particle()
+    od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
+    tifffile.imwrite(tmp_path / "od.tif", od)
+    write_reference_csv(tmp_path / "refs.csv")
+    parser = argparse.ArgumentParser()
+    add_composition_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "od.tif"), str(tmp_path / "refs.csv"), "-o",
+                              str(tmp_path / "X.h5"), "--threshold-fraction", "0.1"])
+    assert cmd_composition(args) == 0
+    loaded = read_composition_map(tmp_path / "X.h5")
+    np.testing.assert_allclose(loaded.X[loaded.mask], X[loaded.mask], atol=1e-9)
+    np.testing.assert_allclose(loaded.thickness, t_lfp + t_fp, atol=1e-9)
+    assert (loaded.mask ^ inside).sum() < 0.05 * inside.sum()

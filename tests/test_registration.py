@@ -17,6 +17,7 @@ from chemomech.registration import (
     cmd_register,
     correlation_score,
     fill_outside,
+    fixed_channel,
     interior_pixels,
     particle_from_correlative,
     pixel_rms_distance,
@@ -150,12 +151,29 @@ def test_warp_round_trip_and_stack_particle():
     assert np.isfinite(back[inner]).all()
     assert np.max(np.abs(back[inner] - X[inner])) < 0.1   # two bilinear resamplings
     assert np.isnan(back[~mask & (interior_pixels(~mask, 2.0))]).all()
-    strain = {"e_xx": e_aa, "e_yy": 0.02 * (1 - X), "e_xy": 0 * X, "theta": 0 * X}
+    from chemomech.readers import CompositionMap, StrainMaps
+
+    strain = StrainMaps(e_aa, 0.02 * (1 - X), 0 * X, 0 * X, mask)
     result = RegistrationResult(M, False, 0.99, 10)
-    particle = particle_from_correlative("p1", strain, mask, xray, result, pixel_size_nm=16.6,
-                                         composition_mask=valid)
+    particle = particle_from_correlative("p1", strain, CompositionMap(xray, valid), result,
+                                         pixel_size_nm=16.6)
     assert particle.mask.sum() > 0.9 * mask.sum()
     np.testing.assert_allclose(particle.X[inner], np.clip(back[inner], 0, 1))
+
+
+def test_fixed_channel_rotates_image_frame_strain_to_e_aa():
+    from chemomech.readers import StrainMaps
+
+    e_aa, e_cc, phi = -0.03, 0.01, 0.4
+    R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+    eps = R @ np.diag([e_aa, e_cc]) @ R.T          # image frame
+    ones = np.ones((3, 3))
+    strain = StrainMaps(eps[0, 0] * ones, eps[1, 1] * ones, eps[0, 1] * ones, 0 * ones)
+    assert fixed_channel(strain, "e_aa", phi, "image")[0, 0] == pytest.approx(e_aa)
+    assert fixed_channel(strain, "e_cc", phi, "image")[0, 0] == pytest.approx(e_cc)
+    assert fixed_channel(strain, "e_aa", phi, "crystal")[0, 0] == pytest.approx(eps[0, 0])
+    with pytest.raises(InputError, match="unknown channel"):
+        fixed_channel(strain, "a_lattice")
 
 
 def test_registration_json_is_the_design_format(tmp_path):
