@@ -242,12 +242,22 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
     return result
 
 
-def adopt_frame(particle: ParticleData, frame: FrameCandidate) -> ParticleData:
-    """The particle re-labelled with `frame` (crystal frame; mirror folded into e_xy, theta)."""
-    note = (f"frame check adopted rotation {frame.rotation_rad:.4f} rad, theta_sign "
-            f"{frame.theta_sign:+d}{', mirrored (e_xy, theta negated)' if frame.mirror else ''}")
-    p = particle.with_frame(frame.rotation_rad, frame.theta_sign, note)
-    p.strain_frame = "crystal"
+def adopt_frame(particle: ParticleData, frame: FrameCandidate,
+                tolerance_rad: float = math.radians(2.0)) -> ParticleData:
+    """The particle re-labelled with `frame` (mirror folded into e_xy, theta by negation).
+
+    Image-frame data whose best rotation is ~0 (mod pi) stay in the image frame and keep their
+    rotation_rad (the crystal orientation, which compatibility cannot see); otherwise the maps
+    are taken as crystal-frame data at the best rotation.
+    """
+    keep_image = (particle.strain_frame == "image"
+                  and angle_distance_mod_pi(frame.rotation_rad, 0.0) <= tolerance_rad)
+    rotation = particle.rotation_rad if keep_image else frame.rotation_rad
+    note = (f"frame check adopted {'image frame' if keep_image else 'rotation'} "
+            f"{rotation:.4f} rad, theta_sign {frame.theta_sign:+d}"
+            f"{', mirrored (e_xy, theta negated)' if frame.mirror else ''}")
+    p = particle.with_frame(rotation, frame.theta_sign, note)
+    p.strain_frame = "image" if keep_image else "crystal"
     if frame.mirror:
         p.e_xy = -p.e_xy
         p.theta = -p.theta

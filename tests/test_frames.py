@@ -161,3 +161,16 @@ def test_frame_check_on_real_particle(real_particle_path):
     documented = frame_check(read_reference_mat(real_particle_path), adopt=True)
     assert documented.stated_is_best() and not documented.adopted
     assert documented.particle.rotation_rad == pytest.approx(-1.7104, abs=1e-4)
+
+
+def test_image_frame_data_keep_their_crystal_orientation_when_adopting():
+    """Compatibility cannot see the crystal orientation of image-frame strain: keep it."""
+    p = synthetic_particle(0.0, 1)  # crystal frame = image frame
+    q = p.with_frame(1.2, -1)  # image-frame data, crystal at 1.2 rad, wrong theta sign
+    q.strain_frame = "image"
+    result = frame_check(q, step_deg=1.0, adopt=True)
+    assert result.adopted
+    adopted = result.particle
+    assert adopted.strain_frame == "image" and adopted.rotation_rad == 1.2
+    assert adopted.theta_sign == 1
+    np.testing.assert_allclose(gradient_image(adopted), gradient_image(p), atol=1e-15)
