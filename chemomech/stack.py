@@ -155,6 +155,10 @@ class ParticleData:
         finite = np.isfinite(inside)
         if not finite.any():
             raise InputError("X is NaN everywhere inside the mask", path=path, field="X")
+        if not finite.all():
+            raise InputError(f"X is NaN at {int((~finite).sum())} of {finite.size} pixels inside "
+                             "the mask; the mask must only cover pixels with a composition",
+                             path=path, field="X")
         lo, hi = float(inside[finite].min()), float(inside[finite].max())
         if lo < -X_TOLERANCE or hi > 1.0 + X_TOLERANCE:
             raise InputError(f"Li fraction X must lie in [0, 1] inside the mask, found "

@@ -100,6 +100,8 @@ def test_X_normalised_outside_mask_and_clipped_within_tolerance():
     ("theta", lambda p: np.full(p.mask.shape, np.nan), "NaN everywhere"),
     ("X", lambda p: np.full(p.mask.shape, np.nan), "NaN everywhere"),
     ("X", lambda p: np.where(p.mask, 1.5, 0), r"\[0, 1\]"),
+    ("X", lambda p: np.where(np.arange(p.mask.size).reshape(p.mask.shape) == 200, np.nan, p.X),
+     "NaN at 1 of"),
     ("X", lambda p: np.where(p.mask, -0.3, 0), r"\[0, 1\]"),
     ("mask", lambda p: np.zeros(p.mask.shape), "empty"),
     ("pixel_size_nm", lambda p: None, "pixel size"),
