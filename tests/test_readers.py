@@ -244,7 +244,14 @@ def test_composition_formats_agree(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["X"] = X_in
         f["mask"] = m["mask"].astype(np.uint8)
-    for name in ("thick.npz", "x.npz", "x.tif", "thick.tif", "x.h5"):
+    from chemomech.composition import CompositionMaps, write_composition
+
+    write_composition(CompositionMaps(X=X_in, thickness=m["t_LFP"] + m["t_FP"],
+                                      t_lfp=m["t_LFP"], t_fp=m["t_FP"], mask=m["mask"],
+                                      residual=np.zeros(SHAPE), threshold=0.1,
+                                      energy_ev=np.array([700.0, 706.2])),
+                      tmp_path / "chemomech_composition.h5")
+    for name in ("thick.npz", "x.npz", "x.tif", "thick.tif", "x.h5", "chemomech_composition.h5"):
         c = read_composition_map(tmp_path / name)
         np.testing.assert_array_equal(c.mask, m["mask"], err_msg=name)
         np.testing.assert_allclose(c.X[m["mask"]], m["X"][m["mask"]], atol=1e-6, err_msg=name)
