@@ -483,6 +483,31 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
         keep_largest=keep_largest)]
 
 
+def read_data(data: str | Path | Sequence[str | Path | Sequence[str | Path]],
+              particles: str | Sequence[str] = "all", **read_options: Any,
+              ) -> list[ParticleData]:
+    """The config's `data` (a path, or a list of paths and [strain, composition] pairs) and
+    `particles` ("all" or names) as one list of particles with unique names."""
+    entries = [data] if isinstance(data, (str, Path)) else list(data)
+    out: list[ParticleData] = []
+    for entry in entries:
+        inputs = [entry] if isinstance(entry, (str, Path)) else list(entry)
+        out += read_particles(inputs, **read_options)
+    names = [p.name for p in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"particle names {duplicates} occur in more than one input; rename "
+                         "them (chemomech import --name)", field="particles")
+    if particles != "all":
+        wanted = [particles] if isinstance(particles, str) else list(particles)
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise InputError(f"particles {missing} not found (have {names})",
+                             field="particles")
+        out = [out[names.index(n)] for n in wanted]
+    return out
+
+
 def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
     q = p.with_frame(values.get("rotation_rad", p.rotation_rad),
                      values.get("theta_sign", p.theta_sign), "frame set by the user")

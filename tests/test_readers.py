@@ -360,3 +360,22 @@ def test_import_frame_check_adopts(tmp_path, caplog):
     (p,) = read_stack(out)
     assert angle_distance_mod_pi(p.rotation_rad, true_rotation) < np.radians(1.0)
     assert "frame check adopted" in p.source
+
+
+def test_read_data_combines_inputs_and_selects_particles(tmp_path):
+    from chemomech.readers import read_data
+
+    m = maps(8)
+    scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))
+    write_stack(tmp_path / "s.h5", read_reference_mat(tmp_path / "A.mat", name="B"))
+    strain = tmp_path / "C.npz"
+    np.savez(strain, **{k: m[k] for k in ("e_xx", "e_yy", "e_xy", "theta")}, pixel_size_nm=5.0)
+    comp = tmp_path / "C_X.npz"
+    np.savez(comp, X=np.where(m["mask"], m["X"], np.nan))
+    data = [tmp_path / "A.mat", str(tmp_path / "s.h5"), [strain, comp]]
+    assert [p.name for p in read_data(data)] == ["A", "B", "C"]
+    assert [p.name for p in read_data(data, particles=["C", "A"])] == ["C", "A"]
+    with pytest.raises(InputError, match="not found"):
+        read_data(data, particles=["Z"])
+    with pytest.raises(InputError, match="more than one input"):
+        read_data([tmp_path / "A.mat", tmp_path / "A.mat"])
