@@ -148,12 +148,14 @@ class DisplacementMisfit(PixelMisfit):
 
     `observation` samples (u_x, u_y) at the local pixels (2 rows per pixel); `points` are the
     pixel centres (n_local, 2) in nm, `displacement` the data (n_local, 2) in nm and `used`
-    (n_local,) marks the pixels kept (inside and away from the edge).
+    (n_local,) marks the pixels kept (inside and away from the edge).  `point_indices`
+    (n_local,): the pixels' indices in the caller's full point list (kept, for the used
+    pixels, as `self.point_indices`, e.g. to map residuals back to images).
     """
 
     def __init__(self, V: fem.FunctionSpace, observation: scipy.sparse.csr_matrix,
                  points: np.ndarray, displacement: np.ndarray, used: np.ndarray | None = None,
-                 name: str = "particle"):
+                 name: str = "particle", point_indices: np.ndarray | None = None):
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         displacement = np.asarray(displacement, dtype=float).reshape(-1, 2)
         used = np.ones(points.shape[0], bool) if used is None else np.asarray(used, bool)
@@ -165,6 +167,8 @@ class DisplacementMisfit(PixelMisfit):
         rows = np.repeat(np.flatnonzero(used) * 2, 2) + np.tile([0, 1], int(used.sum()))
         B = scipy.sparse.csr_matrix(observation)[rows]
         self.points = points[used]
+        self.point_indices = (np.arange(used.size) if point_indices is None
+                              else np.asarray(point_indices))[used]
         super().__init__(V, B, displacement[used].ravel(),
                          rigid_mode_basis(self.points, V.mesh.comm), name=name)
         logger.debug("%s: %d used pixels", name, self.num_observations // 2)
@@ -177,7 +181,8 @@ class DisplacementMisfit(PixelMisfit):
         owned = np.asarray(sampler.owned)
         keep = None if used is None else np.asarray(used, bool).ravel()[owned]
         d = np.asarray(displacement, float).reshape(-1, 2)[owned]
-        return cls(sampler.V, sampler.matrix, sampler.points_nm[owned], d, keep, name=name)
+        return cls(sampler.V, sampler.matrix, sampler.points_nm[owned], d, keep, name=name,
+                   point_indices=owned)
 
 
 class StrainMisfit(PixelMisfit):
@@ -186,11 +191,12 @@ class StrainMisfit(PixelMisfit):
     `strain_observation` maps u to (e_xx, e_yy, e_xy) at the local pixels (3 rows per pixel);
     `strain` the measured image-frame strain (n_local, 3); `used` (n_local,) the pixels kept.
     The shear rows are weighted by sqrt(2) so that the sum is the Frobenius norm.
+    `points`, `point_indices`: as for `DisplacementMisfit` (optional).
     """
 
     def __init__(self, V: fem.FunctionSpace, strain_observation: scipy.sparse.csr_matrix,
                  strain: np.ndarray, used: np.ndarray | None = None, name: str = "particle",
-                 points: np.ndarray | None = None):
+                 points: np.ndarray | None = None, point_indices: np.ndarray | None = None):
         strain = np.asarray(strain, dtype=float).reshape(-1, 3)
         used = np.ones(strain.shape[0], bool) if used is None else np.asarray(used, bool)
         if np.any(~np.isfinite(strain[used])):
@@ -200,6 +206,8 @@ class StrainMisfit(PixelMisfit):
         B = scipy.sparse.diags(weights) @ scipy.sparse.csr_matrix(strain_observation)[rows]
         super().__init__(V, B.tocsr(), weights * strain[used].ravel(), None, name=name)
         self.points = None if points is None else np.asarray(points, float)[used]
+        self.point_indices = (np.arange(used.size) if point_indices is None
+                              else np.asarray(point_indices))[used]
 
     @classmethod
     def from_sampler(cls, sampler, strain: np.ndarray, used: np.ndarray | None = None,
@@ -210,7 +218,7 @@ class StrainMisfit(PixelMisfit):
         keep = None if used is None else np.asarray(used, bool).ravel()[owned]
         e = np.asarray(strain, float).reshape(-1, 3)[owned]
         return cls(sampler.V, strain_observation_matrix(sampler), e, keep, name=name,
-                   points=sampler.points_nm[owned])
+                   points=sampler.points_nm[owned], point_indices=owned)
 
 
 class MultiParticleMisfit:
