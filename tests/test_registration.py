@@ -232,3 +232,27 @@ def test_cli_writes_json_figure_map_and_stack(tmp_path):
 
     (particle,) = read_stack(tmp_path / "s.h5")
     assert particle.pixel_size_nm == 16.6 and particle.mask.sum() > 0.9 * mask.sum()
+
+
+def test_cli_on_the_reference_mat(real_particle_path, real_pair, tmp_path):
+    """`chemomech register LFP50_P2.mat xray.npz`: the documented frame goes into the stack."""
+    X, particle, _ = real_pair
+    warp = affine(-5.0, (1.05, 0.95), 0.0, (10.0, -8.0), (112, 62))
+    warp[:, 2] += (30.0, 40.0)
+    xray, valid = simulate_xray_map(X, particle, warp, (290, 210), noise=0.02,
+                                    rng=np.random.default_rng(4))
+    np.savez(tmp_path / "xray.npz", X=xray, mask=valid)
+    parser = argparse.ArgumentParser()
+    add_register_arguments(parser)
+    args = parser.parse_args([str(real_particle_path), str(tmp_path / "xray.npz"), "-o",
+                              str(tmp_path / "out"), "--stack", str(tmp_path / "s.h5")])
+    assert cmd_register(args) == 0
+    result = read_registration(tmp_path / "out" / "registration.json")
+    assert result.score > 0.85
+    assert pixel_rms_distance(result.matrix, warp, particle) < 1.0  # own optimum: ~0.8 px
+    from chemomech.stack import read_stack
+
+    (stacked,) = read_stack(tmp_path / "s.h5")
+    assert stacked.rotation_rad == pytest.approx(-1.7104, abs=1e-4)
+    assert stacked.strain_frame == "crystal" and stacked.pixel_size_nm == 16.6
+    assert np.nanmean(stacked.X) == pytest.approx(np.nanmean(X[particle]), abs=0.03)
