@@ -1,0 +1,151 @@
+"""Meshes from pixel masks: geometry (areas, holes, tags), mask repair and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+dolfinx = pytest.importorskip("dolfinx")
+
+import ufl  # noqa: E402
+from dolfinx import fem  # noqa: E402
+
+from chemomech.exceptions import InputError  # noqa: E402
+from chemomech.mesh import (  # noqa: E402
+    HOLE_TAG,
+    OUTER_TAG,
+    check_composition,
+    mesh_from_mask,
+    repair_mask,
+    split_particles,
+    trace_boundaries,
+)
+
+H = 2.5  # nm per pixel
+
+
+def annulus(n: int = 44, r_out: float = 16.0, r_in: float = 0.0) -> np.ndarray:
+    """Pixels whose centre lies at radius in [r_in, r_out) from the image centre."""
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    r = np.hypot(i - (n - 1) / 2, j - (n - 1) / 2)
+    return (r < r_out) & (r >= r_in)
+
+
+def _integral(mesh, integrand) -> float:
+    return mesh.comm.allreduce(fem.assemble_scalar(fem.form(integrand)))
+
+
+@pytest.mark.mpi
+def test_annulus_area_perimeters_and_hole_survive():
+    """Mesh area = pixel area (boundary half a pixel outside the centres) ~ pi (R^2 - r^2)."""
+    mask = annulus(r_out=16.0, r_in=6.0)
+    pm = mesh_from_mask(mask, H, MPI.COMM_WORLD)
+    area = _integral(pm.mesh, 1.0 * ufl.dx(domain=pm.mesh))
+    assert area == pytest.approx(pm.area_nm2, rel=1e-12)
+    assert area == pytest.approx(mask.sum() * H**2, rel=0.01)
+    assert area == pytest.approx(np.pi * (16.0**2 - 6.0**2) * H**2, rel=0.02)
+    ds = ufl.Measure("ds", domain=pm.mesh, subdomain_data=pm.facet_tags)
+    outer = _integral(pm.mesh, 1.0 * ds(OUTER_TAG))
+    inner = _integral(pm.mesh, 1.0 * ds(HOLE_TAG))
+    # a polygon through pixel-edge midpoints: perimeter within 6 % of the circle
+    assert outer == pytest.approx(2 * np.pi * 16.0 * H, rel=0.06)
+    assert inner == pytest.approx(2 * np.pi * 6.0 * H, rel=0.06)
+    # the hole is empty: no cell centre within the hole radius
+    c = (np.array(mask.shape) - 1) / 2 * H
+    mids = dolfinx.mesh.compute_midpoints(pm.mesh, 2, np.arange(
+        pm.mesh.topology.index_map(2).size_local, dtype=np.int32))[:, :2]
+    assert np.all(np.hypot(*(mids - c).T) > 5.0 * H)
+    assert len(pm.boundaries_nm) == 2
+
+
+def test_every_pixel_centre_is_inside_the_simplified_boundary():
+    from matplotlib.path import Path
+
+    mask = annulus(r_out=15.0, r_in=5.0)
+    outer, hole = trace_boundaries(mask, simplify_tol_px=0.25)
+    centres = np.argwhere(mask).astype(float)
+    assert Path(outer).contains_points(centres).all()
+    assert not Path(hole).contains_points(centres).any()
+    assert len(outer) < 0.6 * 4 * 2 * np.pi * 15  # the staircase is simplified
+
+
+def test_mesh_size_controls_the_number_of_cells():
+    mask = annulus(r_out=12.0)
+    coarse = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=2.0)
+    fine = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0)
+    ratio = fine.mesh.topology.index_map(2).size_global / coarse.mesh.topology.index_map(
+        2).size_global
+    assert 3.0 < ratio < 5.0  # cells ~ (1 / size)^2
+
+
+def test_refinement_where_the_composition_gradient_is_high():
+    mask = annulus(r_out=16.0)
+    i = np.arange(mask.shape[0])[:, None] * np.ones(mask.shape)
+    X = 0.5 * (1 + np.tanh((i - 21.5) / 2.0))  # interface along x = 21.5 px
+    pm = mesh_from_mask(mask, H, MPI.COMM_SELF, refine=X, refine_size_px=0.5)
+    base = mesh_from_mask(mask, H, MPI.COMM_SELF)
+    mids = dolfinx.mesh.compute_midpoints(pm.mesh, 2, np.arange(
+        pm.mesh.topology.index_map(2).size_local, dtype=np.int32))[:, 0] / H
+    near = np.abs(mids - 21.5) < 2
+    far = np.abs(mids - 21.5) > 6
+    size = pm.mesh.h(2, np.arange(len(mids), dtype=np.int32))
+    assert np.median(size[near]) < 0.7 * np.median(size[far])
+    assert pm.mesh.topology.index_map(2).size_global > base.mesh.topology.index_map(
+        2).size_global
+
+
+def test_islands_are_dropped_with_a_warning_and_particles_split():
+    mask = annulus(n=60, r_out=12.0)
+    mask[2:5, 2:5] = True  # a 9-pixel island
+    with pytest.warns(UserWarning, match="dropped 1 island"):
+        pm = mesh_from_mask(mask, H, MPI.COMM_SELF, min_island_px=20)
+    assert not pm.mask[2:5, 2:5].any()
+    assert pm.mask.sum() == annulus(n=60, r_out=12.0).sum()
+
+    two = np.zeros((40, 80), bool)
+    two[5:30, 5:30] = True
+    two[5:25, 45:70] = True
+    with pytest.raises(InputError, match="split_particles"):
+        mesh_from_mask(two, H, MPI.COMM_SELF)
+    parts = split_particles(two)
+    assert [p.sum() for p in parts] == [625, 500]
+
+
+def test_one_pixel_bridge_is_opened_or_rejected():
+    mask = np.zeros((30, 50), bool)
+    mask[5:25, 5:20] = True
+    mask[5:25, 30:45] = True
+    mask[15, 20:30] = True  # one-pixel bridge joining two blocks
+    with pytest.raises(InputError, match="separate particles"):
+        repair_mask(mask)  # after the opening, two particles remain
+    with pytest.raises(InputError, match="one-pixel-wide"):
+        repair_mask(mask, thin="raise")
+    spur = np.zeros((30, 30), bool)
+    spur[5:25, 5:20] = True
+    spur[15, 20:26] = True  # a one-pixel spur is removed
+    assert repair_mask(spur).sum() == 300
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((20, 20)), "empty"),
+    (np.ones((20, 20)), "border"),
+    (np.zeros(20), "2-D"),
+    (np.full((20, 20), np.nan), "NaN"),
+])
+def test_bad_masks_are_input_errors(bad, match):
+    with pytest.raises(InputError, match=match):
+        mesh_from_mask(bad, H, MPI.COMM_SELF)
+
+
+def test_bad_composition_and_pixel_size_are_input_errors():
+    mask = annulus(r_out=10.0)
+    X = np.full(mask.shape, 0.5)
+    X[mask.nonzero()[0][0], mask.nonzero()[1][0]] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        mesh_from_mask(mask, H, MPI.COMM_SELF, refine=X)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        check_composition(np.full(mask.shape, 1.2), mask)
+    check_composition(np.where(mask, 0.3, np.nan), mask)  # NaN outside is fine
+    with pytest.raises(InputError, match="pixel size"):
+        mesh_from_mask(mask, 0.0, MPI.COMM_SELF)
