@@ -104,9 +104,9 @@ def run_pair(fixed, mask, X, truth_of, shape, rng, noise, saturating: bool = Tru
                                     contrast=contrast if saturating else None, noise=noise,
                                     rng=rng)
     row = {"noise": noise, "contrast": "saturating" if saturating else "linear"}
-    for name, degree in (("chemomech", 3), ("chemomech_pearson", 1)):
+    for name, model in (("chemomech", "spline"), ("chemomech_pearson", "linear")):
         start = time.perf_counter()
-        result = register_affine(fixed, mask, xray, valid, contrast_degree=degree)
+        result = register_affine(fixed, mask, xray, valid, contrast=model)
         elapsed = time.perf_counter() - start
         reference = compose(truth, truth_of[name])
         row[name] = {"rms_px": pixel_rms_distance(result.matrix, reference, mask),
@@ -127,9 +127,9 @@ def run_pair(fixed, mask, X, truth_of, shape, rng, noise, saturating: bool = Tru
 def own_optima(fixed, mask, X) -> dict:
     """Each method's optimum on the unwarped pair (identity for exactly related synthetics)."""
     identity = np.column_stack([np.eye(2), np.zeros(2)])
-    return {"chemomech": register_affine(fixed, mask, X, mask, contrast_degree=3).matrix,
+    return {"chemomech": register_affine(fixed, mask, X, mask, contrast="spline").matrix,
             "chemomech_pearson": register_affine(fixed, mask, X, mask,
-                                                 contrast_degree=1).matrix,
+                                                 contrast="linear").matrix,
             "ecc": ecc(fixed, mask, X, mask, identity)[0],
             "ecc_with_mask": ecc(fixed, mask, X, mask, identity, True)[0]}
 
