@@ -33,12 +33,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage, optimize
 from scipy.interpolate import BSpline, RectBivariateSpline
 
 from chemomech.exceptions import InputError
+
+if TYPE_CHECKING:
+    from chemomech.readers import CompositionMap, StrainMaps
+    from chemomech.stack import ParticleData
 
 logger = logging.getLogger(__name__)
 
@@ -472,9 +477,10 @@ def synthetic_particle_maps(shape: tuple[int, int] = (140, 90), seed: int = 0,
     return np.where(mask, X, np.nan), mask, np.where(mask, e_aa, np.nan)
 
 
-def particle_from_correlative(name: str, strain, composition, result: RegistrationResult, *,
-                              pixel_size_nm: float | None = None, rotation_rad: float = 0.0,
-                              strain_frame: str = "crystal", theta_sign: int = 1):
+def particle_from_correlative(name: str, strain: StrainMaps, composition: CompositionMap,
+                              result: RegistrationResult, *, pixel_size_nm: float | None = None,
+                              rotation_rad: float = 0.0, strain_frame: str = "crystal",
+                              theta_sign: int = 1) -> ParticleData:
     """ParticleData on the 4D-STEM grid: `readers.StrainMaps` plus the registered X.
 
     X, its mask and thickness (a `readers.CompositionMap` on the X-ray grid) are carried by
@@ -504,7 +510,7 @@ def particle_from_correlative(name: str, strain, composition, result: Registrati
 # ----------------------------------------------------------------------------- CLI
 
 
-def read_strain_maps(path: str | Path):
+def read_strain_maps(path: str | Path) -> tuple[StrainMaps, tuple[float, str, int]]:
     """4D-STEM maps via `chemomech.readers`: .npz, the study's .mat, or py4DSTEM HDF5.
 
     Returns (StrainMaps, frame) with frame = (rotation_rad, strain_frame, theta_sign) as the
@@ -529,7 +535,7 @@ def read_strain_maps(path: str | Path):
     return maps, (0.0, "image", 1)
 
 
-def fixed_channel(strain, channel: str, rotation_rad: float = 0.0,
+def fixed_channel(strain: StrainMaps, channel: str, rotation_rad: float = 0.0,
                   strain_frame: str = "crystal") -> np.ndarray:
     """The 4D-STEM channel to correlate: e_aa = n.eps.n, n = (cos phi, sin phi) in the image.
 
