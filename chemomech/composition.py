@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from chemomech.exceptions import InputError
 
@@ -318,15 +317,11 @@ def nnls_two_components(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def particle_mask(thickness: np.ndarray, threshold: float,
                   largest_component: bool = True) -> np.ndarray:
-    """mask = thickness > threshold; optionally the largest connected part, holes filled."""
+    """mask = thickness > threshold, optionally only its largest 4-connected part (voids kept)."""
+    from chemomech.stack import largest_component as keep_largest
+
     mask = np.asarray(thickness > threshold)
-    if largest_component and mask.any():
-        labels, count = ndimage.label(mask)
-        if count > 1:
-            sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-            mask = labels == 1 + int(np.argmax(sizes))
-        mask = ndimage.binary_fill_holes(mask)
-    return mask
+    return keep_largest(mask) if largest_component and mask.any() else mask
 
 
 def thickness_threshold(thickness: np.ndarray, threshold: float | None = None,
@@ -450,7 +445,7 @@ def add_composition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-fraction", type=float, default=None,
                         help="threshold as a fraction of the maximum thickness")
     parser.add_argument("--all-components", action="store_true",
-                        help="keep every part above threshold (default: largest, holes filled)")
+                        help="keep every part above threshold (default: the largest)")
 
 
 def cmd_composition(args: argparse.Namespace) -> int:

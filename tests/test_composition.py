@@ -59,6 +59,12 @@ def test_closed_form_matches_scipy_nnls_on_random_pixels():
 def test_noise_free_stack_recovers_thickness_and_x_exactly():
     A = np.column_stack(model_reference_spectra(np.asarray(DEFAULT_ENERGIES_EV)))
     t_lfp, t_fp, inside, X = synthetic_particle()
+    void = np.zeros_like(inside)
+    void[20:25, 18:23] = True          # a void inside the platelet stays out of the mask
+    debris = np.zeros_like(inside)
+    debris[0:3, 0:3] = True            # a separate speck is dropped (largest part only)
+    t_lfp = np.where(void, 0.0, np.where(debris, 100.0, t_lfp))
+    t_fp = np.where(void, 0.0, t_fp)
     od = A[:, 0, None, None] * t_lfp + A[:, 1, None, None] * t_fp
     maps = fit_composition(od, A, threshold=30.0)
     np.testing.assert_allclose(maps.t_lfp, t_lfp, atol=1e-9)
@@ -66,6 +72,8 @@ def test_noise_free_stack_recovers_thickness_and_x_exactly():
     thick = maps.mask
     np.testing.assert_allclose(maps.X[thick], X[thick], atol=1e-12)
     assert np.isnan(maps.X[~thick]).all()
+    assert not maps.mask[void].any() and not maps.mask[debris].any()
+    assert (maps.mask == ((t_lfp + t_fp > 30.0) & ~debris)).all()
     assert maps.residual.max() < 1e-12
 
 
