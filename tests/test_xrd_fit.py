@@ -14,7 +14,7 @@ from chemomech.xrd.fit import (
     fit_densities,
     reduced_broadening,
 )
-from chemomech.xrd.peaks import extract_peaks, find_overlaps
+from chemomech.xrd.peaks import extract_peaks, find_overlaps, find_peak_positions
 from chemomech.xrd.synthetic import EXAMPLE_REFLECTIONS, synthetic_pattern
 
 LFP = (*LATTICE_ANGSTROM["LiFePO4"], 90.0, 90.0, 90.0)
@@ -104,6 +104,8 @@ def test_overlap_seen_in_the_data_and_skip_mode():
     kept = extract_peaks(p1, LFP, hkls, window=0.15, on_overlap="skip")
     assert [p.hkl for p in kept.peaks] == [(2, 0, 0)] and "101" in kept.overlaps
     assert kept.peaks[0].centre == pytest.approx(kept.peaks[0].s_expected, abs=1e-4)
+    found = find_peak_positions(p1)
+    assert len(found) == 3 and found[0] == pytest.approx(kept.peaks[0].s_expected, abs=1e-3)
 
 
 def test_example_reflections_are_isolated_at_the_example_window():

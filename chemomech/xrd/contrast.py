@@ -148,8 +148,7 @@ class DislocationField:
         Aq = A * q[None, :]                                                 # (3, 3)
         beta = np.zeros((n_angles, 3, 3))
         beta[:, :, 0] = 2 * np.real((Aq[None] / z[:, None, :]).sum(-1))
-        beta[:, :, 1] = 2 * np.real((Aq[None] * (p / 1.0)[None, None, :]
-                                     / z[:, None, :]).sum(-1))
+        beta[:, :, 1] = 2 * np.real((Aq[None] * p[None, None, :] / z[:, None, :]).sum(-1))
         F = np.einsum("pi,nij,jq->npq", frame.T, beta, frame)   # back to the crystal frame
         return cls(F=F)
 

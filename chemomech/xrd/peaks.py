@@ -147,6 +147,13 @@ def fit_instrument(standard: Pattern, lattice: Sequence[float], space_group: str
                              eta1=float(eta1), source=standard.source)
 
 
+def find_peak_positions(pattern: Pattern, prominence: float = 0.02) -> np.ndarray:
+    """s (1/nm) of the maxima whose prominence exceeds `prominence` x the highest peak."""
+    y = pattern.intensity - np.median(pattern.intensity)
+    idx, _ = find_peaks(y, prominence=prominence * y.max())
+    return pattern.s[idx]
+
+
 # --- sample peaks ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -252,6 +259,10 @@ def _window_peak(pattern: Pattern, hkl: tuple[int, int, int], s0: float, window:
     for _ in range(3):                       # centroid of the central part, iterated
         core = np.abs(s - centre) < 0.5 * window
         centre = float(np.sum(s[core] * net[core]) / np.sum(net[core]))
+    if abs(centre - s0) > 0.2 * window:
+        logger.warning("reflection %s: centroid %.4f 1/nm is %.3g 1/nm from the lattice "
+                       "position (wrong lattice or phase?)", hkl_label(hkl), centre,
+                       centre - s0)
     ds = np.gradient(s)
     q = s - centre
     area = float(np.sum(net))                 # counts: the integral of net/ds over s
