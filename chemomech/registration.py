@@ -291,11 +291,12 @@ def register_affine(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarra
     may hold NaN outside their particles; `levels` Gaussian scale-space levels with smoothing
     sigma = max(2^(L-1), smoothing_px) px and pixel stride 2^L (L = levels-1 .. 0); the final
     smoothing (default 1 px) keeps the variance of interpolated noise from depending on the
-    sub-pixel phase, which otherwise biases r towards off-grid sampling.  Starts are ranked by
-    sign * r on the coarsest level; finer levels maximise, by default, the spline correlation
-    ratio (`AffineCorrelation`, `contrast_knots` intervals over the X-ray values), which a
-    nonlinear X-ray contrast does not bias; `contrast="linear"` keeps the plain Pearson r of
-    the study throughout (biased by ~1 px by a saturating contrast, see the tests).
+    sub-pixel phase, which otherwise biases r towards off-grid sampling.  The starts are
+    optimised and ranked by sign * r on the coarsest level, then the best `keep` maximise, on
+    every level, the spline correlation ratio (default; `AffineCorrelation`, `contrast_knots`
+    intervals over the X-ray values), which a nonlinear X-ray contrast does not bias;
+    `contrast="linear"` keeps the study's plain Pearson r throughout (biased by ~1 px by a
+    saturating contrast, see the tests).
     The returned score is the plain Pearson r at full resolution.
     """
     if sign not in (1, -1):
@@ -325,37 +326,43 @@ def register_affine(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarra
     else:
         candidates = _start_matrices(fixed_mask, moving_mask, start_angles_deg, start_scales,
                                      allow_flip)
+    if levels < 1:
+        raise InputError(f"levels must be >= 1, got {levels}", field="levels")
     iterations = np.zeros(len(candidates), dtype=int)
     scores = np.zeros(len(candidates))
+    direction = sign
     for level in range(levels - 1, -1, -1):
         stride = 2**level
         sigma = max(smoothing_px, 0.0 if level == 0 else 2.0 ** (level - 1))
         on_grid = np.all(points_all % stride == 0, axis=1)
         points = points_all[on_grid] if on_grid.sum() >= 20 else points_all
-        fixed_level = _smooth(fixed_filled, sigma)
-        model = "linear" if level == levels - 1 else contrast
+        fixed_values = _smooth(fixed_filled, sigma)[points[:, 0], points[:, 1]]
         moving_level = _smooth(moving_filled, sigma)
         values = moving_level[moving_mask]
-        objective = AffineCorrelation(fixed_level[points[:, 0], points[:, 1]], points,
-                                      moving_level, model, (values.min(), values.max()),
-                                      contrast_knots)
-        direction = sign if model == "linear" else 1
+        # the coarsest level first ranks the starts by sign * r, then refines with `contrast`
+        passes = ["linear", contrast] if level == levels - 1 and contrast != "linear" \
+            else [contrast]
+        for model in passes:
+            objective = AffineCorrelation(fixed_values, points, moving_level, model,
+                                          (values.min(), values.max()), contrast_knots)
+            direction = sign if model == "linear" else 1
 
-        def negative(p, objective=objective, direction=direction):
-            r, g = objective.value_and_gradient(p)
-            return -direction * r, -direction * g
+            def negative(p, objective=objective, direction=direction):
+                r, g = objective.value_and_gradient(p)
+                return -direction * r, -direction * g
 
-        for k, matrix in enumerate(candidates):
-            solution = optimize.minimize(negative, objective.to_parameters(matrix), jac=True,
-                                         method="L-BFGS-B",
-                                         options=dict(maxiter=max_iter, gtol=gtol))
-            candidates[k] = objective.to_matrix(solution.x)
-            scores[k] = -direction * solution.fun
-            iterations[k] += solution.nit
-        logger.debug("level %d (stride %d, sigma %.1f px): best r %.4f of %d starts", level,
-                     stride, sigma, scores[np.argmax(direction * scores)], len(candidates))
-        if level > 0:
-            best = np.argsort(-direction * scores)[:keep]
+            for k, matrix in enumerate(candidates):
+                solution = optimize.minimize(negative, objective.to_parameters(matrix),
+                                             jac=True, method="L-BFGS-B",
+                                             options=dict(maxiter=max_iter, gtol=gtol))
+                candidates[k] = objective.to_matrix(solution.x)
+                scores[k] = -direction * solution.fun
+                iterations[k] += solution.nit
+            logger.debug("level %d (stride %d, sigma %.1f px, %s): best score %.4f of %d",
+                         level, stride, sigma, model, scores[np.argmax(direction * scores)],
+                         len(candidates))
+            final = level == 0 and model == passes[-1]
+            best = np.argsort(-direction * scores)[:len(candidates) if final else keep]
             candidates = [candidates[k] for k in best]
             iterations, scores = iterations[best], scores[best]
 
