@@ -9,6 +9,7 @@ rotated to the image frame, and the shifted-Legendre eigenstrain
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,13 +46,19 @@ def shifted_legendre_series(X, coefficients: Sequence):
     return sum(a * p for a, p in zip(coefficients, P, strict=True))
 
 
-def rotation(angle_rad: float):
-    """UFL rotation R with v_image = R v_crystal (angle from image x to crystal a, ccw)."""
-    c, s = float(np.cos(angle_rad)), float(np.sin(angle_rad))
+def rotation(angle_rad):
+    """UFL rotation R with v_image = R v_crystal (angle from image x to crystal a, ccw).
+
+    `angle_rad` is a number or a UFL scalar (e.g. a Constant).
+    """
+    if isinstance(angle_rad, numbers.Real):
+        c, s = float(np.cos(angle_rad)), float(np.sin(angle_rad))
+    else:
+        c, s = ufl.cos(angle_rad), ufl.sin(angle_rad)
     return ufl.as_matrix([[c, -s], [s, c]])
 
 
-def eigenstrain(X, coefficients_a: Sequence, coefficients_c: Sequence, angle_rad: float):
+def eigenstrain(X, coefficients_a: Sequence, coefficients_c: Sequence, angle_rad):
     r"""Image-frame eigenstrain :math:`R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T`."""
     R = rotation(angle_rad)
     f_a = shifted_legendre_series(X, coefficients_a)

@@ -8,6 +8,12 @@ near-null space for GAMG); the returned displacement is orthogonal to the rigid 
 The stiffness matrix does not depend on the eigenstrain, so it is assembled and
 factorised once and every further solve costs one back-substitution (the inverse
 problem solves for 2(N+1) basis loads with the same factorisation).
+
+Dirichlet option (what the reference code did): u equals a measured displacement image on
+the boundary, :func:`dirichlet_from_image` (the image is carried onto V by
+:func:`chemomech.fields.image_to_function`, bilinear by default so that affine data are
+reproduced exactly).  Composition-dependent stiffness: pass
+``Material("mixed").ufl_tensor(angle, X)`` as C.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Literal
 import numpy as np
 import ufl
 from dolfinx import fem, la
+from dolfinx import mesh as dmesh
 from dolfinx.fem import petsc as fem_petsc
 from petsc4py import PETSc
 
@@ -61,18 +68,31 @@ class ElasticityProblem:
     """Traction-free (or Dirichlet) anisotropic elasticity on `mesh` with stiffness `C`.
 
     `C` is a UFL 4th-order tensor in the image frame (constant or a field of X);
-    `bcs` optional Dirichlet conditions (then no null space is used).
+    `bcs` optional Dirichlet conditions (then no null space is used); they must be built
+    on the displacement space, so pass that space as ``V`` (vector Lagrange of `degree`;
+    by default a new one is made).
     """
 
     _count = 0
 
     def __init__(self, mesh, C, degree: int = 1, solver: SolverKind = "auto",
                  bcs: list[fem.DirichletBC] | None = None, rtol: float = 1e-12,
-                 petsc_options: dict | None = None):
+                 petsc_options: dict | None = None, V: fem.FunctionSpace | None = None):
         self.mesh = mesh
         self.C = C
-        self.V = fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
         self.bcs = list(bcs or [])
+        if V is None:
+            V = fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
+        elif V.mesh is not mesh or V.ufl_element().embedded_superdegree != degree \
+                or V.dofmap.index_map_bs != mesh.geometry.dim:
+            raise ValueError(f"the displacement space must be vector Lagrange of degree "
+                             f"{degree} on `mesh`")
+        self.V = V
+        for bc in self.bcs:
+            if not self.V._cpp_object.contains(bc.function_space):
+                raise ValueError("a Dirichlet condition lives on another function space "
+                                 "(DOLFINx would ignore it): build it on problem.V, e.g. "
+                                 "dirichlet_from_image(V, ...) with the same V passed here")
         self._v = ufl.TestFunction(self.V)
         self.a = fem.form(elastic_energy_form(ufl.TrialFunction(self.V), self._v, C))
         self.A = fem_petsc.assemble_matrix(self.a, bcs=self.bcs)
@@ -141,6 +161,39 @@ class ElasticityProblem:
             return self.solve_vector(b, u)
         finally:
             b.destroy()
+
+
+def boundary_facets(mesh, facet_tags=None, markers=None) -> np.ndarray:
+    """Local indices of exterior facets, or of the facets of `facet_tags` with `markers`."""
+    fdim = mesh.topology.dim - 1
+    if facet_tags is None:
+        mesh.topology.create_connectivity(fdim, mesh.topology.dim)
+        return dmesh.exterior_facet_indices(mesh.topology)
+    markers = np.atleast_1d(markers if markers is not None else np.unique(facet_tags.values))
+    return facet_tags.indices[np.isin(facet_tags.values, markers)]
+
+
+def dirichlet_bc(u_boundary: fem.Function, facet_tags=None, markers=None) -> fem.DirichletBC:
+    """Dirichlet condition u = `u_boundary` on the exterior boundary (or tagged facets)."""
+    V = u_boundary.function_space
+    facets = boundary_facets(V.mesh, facet_tags, markers)
+    dofs = fem.locate_dofs_topological(V, V.mesh.topology.dim - 1, facets)
+    return fem.dirichletbc(u_boundary, dofs)
+
+
+def dirichlet_from_image(V: fem.FunctionSpace, displacement, pixel_size_nm: float, *,
+                         mask=None, facet_tags=None, markers=None,
+                         method: Literal["l2", "bilinear"] = "bilinear") -> fem.DirichletBC:
+    r"""Dirichlet condition :math:`u = d` on the boundary from a displacement image d (nm).
+
+    `displacement`: (nx, ny, 2) in the image frame (x = axis 0); NaN (or pixels outside
+    `mask`) are filled by the nearest valid pixel before carrying it onto V.  Collective.
+    """
+    from chemomech.fields import image_to_function
+
+    u_boundary = image_to_function(displacement, pixel_size_nm, V, method, mask=mask,
+                                   name="u_boundary")
+    return dirichlet_bc(u_boundary, facet_tags, markers)
 
 
 def l2_norm(f: fem.Function) -> float:

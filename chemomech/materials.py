@@ -7,6 +7,7 @@ plane is the ac-plane and b is the zone axis.  In-plane tensors use the index or
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,24 +58,52 @@ def average_voigt_stiffness() -> np.ndarray:
     return mixed_voigt_stiffness(0.5)
 
 
-def ac_plane_moduli(C: np.ndarray, reduction: Reduction = "plane_stress") -> dict[str, float]:
+def ac_plane_moduli(C, reduction: Reduction = "plane_stress") -> dict:
     r"""In-plane moduli Q_aa, Q_cc, Q_ac, Q_ss (GPa) of the ac-plane.
 
     Plane stress (sigma_bb = 0): :math:`Q_{aa} = C_{11} - C_{12}^2/C_{22}`,
     :math:`Q_{cc} = C_{33} - C_{23}^2/C_{22}`, :math:`Q_{ac} = C_{13} - C_{12}C_{23}/C_{22}`;
     plane strain (eps_bb = 0): Q_aa = C11, Q_cc = C33, Q_ac = C13.  Shear Q_ss = C55.
+    `C` is a 6x6 array, or a nested 6x6 list of UFL scalars (then the moduli are UFL).
     """
-    C = np.asarray(C, dtype=float)
+    if _is_numeric(C):
+        C = np.asarray(C, dtype=float)
+        moduli = _reduce(C[0, 0], C[1, 1], C[2, 2], C[0, 1], C[0, 2], C[1, 2], C[4, 4],
+                         reduction)
+        return {key: float(value) for key, value in moduli.items()}
+    return _reduce(C[0][0], C[1][1], C[2][2], C[0][1], C[0][2], C[1][2], C[4][4], reduction)
+
+
+def _is_numeric(C) -> bool:
+    if isinstance(C, np.ndarray):
+        return C.dtype != object
+    return all(isinstance(v, numbers.Real) for row in C for v in row)
+
+
+def _reduce(c11, c22, c33, c12, c13, c23, c55, reduction: Reduction) -> dict:
+    """The ac-plane reduction formulas (numbers or UFL scalars)."""
     if reduction == "plane_stress":
-        return dict(aa=C[0, 0] - C[0, 1] ** 2 / C[1, 1], cc=C[2, 2] - C[1, 2] ** 2 / C[1, 1],
-                    ac=C[0, 2] - C[0, 1] * C[1, 2] / C[1, 1], ss=C[4, 4])
+        return dict(aa=c11 - c12**2 / c22, cc=c33 - c23**2 / c22, ac=c13 - c12 * c23 / c22,
+                    ss=c55)
     if reduction == "plane_strain":
-        return dict(aa=C[0, 0], cc=C[2, 2], ac=C[0, 2], ss=C[4, 4])
+        return dict(aa=c11, cc=c33, ac=c13, ss=c55)
     raise InputError(f"reduction must be 'plane_stress' or 'plane_strain', got {reduction!r}")
 
 
-def plane_stiffness_tensor(moduli: dict[str, float]) -> np.ndarray:
-    """The 2x2x2x2 stiffness tensor C_ijkl (GPa) in the crystal frame (a, c)."""
+def plane_stiffness_tensor(moduli: dict, ufl_entries: bool = False):
+    """The 2x2x2x2 stiffness tensor C_ijkl (GPa) in the crystal frame (a, c).
+
+    With ``ufl_entries`` the moduli may be UFL scalars and a nested list is returned.
+    """
+    if ufl_entries:
+        z = 0.0 * moduli["ss"]
+        C = [[[[z, z], [z, z]] for _ in range(2)] for _ in range(2)]
+        C[0][0][0][0], C[1][1][1][1] = moduli["aa"], moduli["cc"]
+        C[0][0][1][1] = C[1][1][0][0] = moduli["ac"]
+        for i, j in ((0, 1), (1, 0)):
+            for k, l in ((0, 1), (1, 0)):
+                C[i][j][k][l] = moduli["ss"]
+        return C
     C = np.zeros((2, 2, 2, 2))
     C[0, 0, 0, 0] = moduli["aa"]
     C[1, 1, 1, 1] = moduli["cc"]
@@ -141,6 +170,29 @@ class Material:
     def image_tensor(self, angle_rad: float, X: float = 0.5) -> np.ndarray:
         """The crystal tensor rotated to the image frame by `angle_rad`."""
         return rotate_stiffness(self.crystal_tensor(X), angle_rad)
+
+    def ufl_tensor(self, angle_rad: float, X=None):
+        r"""Image-frame stiffness (GPa) as a UFL 4th-order tensor.
+
+        Constant unless ``stiffness="mixed"``: then :math:`C(X) = X C_{LFP} + (1 - X) C_{FP}`
+        (3-D Voigt rule of mixtures, then reduced to the ac-plane exactly, so plane-stress
+        moduli are rational in X), X a UFL expression such as the composition Function.
+        """
+        import ufl
+
+        if self.stiffness != "mixed":
+            return ufl.as_tensor(self.image_tensor(angle_rad).tolist())
+        if X is None:
+            raise InputError("stiffness 'mixed' needs the composition X (a UFL expression)",
+                             field="X")
+        lfp, fp = voigt_stiffness("LiFePO4"), voigt_stiffness("FePO4")
+        C_X = [[X * lfp[m, n] + (1 - X) * fp[m, n] for n in range(6)] for m in range(6)]
+        C_cr = ufl.as_tensor(plane_stiffness_tensor(ac_plane_moduli(C_X, self.reduction),
+                                                    ufl_entries=True))
+        R = ufl.as_matrix(rotation_matrix(angle_rad).tolist())
+        i, j, k, l, p, q, r, s = ufl.indices(8)
+        return ufl.as_tensor(R[i, p] * R[j, q] * R[k, r] * R[l, s] * C_cr[p, q, r, s],
+                             (i, j, k, l))
 
 
 def vegard_misfit(reference: str = "LiFePO4") -> dict[str, float]:
