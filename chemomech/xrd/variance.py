@@ -145,7 +145,9 @@ def analyse_peak(peak: PeakWindow, instrument: InstrumentProfile | None,
     ln^2(q)/q^2, the next term of the dislocation asymptotics (cf. the M4 expression).
     method "wilkens" then refines Lambda*rho by fitting M2(q) with the full
     Krivoglaz-Wilkens x spheres x instrument profile (R_e, D and a residual background
-    free), which removes the asymptotic bias at large Lambda*rho/q^2.
+    free), which removes the asymptotic bias at large Lambda*rho/q^2.  Uncertainty: the
+    spread of refits of Poisson-perturbed copies (n_noise for the asymptote, up to 8 for
+    "wilkens", floored at 20 % of the asymptote's relative spread).
     """
     if method not in ("asymptotic", "wilkens"):
         raise InputError(f"method must be 'asymptotic' or 'wilkens', got {method!r}",
