@@ -21,10 +21,13 @@ A twin is made in four steps, each a function of this module:
    :math:`\gamma(x)\,\mathrm{sym}(\hat s \otimes \hat n)` of slip system D
    (b = [001], plane (100): s = crystal c, n = crystal a) with a Gaussian band of slip
    :math:`\gamma = \gamma_0 \exp(-s^2 / 2\ell^2)` along the phase boundary.  The clean X
-   image is carried onto the mesh exactly as the inversion carries measured X
-   (chemomech.fields.image_to_function).  The displacement gradient is sampled at the pixel
-   centres and stored in the crystal frame with theta_sign = +1, i.e.
-   :math:`H_{cr} = R^T \nabla u\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`.
+   (and gamma) images are carried onto P1 as the inversion carries measured X
+   (chemomech.fields.image_to_function, L2 projection).  The displacement gradient is sampled
+   at the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
+   :math:`H_{cr} = R^T \nabla u\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
+   (DESIGN §2, chemomech.stack): :math:`\theta = (\partial_c u_a - \partial_a u_c)/2
+   = -(\partial_x u_y - \partial_y u_x)/2`, the clockwise lattice rotation.  The frame check
+   (chemomech.frames.frame_check) finds exactly this frame as the most compatible.
 4. **Noise**: i.i.d. Gaussian noise (std `noise_strain`, default 1e-3) on e_xx, e_yy, e_xy and
    theta, and (std `noise_composition`, default 0.05) on X, clipped to [0, 1].  The truth
    keeps the clean fields.
@@ -49,6 +52,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -56,6 +60,11 @@ from scipy import ndimage, optimize
 from chemomech import legendre
 from chemomech.exceptions import InputError
 from chemomech.materials import LATTICE_ANGSTROM, rotation_matrix, vegard_misfit
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+    from chemomech.stack import ParticleData
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +175,12 @@ class ParticleSpec:
 # --------------------------------------------------------------------------- geometry
 
 
+def _generators(spec: ParticleSpec) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent random streams (geometry, noise) of a particle, both from `spec.seed`."""
+    geometry, noise = np.random.SeedSequence(spec.seed).spawn(2)
+    return np.random.default_rng(geometry), np.random.default_rng(noise)
+
+
 def _image_coordinates(shape: tuple[int, int], h: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates x = i h, y = j h (nm), each of `shape`."""
     i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
@@ -200,7 +215,7 @@ def platelet_mask(spec: ParticleSpec, rng: np.random.Generator | None = None,
     eta_p = dx * short_axis[0] + dy * short_axis[1]
     mask = np.abs(xi_p / A) ** p + np.abs(eta_p / B) ** p <= 1.0
     if spec.n_voids:
-        rng = rng if rng is not None else np.random.default_rng(spec.seed)
+        rng = rng if rng is not None else _generators(spec)[0]
         mask = _carve_voids(mask, spec, rng)
     return mask, centre
 
@@ -328,7 +343,7 @@ def _slip_tensor(rotation_rad: float) -> np.ndarray:
     return 0.5 * (np.outer(s, n) + np.outer(n, s))
 
 
-def simulate_particle(spec: ParticleSpec, comm=None):
+def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> ParticleData:
     """A synthetic twin (chemomech.stack.ParticleData with `truth`) of `spec`; collective on comm.
 
     Mesh the mask, carry the clean X onto P1, solve the traction-free forward model with the
@@ -348,9 +363,9 @@ def simulate_particle(spec: ParticleSpec, comm=None):
 
     comm = MPI.COMM_SELF if comm is None else comm
     started = time.perf_counter()
-    geometry_seed, noise_seed = np.random.SeedSequence(spec.seed).spawn(2)
+    geometry_rng, rng = _generators(spec)
     h = spec.pixel_size_nm
-    outline, _ = platelet_mask(spec, np.random.default_rng(geometry_seed))
+    outline, _ = platelet_mask(spec, geometry_rng)
     particle_mesh = mesh_from_mask(outline, h, comm, mesh_size_px=spec.mesh_size_px)
     mask = particle_mesh.mask  # the mask actually meshed (repaired)
     X_clean = composition_field(mask, spec)
@@ -376,7 +391,6 @@ def simulate_particle(spec: ParticleSpec, comm=None):
     clean = _decompose_crystal(grad_px.reshape(-1, 2, 2), spec.rotation_rad, theta_sign=1)
     clean = {name: _to_image(values, indices, mask.shape) for name, values in clean.items()}
 
-    rng = np.random.default_rng(noise_seed)
     noisy = {name: clean[name] + rng.normal(0.0, spec.noise_strain, mask.shape)
              if spec.noise_strain > 0 else clean[name].copy() for name in clean}
     X_noise = rng.normal(0.0, spec.noise_composition, mask.shape)
@@ -472,7 +486,8 @@ def default_specs(seed: int = 0, n_particles: int = 10, *, noise_strain: float =
     return specs
 
 
-def simulate_dataset(specs: Sequence[ParticleSpec], comm=None) -> list | None:
+def simulate_dataset(specs: Sequence[ParticleSpec], comm: MPI.Comm | None = None,
+                     ) -> list[ParticleData] | None:
     """Twins of `specs`, dealt round-robin over the ranks (each solved on COMM_SELF).
 
     Returns the particles in the order of `specs` on rank 0, None on the other ranks.
@@ -499,12 +514,15 @@ def simulate_dataset(specs: Sequence[ParticleSpec], comm=None) -> list | None:
                                                key=lambda item: item[0])]
 
 
-def make_default_dataset(path: str | Path, seed: int = 0, n_particles: int = 10, comm=None,
-                         **options) -> Path:
+def make_default_dataset(path: str | Path, seed: int = 0, n_particles: int = 10,
+                         comm: MPI.Comm | None = None, **options) -> Path:
     """Write the default twin dataset (`default_specs(seed, n_particles, **options)`) to `path`.
 
-    Deterministic: the same seed and package version give the same arrays, whatever the number
-    of MPI ranks (particles are solved on COMM_SELF, dealt round-robin; rank 0 writes).
+    Deterministic: the same seed and package version give the same particles whatever the
+    number of MPI ranks (each is solved on COMM_SELF, dealt round-robin; rank 0 writes): mask,
+    X, truth X and the noise are bitwise equal; the solved fields (u, strain) agree to the
+    roundoff of the sparse direct solver (~1e-14 absolute; MUMPS is not bitwise reproducible
+    run to run).
     Collective on `comm` (default COMM_WORLD).
     """
     from mpi4py import MPI

@@ -203,6 +203,7 @@ def test_same_seed_same_particle(two_phase):
     for k in STRAINS:
         assert np.allclose(getattr(again, k), getattr(two_phase, k), rtol=0, atol=1e-11,
                            equal_nan=True), k
+    assert np.array_equal(platelet_mask(two_phase_spec())[0], two_phase.mask)
     other_mask, _ = platelet_mask(two_phase_spec(seed=12))
     assert not np.array_equal(other_mask, two_phase.mask)
 
