@@ -583,6 +583,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="particle width in nm (default 1500)")
     parser.add_argument("--fe-degree", type=int, choices=(1, 2), default=1,
                         help="Lagrange degree of the displacement (default 1)")
+    parser.add_argument("--mesh-size", type=float, default=1.0,
+                        help="target element size in pixels (default 1)")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -593,5 +595,5 @@ def run_synth(args: argparse.Namespace) -> int:
         interface_width_nm=args.interface_width,
         slip_amplitude=args.slip_amplitude if args.slip else 0.0,
         quadratic=tuple(args.quadratic), length_nm=args.length, width_nm=args.width,
-        pixel_size_nm=args.pixel_size, fe_degree=args.fe_degree)
+        pixel_size_nm=args.pixel_size, fe_degree=args.fe_degree, mesh_size_px=args.mesh_size)
     return 0

@@ -288,15 +288,16 @@ def test_cli_writes_a_readable_dataset(tmp_path):
     add_arguments(parser)
     args = parser.parse_args(["--output", f"{folder}/synth.h5", "--particles", "3",
                               "--seed", "4", "--length", "900", "--width", "450",
-                              "--pixel-size", "25", "--slip"])
+                              "--pixel-size", "25", "--slip", "--mesh-size", "1.2"])
     assert run_synth(args) == 0
     particles = read_stack(f"{folder}/synth.h5")
     assert [group_of(p.truth["mean_X"]) for p in particles] == ["FP", "LxFP", "LFP"]
     assert [p.truth["seed"] for p in particles] == [s.seed for s in default_specs(4, 3)]
     assert "gamma" in particles[1].truth and "gamma" not in particles[0].truth
+    assert all(p.truth["spec"]["mesh_size_px"] == 1.2 for p in particles)
     if comm.rank == 0:  # particle 1 (solved by rank 1 on 2 ranks) re-solved here serially
         spec = default_specs(4, 3, length_nm=900, width_nm=450, pixel_size_nm=25,
-                             slip_amplitude=0.01)[1]
+                             mesh_size_px=1.2, slip_amplitude=0.01)[1]
         again = simulate_particle(spec)
         stored = next(p for p in particles if p.name == spec.name)
         assert np.array_equal(again.X, stored.X, equal_nan=True)
