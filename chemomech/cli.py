@@ -1,14 +1,74 @@
-"""The `chemomech` command line: one subcommand per pipeline step."""
+"""The `chemomech` command line: one subcommand per pipeline step.
+
+Each step's module owns its arguments (`add_*_arguments(parser)`) and its entry point
+(`cmd_*(args) -> int`); this module only lists them, so `chemomech STEP --help` documents
+every option with its default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from chemomech.exceptions import ChemomechError
 
 logger = logging.getLogger("chemomech")
+
+#: subcommand -> (module, function adding its arguments, entry point, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "import": ("chemomech.readers", "add_import_arguments", "cmd_import",
+               "convert .mat / py4DSTEM / composition maps to a stack file"),
+    "synth": ("chemomech.synth", "add_arguments", "run_synth",
+              "write synthetic twin particles with known truth (default: ten particles)"),
+    "composition": ("chemomech.composition", "add_composition_arguments", "cmd_composition",
+                    "Li fraction X from an X-ray optical-density stack (per-pixel NNLS)"),
+    "register": ("chemomech.registration", "add_register_arguments", "cmd_register",
+                 "affine registration of X-ray maps onto the 4D-STEM grid"),
+    "analyze": ("chemomech.analysis", "add_analysis_arguments", "cmd_analysis",
+                "lattice parameters vs X per group and interface widths"),
+    "invert": ("chemomech.cli", "add_invert_arguments", "cmd_invert",
+               "learn the eigenstrain law (M0/M1) from a YAML config"),
+    "xrd": ("chemomech.cli", "add_xrd_arguments", "cmd_xrd",
+            "dislocation densities per slip system from powder line profiles"),
+    "demo": ("chemomech.demo", "add_demo_arguments", "cmd_demo",
+             "run the main job on the bundled default data"),
+}
+
+
+def add_invert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `chemomech invert`."""
+    parser.add_argument("config", help="YAML run configuration (see README)")
+    parser.add_argument("--output", help="override the config's output folder")
+    parser.add_argument("--degree", help="override legendre_degree (integer or 'auto')")
+    parser.add_argument("--model", choices=("M0", "M1", "M2"), help="override the model")
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    """`chemomech invert config.yaml`: run the configured inversion (chemomech.pipeline)."""
+    from chemomech.config import load_config
+    from chemomech.pipeline import run
+
+    degree = args.degree if args.degree in (None, "auto") else int(args.degree)
+    config = load_config(args.config, output=args.output, legendre_degree=degree,
+                         model=args.model)
+    run(config)
+    return 0
+
+
+def add_xrd_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `chemomech xrd`."""
+    parser.add_argument("config", help="YAML configuration of the line-profile analysis")
+    parser.add_argument("--output", default="results/xrd", help="output folder")
+
+
+def cmd_xrd(args: argparse.Namespace) -> int:
+    """`chemomech xrd config.yaml`: variance-method densities per slip system (chemomech.xrd)."""
+    from chemomech.xrd.config import run_xrd
+
+    run_xrd(args.config, args.output)
+    return 0
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -20,32 +80,29 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level if rank0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from chemomech.demo import run_demo
-
-    run_demo(args.output)
-    return 0
+    for noisy in ("matplotlib", "PIL", "h5py", "UFL", "FFCx", "ffcx", "ufl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `chemomech`."""
-    parser = argparse.ArgumentParser(prog="chemomech", description=__doc__)
+    """The argument parser of `chemomech`, one subparser per entry of COMMANDS."""
+    parser = argparse.ArgumentParser(prog="chemomech", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job on the bundled default data")
-    demo.add_argument("--output", default="results/demo", help="output folder")
-    demo.set_defaults(func=_cmd_demo)
+    for name, (module, add, cmd, text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=text, description=text)
+        mod = importlib.import_module(module)
+        getattr(mod, add)(sub_parser)
+        sub_parser.set_defaults(func=getattr(mod, cmd))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `chemomech` console script."""
+    """Entry point of the `chemomech` console script; domain errors exit with status 2."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        return int(args.func(args) or 0)
     except ChemomechError as err:
         logger.error("%s", err)
         return 2

@@ -57,7 +57,7 @@ class FrameConfig(_Strict):
 class RunConfig(_Strict):
     """A chemomech run: data, model and options; every default documented here."""
 
-    data: list[Path]
+    data: list[Path | list[Path]]  # files, or [strain, composition] pairs
     particles: Literal["all"] | list[str] = "all"
     model: Literal["M0", "M1", "M2"] = "M1"
     legendre_degree: int | Literal["auto"] = 2
@@ -90,7 +90,11 @@ class RunConfig(_Strict):
 
     def resolved(self, base: Path) -> RunConfig:
         """Copy with relative `data` and `output` paths made relative to `base`."""
-        data = [p if p.is_absolute() else base / p for p in self.data]
+        def absolute(p: Path) -> Path:
+            return p if p.is_absolute() else base / p
+
+        data = [[absolute(q) for q in p] if isinstance(p, list) else absolute(p)
+                for p in self.data]
         output = self.output if self.output.is_absolute() else base / self.output
         return self.model_copy(update={"data": data, "output": output})
 

@@ -10,7 +10,7 @@ chemomech_root_dir() {
 }
 
 # chemomech_chroot ROOT REPO CMD...: run CMD inside ROOT with private mounts.
-# /proc, /dev, /sys, the clone and its sibling ../shared appear at their host paths;
+# /proc, /dev, /sys, /tmp, the clone and its sibling ../shared appear at their host paths;
 # the mounts belong to a private mount namespace and vanish with the process.
 chemomech_chroot() {
   local root=$1 repo=$2; shift 2
@@ -26,7 +26,7 @@ root=$1 repo=$2 shared=$3 cwd=$4; shift 4
 mount --rbind /proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
-mkdir -p "$root/tmp" && chmod 1777 "$root/tmp"
+mkdir -p "$root/tmp" && mount --bind /tmp "$root/tmp"
 mkdir -p "$root$repo" && mount --bind "$repo" "$root$repo"
 if [[ -d "$shared" ]]; then mkdir -p "$root$shared" && mount --bind "$shared" "$root$shared"; fi
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
@@ -37,6 +37,7 @@ exec chroot "$root" /usr/bin/env -C "$cwd" \
   PIP_CERT=/etc/chemomech/ca-bundle.crt SSL_CERT_FILE=/etc/chemomech/ca-bundle.crt \
   REQUESTS_CA_BUNDLE=/etc/chemomech/ca-bundle.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+  OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
   PYTHONPATH="$repo" MPLBACKEND=Agg CI="${CI:-}" CHEMOMECH_IN_ENV=1 \
   "$@"
 '

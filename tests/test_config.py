@@ -56,3 +56,8 @@ def test_auto_degree_lists_and_round_trip(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_strain_composition_pairs_are_resolved(tmp_path):
+    cfg = load_config(_write(tmp_path, "data: [[strain.h5, x.tif], stack.h5]\n"))
+    assert cfg.data == [[tmp_path / "strain.h5", tmp_path / "x.tif"], tmp_path / "stack.h5"]

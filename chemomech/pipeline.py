@@ -1,0 +1,411 @@
+"""The inversion run: files -> stack -> mesh and fields -> M0 / M1 -> results.
+
+`run(config)` is what `chemomech invert config.yaml` and `scripts/invert.py` call, under
+`mpirun -n K` or serially.  Steps (progress logged on rank 0):
+
+1. read the particles (stack, .mat, py4DSTEM + composition; `chemomech.readers`), frame check;
+2. measured displacement by integrating the image-frame gradient (or the strain, for the
+   strain misfit) and the crystal-frame strains (`chemomech.displacement`, `frames`);
+3. M0: pixel regression of e_aa, e_cc on X (`chemomech.regression`);
+4. M1: particles dealt to rank groups, meshed from their masks, the joint inversion with
+   adjoint gradients and TAO or the linear fast path (`chemomech.inverse`), degree chosen by
+   held-out error when `legendre_degree: auto` (`chemomech.selection`), Gauss-Newton bands
+   (`chemomech.uncertainty`);
+5. residual strain, model errors and incompatibility (`chemomech.residual`), then
+   `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt` (`chemomech.report`).
+
+Each output file is written atomically; `summary.json` is written last, so its presence
+marks a complete run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from chemomech import legendre
+from chemomech.analysis import crystal_strain
+from chemomech.config import RunConfig, dump_config
+from chemomech.displacement import measured_displacement, measured_strain
+from chemomech.exceptions import InputError
+from chemomech.frames import (
+    frame_check,
+    gradient_crystal,
+    rotate_tensor_field,
+    strain_crystal_from_image,
+)
+from chemomech.materials import Material
+from chemomech.misfit import interior_pixels
+from chemomech.readers import read_data
+from chemomech.regression import RegressionFit, fit_m0
+from chemomech.residual import incompatibility_rms, model_error
+from chemomech.results import versions, write_json_atomic
+from chemomech.stack import ParticleData
+from chemomech.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+
+logger = logging.getLogger(__name__)
+
+CURVE_POINTS = 101
+
+
+@dataclass
+class PreparedParticle:
+    """A particle with its measured fields on the pixel grid (image frame unless noted)."""
+
+    data: ParticleData
+    strain_image: dict[str, np.ndarray]  # e_xx, e_yy, e_xy
+    strain_crystal: dict[str, np.ndarray]  # e_aa, e_cc, e_ac
+    displacement: np.ndarray | None  # (nx, ny, 2) nm, or None for the strain misfit
+    integration_residual: float | None
+
+
+def load_particles(config: RunConfig) -> list[ParticleData]:
+    """All particles named by the config (`data` entries, filtered by `particles`)."""
+    return read_data(config.data, config.particles, pixel_size_nm=config.pixel_size_nm)
+
+
+def prepare(particle: ParticleData, config: RunConfig) -> PreparedParticle:
+    """Frame check (warn, optionally adopt) and the measured fields of one particle."""
+    if config.frame.check:
+        particle = frame_check(particle, adopt=config.frame.adopt).particle
+    displacement, residual = None, None
+    if config.misfit == "displacement":
+        integrated = measured_displacement(particle)
+        displacement, residual = integrated.u, integrated.relative_residual
+    return PreparedParticle(particle, measured_strain(particle), crystal_strain(particle),
+                            displacement, residual)
+
+
+def used_pixels(mask: np.ndarray, prepared: PreparedParticle, edge_exclusion_px: int
+                ) -> np.ndarray:
+    """Pixels entering fits and errors: `edge_exclusion_px` inside `mask`, finite data."""
+    finite = np.all([np.isfinite(v) for v in prepared.strain_image.values()], axis=0)
+    finite &= np.isfinite(prepared.data.X)
+    return interior_pixels(mask, edge_exclusion_px) & finite
+
+
+def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
+                          edge_exclusion_px: int) -> RegressionFit:
+    """M0 over the used pixels of all particles."""
+    X, e_aa, e_cc = [], [], []
+    for p in prepared:
+        used = used_pixels(p.data.mask, p, edge_exclusion_px)
+        X.append(p.data.X[used])
+        e_aa.append(p.strain_crystal["e_aa"][used])
+        e_cc.append(p.strain_crystal["e_cc"][used])
+    return fit_m0(np.concatenate(X), np.concatenate(e_aa), np.concatenate(e_cc), degree)
+
+
+def m0_residual(p: PreparedParticle, fit: RegressionFit) -> dict[str, np.ndarray]:
+    """Image-frame residual of M0: measured strain minus R diag(f_a(X), f_c(X)) R^T."""
+    f_a, f_c = fit.predict(np.clip(p.data.X, 0.0, 1.0))
+    crystal = gradient_crystal(p.strain_crystal["e_aa"] - f_a, p.strain_crystal["e_cc"] - f_c,
+                               p.strain_crystal["e_ac"], np.zeros_like(f_a))
+    image = rotate_tensor_field(crystal, p.data.rotation_rad)
+    return {"e_xx": image[..., 0, 0], "e_yy": image[..., 1, 1], "e_xy": image[..., 0, 1]}
+
+
+@dataclass
+class M1Outcome:
+    """What the M1 stage hands to the report (world rank 0 holds the gathered images)."""
+
+    fit: object  # chemomech.inverse.FitResult
+    covariance: np.ndarray
+    sigma2: float
+    selection: object | None  # chemomech.selection.DegreeSelection
+    images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
+    timings_s: dict[str, float]
+
+
+def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
+    """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
+    from chemomech.forms import epsilon
+    from chemomech.inverse import M1Model, particle_setup, split_for_particles
+    from chemomech.mesh import mesh_from_mask
+    from chemomech.selection import select_degree
+    from chemomech.uncertainty import fit_covariance
+
+    t0 = time.perf_counter()
+    group, mine = split_for_particles(comm, len(prepared))
+    setups, meshes = [], []
+    for k in mine:
+        p = prepared[k]
+        logger.info("meshing %s (%d pixels, h = %.3g nm)", p.data.name, int(p.data.mask.sum()),
+                    p.data.pixel_size_nm)
+        pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
+                            mesh_size_px=config.mesh.size_px,
+                            simplify_tol_px=config.mesh.simplify_tol_px,
+                            min_island_px=config.mesh.min_island_px)
+        meshes.append(pm)
+        data = ({"displacement": p.displacement} if config.misfit == "displacement" else
+                {"strain": np.stack([p.strain_image[k] for k in ("e_xx", "e_yy", "e_xy")], -1)})
+        setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
+                                     edge_exclusion_px=config.edge_exclusion_px,
+                                     fe_degree=config.mesh.fe_degree, **data))
+    t_mesh = time.perf_counter() - t0
+    material = Material(stiffness=config.stiffness, reduction=config.reduction)
+    selection = None
+    degree = config.legendre_degree
+    if degree == "auto":
+        probe = M1Model(setups, degree=config.max_auto_degree, material=material, comm=comm,
+                        solver=config.solver)
+        selection = select_degree(probe, config.max_auto_degree)
+        degree = selection.chosen
+        if comm.rank == 0:
+            logger.info("degree selection (%s, rule %s):\n%s", selection.scheme, selection.rule,
+                        "\n".join(f"  N = {r['degree']}: train {r['train']:.4g}, held-out "
+                                  f"{r['heldout']:.4g}" for r in selection.table))
+        del probe
+    model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver)
+    opt = config.optimiser
+    fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
+                    max_it=opt.max_it)
+    if opt.method == "tao" and opt.cross_check:
+        fast = model.fit(method="linear", with_normal_matrix=False)
+        scale = max(np.abs(fast.coefficients).max(), 1e-30)
+        diff = float(np.abs(fit.coefficients - fast.coefficients).max() / scale)
+        fit.timings_s["linear_fast_path"] = fast.timings_s["fit"]
+        fit.reason += f"; |TAO - linear| / |a| = {diff:.2e}"
+        if comm.rank == 0:
+            (logger.info if diff < 1e-4 else logger.warning)(
+                "cross-check: TAO and the linear fast path differ by %.2e relative", diff)
+    cov, sigma2 = fit_covariance(fit)
+
+    images: dict[str, dict[str, np.ndarray]] = {}
+    for k, pm, setup in zip(mine, meshes, setups, strict=True):
+        p = prepared[k]
+        u = model.displacement(setup.name, fit.coefficients)
+        images_k = _model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        if group.rank == 0:
+            images[setup.name] = images_k
+    gathered = comm.gather(images if group.rank == 0 else {}, root=0)
+    images = {k: v for d in (gathered or []) for k, v in d.items()}
+    timings = {"mesh": t_mesh, "m1_total": time.perf_counter() - t0}
+    return M1Outcome(fit, cov, sigma2, selection, images, timings)
+
+
+def _model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
+    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
+    from chemomech.fields import PixelSampler, sample_expression
+
+    sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
+    u_values = sampler.gather(sampler(u))
+    eps_values = sampler.gather(sample_expression(strain_expr, sampler).reshape(-1, 4))
+    if u_values is None:
+        return {}
+    idx = pm.pixel_indices()
+    out = {}
+    for key, column in (("u_x", u_values[:, 0]), ("u_y", u_values[:, 1]),
+                        ("e_xx", eps_values[:, 0]), ("e_yy", eps_values[:, 3]),
+                        ("e_xy", eps_values[:, 1])):
+        image = np.full(shape, np.nan)
+        image[idx[:, 0], idx[:, 1]] = column
+        out[key] = image
+    out["meshed_mask"] = np.zeros(shape)
+    out["meshed_mask"][idx[:, 0], idx[:, 1]] = 1.0
+    return out
+
+
+def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
+    """Run the configured inversion; returns the summary on rank 0 (None elsewhere)."""
+    t_start = time.perf_counter()
+    out = Path(config.output)
+    package_logger = logging.getLogger("chemomech")
+    level = package_logger.level
+    handler = None
+    if comm.rank == 0:  # progress and the log file on rank 0 only
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "log.txt", mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+        handler.setLevel(logging.INFO)
+        package_logger.addHandler(handler)
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+    try:
+        return _run(config, comm, out, t_start)
+    finally:
+        if handler is not None:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(level)
+            handler.close()
+
+
+def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict | None:
+    rank0 = comm.rank == 0
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    particles = load_particles(config)
+    if rank0:
+        logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
+                    len(particles), ", ".join(p.name for p in particles), config.model,
+                    config.legendre_degree, config.misfit, comm.size)
+    prepared = [prepare(p, config) for p in particles]
+    timings["read_and_prepare"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px)
+    timings["m0"] = time.perf_counter() - t
+
+    m1 = run_m1(prepared, config, comm) if config.model == "M1" else None
+    if config.model == "M2":
+        raise InputError("model M2 (dislocations) is not available yet; use M0 or M1",
+                         field="model")
+    if m1 is not None:
+        timings |= m1.timings_s
+    if not rank0:
+        return None
+
+    t = time.perf_counter()
+    summary = _summarise(config, prepared, m0, m1)
+    summary["timings_s"] = timings | {"report": 0.0, "total": time.perf_counter() - t_start}
+    _write_outputs(config, out, prepared, m0, m1, summary)
+    summary["timings_s"]["report"] = time.perf_counter() - t
+    summary["timings_s"]["total"] = time.perf_counter() - t_start
+    write_json_atomic(out / "summary.json", summary)
+    logger.info("done in %.1f s: model error M0 %.4g%s; results in %s",
+                summary["timings_s"]["total"], summary["model_errors"]["M0"],
+                f", M1 {summary['model_errors']['M1']:.4g}" if m1 else "", out)
+    return summary
+
+
+def _residuals(p: PreparedParticle, m0: RegressionFit, m1: M1Outcome | None, edge_px: int
+               ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """Image-frame residual strain per model and the common pixel set for the errors."""
+    residual = {"M0": m0_residual(p, m0)}
+    mask = p.data.mask
+    if m1 is not None:
+        maps = m1.images[p.data.name]
+        mask = mask & (maps["meshed_mask"] > 0)
+        residual["M1"] = {k: p.strain_image[k] - maps[k] for k in ("e_xx", "e_yy", "e_xy")}
+    return residual, used_pixels(mask, p, edge_px)
+
+
+def _crystal(r: dict[str, np.ndarray], rotation_rad: float) -> dict[str, np.ndarray]:
+    """Residual components aa, cc, ac in the crystal frame (for maps)."""
+    c = strain_crystal_from_image(r["e_xx"], r["e_yy"], r["e_xy"], rotation_rad)
+    return {"aa": c["e_aa"], "cc": c["e_cc"], "ac": c["e_ac"]}
+
+
+def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: RegressionFit,
+               m1: M1Outcome | None) -> dict:
+    X = np.linspace(0.0, 1.0, CURVE_POINTS)
+    level = config.band_level
+    m0_coeffs = np.r_[m0.coefficients_a, m0.coefficients_c]
+    m0_curve = eigenstrain_band(m0_coeffs, m0.covariance, X, level)
+    if m1 is not None:
+        coeffs, cov, degree = m1.fit.coefficients, m1.covariance, m1.fit.degree
+    else:
+        coeffs, cov, degree = m0_coeffs, m0.covariance, m0.degree
+    n = degree + 1
+    per_particle, errors = {}, {}
+    for p in prepared:
+        residual, used = _residuals(p, m0, m1, config.edge_exclusion_px)
+        entry = {"mean_X": p.data.mean_X, "pixels_used": int(used.sum()),
+                 "integration_relative_residual": p.integration_residual}
+        for model, r in residual.items():
+            entry[f"model_error_{model}"] = model_error(r["e_xx"], r["e_yy"], r["e_xy"], used)
+            entry[f"incompatibility_rms_{model}_um2"] = incompatibility_rms(
+                r["e_xx"], r["e_yy"], r["e_xy"], used, p.data.pixel_size_nm)
+            errors.setdefault(model, []).append((entry[f"model_error_{model}"], used.sum()))
+        main = config.model if config.model in residual else "M0"
+        entry["model_error"] = entry[f"model_error_{main}"]
+        entry["residual_incompatibility_rms"] = entry[f"incompatibility_rms_{main}_um2"]
+        if m1 is not None:
+            entry["J"] = m1.fit.per_particle_cost.get(p.data.name)
+        per_particle[p.data.name] = entry
+    model_errors = {m: float(sum(e * w for e, w in v) / max(sum(w for _, w in v), 1))
+                    for m, v in errors.items()}
+    main = config.model if config.model in model_errors else "M0"
+    summary = {
+        "model": config.model,
+        "legendre_degree": int(degree),
+        "reference": "LiFePO4",
+        "coefficients": {"a": list(map(float, coeffs[:n])), "c": list(map(float, coeffs[n:]))},
+        "covariance": np.asarray(cov).tolist(),
+        "eigenstrain_curve": band_to_lists(eigenstrain_band(coeffs, cov, X, level)),
+        "derivative_curve": band_to_lists(derivative_band(coeffs, cov, X, level)),
+        "model_error": model_errors[main],
+        "model_errors": model_errors,
+        "residual_incompatibility_rms": float(np.nanmean(
+            [e["residual_incompatibility_rms"] for e in per_particle.values()])),
+        "per_particle": per_particle,
+        "eigenstrain_at": {str(x): {"a": float(legendre.evaluate(coeffs[:n], x)),
+                                    "c": float(legendre.evaluate(coeffs[n:], x))}
+                           for x in (0.0, 0.5, 1.0)},
+        "m0": {"legendre_degree": m0.degree,
+               "coefficients": {"a": m0.coefficients_a.tolist(), "c": m0.coefficients_c.tolist()},
+               "eigenstrain_curve": band_to_lists(m0_curve),
+               "derivative_curve": band_to_lists(derivative_band(m0_coeffs, m0.covariance, X,
+                                                                 level))},
+        "units": {"eigenstrain": "dimensionless, relative to LiFePO4",
+                  "incompatibility": "um^-2", "displacement": "nm"},
+        "versions": versions(),
+    }
+    if m1 is not None:
+        summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
+                                             "misfit": config.misfit}
+        if m1.selection is not None:
+            summary["degree_selection"] = {"scheme": m1.selection.scheme,
+                                           "rule": m1.selection.rule,
+                                           "table": m1.selection.table}
+    return summary
+
+
+def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
+                   m0: RegressionFit, m1: M1Outcome | None, summary: dict) -> None:
+    from chemomech.report import (
+        plot_curves,
+        plot_model_errors,
+        plot_residual_maps,
+        write_pixel_fields,
+    )
+
+    figures = out / "figures"
+    (out / "config.yaml").write_text(dump_config(config))
+    fields = {}
+    for p in prepared:
+        name = p.data.name
+        residual, used = _residuals(p, m0, m1, config.edge_exclusion_px)
+        main = "M1" if "M1" in residual else "M0"
+        n = summary["legendre_degree"] + 1
+        X = np.clip(p.data.X, 0.0, 1.0)
+        f_a = legendre.evaluate(summary["coefficients"]["a"][:n], X)
+        f_c = legendre.evaluate(summary["coefficients"]["c"][:n], X)
+        maps = {"X": p.data.X, "mask": p.data.mask.astype(float), "used": used.astype(float),
+                "eigenstrain_aa": np.where(p.data.mask, f_a, np.nan),
+                "eigenstrain_cc": np.where(p.data.mask, f_c, np.nan)}
+        maps |= {f"measured_{k[2:]}": v for k, v in p.strain_crystal.items()}
+        if p.displacement is not None:
+            maps |= {"d_x": p.displacement[..., 0], "d_y": p.displacement[..., 1]}
+        crystal = {model: _crystal(r, p.data.rotation_rad) for model, r in residual.items()}
+        for model, r in crystal.items():
+            maps |= {f"residual_{model}_{k}": v for k, v in r.items()}
+        if m1 is not None:
+            model_maps = m1.images[name]
+            maps |= {"u_x": model_maps["u_x"], "u_y": model_maps["u_y"]}
+            elastic = strain_crystal_from_image(model_maps["e_xx"], model_maps["e_yy"],
+                                                model_maps["e_xy"], p.data.rotation_rad)
+            maps |= {"elastic_aa": elastic["e_aa"] - maps["eigenstrain_aa"],
+                     "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
+                     "elastic_ac": elastic["e_ac"]}
+        fields[name] = {"pixel_size_nm": p.data.pixel_size_nm, "maps": maps}
+        plot_residual_maps(crystal[main], used, p.data.pixel_size_nm,
+                           figures / f"residual_{name}.png",
+                           title=f"{name}: residual strain ({main}), mean X = {p.data.mean_X:.2f}")
+    write_pixel_fields(out / "fields.h5", fields)
+    plot_curves(summary["eigenstrain_curve"], figures / "eigenstrain.png",
+                baseline=summary["m0"]["eigenstrain_curve"] if m1 is not None else None,
+                title=f"{summary['model']} (N = {summary['legendre_degree']}), M0 dashed")
+    plot_curves(summary["derivative_curve"], figures / "chemical_expansion.png",
+                baseline=summary["m0"]["derivative_curve"] if m1 is not None else None,
+                ylabel="df/dX (chemical expansion coefficient)")
+    per_model = {name: {k[len("model_error_"):]: v for k, v in e.items()
+                        if k.startswith("model_error_")}
+                 for name, e in summary["per_particle"].items()}
+    plot_model_errors(summary["model_errors"], figures / "model_error.png", per_model)

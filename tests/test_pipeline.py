@@ -1,0 +1,77 @@
+"""End to end: stack -> M0 + M1 -> summary.json, fields and figures (DESIGN §3 keys)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+pytest.importorskip("dolfinx")
+
+from chemomech.cli import main  # noqa: E402
+from chemomech.config import RunConfig  # noqa: E402
+from chemomech.demo import truth_error  # noqa: E402
+from chemomech.pipeline import run  # noqa: E402
+from chemomech.synth import make_default_dataset  # noqa: E402
+
+STABLE_KEYS = {"model", "legendre_degree", "reference", "coefficients", "covariance",
+               "eigenstrain_curve", "model_error", "residual_incompatibility_rms",
+               "per_particle", "timings_s", "versions"}
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Three small twin particles (FP, LxFP, LFP) with strain noise 1e-3, shared by the tests."""
+    path = tmp_path_factory.mktemp("twins") / "twins.h5"
+    make_default_dataset(path, seed=3, n_particles=3, comm=MPI.COMM_SELF, length_nm=1200.0,
+                         width_nm=700.0, pixel_size_nm=25.0)
+    return path
+
+
+def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_path):
+    out = tmp_path / "m1"
+    config = RunConfig(data=[twins], model="M1", legendre_degree=2, output=out)
+    summary = run(config, MPI.COMM_SELF)
+    assert STABLE_KEYS <= set(summary)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["coefficients"] == summary["coefficients"]
+    n = 3
+    assert len(summary["coefficients"]["a"]) == n and np.shape(summary["covariance"]) == (6, 6)
+    curve = summary["eigenstrain_curve"]
+    assert np.all(np.array(curve["a_lo"]) <= np.array(curve["a"]))
+    assert np.all(np.array(curve["a"]) <= np.array(curve["a_hi"]))
+    # twin: the learnt law is within 2 % of the eigenstrain range of the truth
+    with h5py.File(twins) as f:
+        truth = f["particles"][next(iter(f["particles"]))]["truth"]
+        truth_a, truth_c = truth["coefficients_a"][...], truth["coefficients_c"][...]
+    errors = truth_error(summary, truth_a, truth_c)
+    assert errors["a"] < 0.02 and errors["c"] < 0.02, errors
+    # the physics-constrained model explains the twin strain better than direct regression
+    assert summary["model_errors"]["M1"] < summary["model_errors"]["M0"]
+    assert set(summary["per_particle"]) == {p for p in summary["per_particle"]}
+    assert len(summary["per_particle"]) == 3
+    for name in ("eigenstrain", "chemical_expansion", "model_error"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+    with h5py.File(out / "fields.h5") as f:
+        group = f[next(iter(summary["per_particle"]))]
+        assert {"X", "u_x", "residual_M1_aa", "elastic_aa", "eigenstrain_cc"} <= set(group)
+    assert (out / "fields.xdmf").exists() and (out / "config.yaml").exists()
+    assert "M1 tao fit" in (out / "log.txt").read_text()
+
+
+def test_m0_only_and_cli_errors(twins, tmp_path, caplog):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {twins}\nmodel: M0\nlegendre_degree: 3\noutput: out\n")
+    assert main(["invert", str(config)]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == "M0" and len(summary["coefficients"]["a"]) == 4
+    assert "M1" not in summary["model_errors"]
+    config.write_text(f"data: {twins}\nmodel: M1\nlegendre_degre: 2\n")
+    assert main(["invert", str(config)]) == 2
+    assert "legendre_degre" in caplog.text
+    config.write_text(f"data: {twins}\nparticles: [nope]\n")
+    assert main(["invert", str(config)]) == 2
+    assert "nope" in caplog.text
