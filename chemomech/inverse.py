@@ -29,12 +29,17 @@ How it is taped (pyadjoint), and why.
   * `_GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
 Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 
-Optimisation: PETSc TAO (BLMVM default) on COMM_SELF, replicated on every rank: every rank
-sees the same allreduced J and gradient and so takes the same steps; the objective is scaled
-by :math:`J(0)` so that tolerances are relative.  Linear fast path: since u is linear in a,
-the normal equations :math:`(G^T G) a = G^T P d` with :math:`G_{:,k} = P B A^+ b_k` give the
-exact minimiser in 2(N+1) back-substitutions (`method="linear"`), and G^T G is the
-Gauss-Newton matrix used by `chemomech.uncertainty`.
+Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the exact Hessian action
+:math:`Hv = \nabla J(v) - \nabla J(0)` of the quadratic J) on COMM_SELF, replicated on every
+rank: every rank sees the same allreduced J and gradient and so takes the same steps; the
+objective is scaled by :math:`J(0)` so that tolerances are relative, and the line search uses
+a curvature tolerance of 0.1 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``)
+so that BLMVM needs ~8 iterations instead of ~70.  A line-search failure after the gradient
+fell by `STALL_GRADIENT_REDUCTION` is J changing below rounding and is accepted.
+
+Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
+with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
+(`method="linear"`), and G^T G is the Gauss-Newton matrix used by `chemomech.uncertainty`.
 
 Several particles are one joint problem: `split_for_particles` splits COMM_WORLD into particle
 groups (one rank may hold several particles; several ranks may share one particle, which
@@ -66,6 +71,12 @@ from chemomech.misfit import PixelMisfit
 logger = logging.getLogger(__name__)
 
 TAO_TYPES = ("blmvm", "bqnls", "lmvm", "nls")
+#: Line-search defaults (PETSc options prefix chemomech_m1_tao_ls_): a curvature condition
+#: tighter than the default 0.9 makes the line search near-exact on the quadratic M1
+#: objective, so the quasi-Newton methods terminate in ~2(N+1) steps instead of ~70.
+LINE_SEARCH_DEFAULTS = {"gtol": 0.1}
+#: A TAO line-search failure is accepted as convergence once |grad J| fell by this factor.
+STALL_GRADIENT_REDUCTION = 1e-6
 
 
 def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, list[int]]:
@@ -560,17 +571,24 @@ class M1Model:
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
+        if tao_type in ("nls", "lmvm") and bounds is not None:
+            raise InputError(f"tao_type {tao_type!r} takes no bounds (use blmvm or bqnls)",
+                             field="tao_type")
         n = self.num_coefficients
         a0 = np.zeros(n) if initial is None else np.asarray(initial, float)
         self.reduced_functional(a0)
-        J_ref, _ = self.cost_and_gradient(a0)
+        J_ref, grad0 = self.cost_and_gradient(a0)
         scale = 1.0 / J_ref if J_ref > 0 else 1.0
+        g0_norm = scale * float(np.linalg.norm(grad0))
         self._evaluations = 0
         world_rank = self.world.rank
+        t_eval = [0.0]
 
         def objective_gradient(tao, x, g):
+            t0 = time.perf_counter()
             J, dJ = self.cost_and_gradient(x.getArray(readonly=True).copy())
             g.setArray(scale * dJ)
+            t_eval[0] += time.perf_counter() - t0
             return scale * J
 
         def monitor(tao):
@@ -586,6 +604,13 @@ class M1Model:
         x.setArray(a0)
         g = x.duplicate()
         tao.setObjectiveGradient(objective_gradient, g)
+        if tao_type == "nls":
+            H = PETSc.Mat().createPython(n, _QuadraticHessian(self, scale),
+                                         comm=PETSc.COMM_SELF)
+            H.setUp()
+            tao.setHessian(lambda tao, x, H, P: None, H)
+            tao.getKSP().setType("cg")
+            tao.getKSP().getPC().setType("none")
         tao.setSolution(x)
         tao.setTolerances(gatol=gatol, grtol=grtol, gttol=gttol)
         tao.setMaximumIterations(max_it)
@@ -595,19 +620,57 @@ class M1Model:
             lower.setArray(np.asarray(bounds[0], float))
             upper.setArray(np.asarray(bounds[1], float))
             tao.setVariableBounds(lower, upper)
-        tao.setFromOptions()
+        options = PETSc.Options()
+        defaults = {f"chemomech_m1_tao_ls_{k}": v for k, v in LINE_SEARCH_DEFAULTS.items()}
+        defaults = {k: v for k, v in defaults.items() if not options.hasName(k)}
+        for key, value in defaults.items():
+            options[key] = value
+        try:
+            tao.setFromOptions()
+        finally:
+            for key in defaults:
+                options.delValue(key)
         tao.solve()
         reason = tao.getConvergedReason()
         a = tao.getSolution().getArray().copy()
         J = tao.getObjectiveValue() / scale
+        g_norm = tao.getSolutionStatus()[2]
         iterations = tao.getIterationNumber()
         tao.destroy()
-        if reason < 0:
+        text = f"TAO {tao_type} reason {reason}"
+        if reason == PETSc.TAO.ConvergedReason.DIVERGED_LS_FAILURE and \
+                g_norm <= STALL_GRADIENT_REDUCTION * g0_norm:
+            # the line search works on J, whose changes fell below rounding: converged as far
+            # as an objective-based method can tell
+            text += f" (line search at rounding level, |g|/|g0| = {g_norm / g0_norm:.1e})"
+            logger.info("TAO %s: line search stalled at |g|/|g0| = %.1e: accepted", tao_type,
+                        g_norm / g0_norm)
+        elif reason < 0:
             raise SolverError(f"TAO {tao_type} did not converge: reason {reason} after "
-                              f"{iterations} iterations (J = {J:.6g})")
-        logger.info("TAO %s converged (reason %d) in %d iterations, %d evaluations",
-                    tao_type, reason, iterations, self._evaluations)
-        return a, J, iterations, True, f"TAO reason {reason}"
+                              f"{iterations} iterations (J = {J:.6g}, |g|/|g0| = "
+                              f"{g_norm / g0_norm:.1e})")
+        logger.info("TAO %s: reason %d, %d iterations, %d evaluations (%.3f s)", tao_type,
+                    reason, iterations, self._evaluations, t_eval[0])
+        self.timings_s["tao_evaluations"] = t_eval[0]
+        return a, J, iterations, True, text
+
+
+class _QuadraticHessian:
+    """PETSc shell context: H x = grad J(x) - grad J(0), exact because J is quadratic in a."""
+
+    def __init__(self, model: M1Model, scale: float):
+        self.model, self.scale = model, scale
+        self.step = 1e-2  # typical size of the coefficients (eigenstrain units)
+        self.grad0 = model.cost_and_gradient(np.zeros(model.num_coefficients))[1]
+
+    def mult(self, mat, x, y):
+        v = x.getArray(readonly=True).copy()
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            y.zeroEntries()
+            return
+        grad = self.model.cost_and_gradient(v * (self.step / norm))[1]
+        y.setArray(self.scale * (grad - self.grad0) * (norm / self.step))
 
 
 def _solve_normal(N: np.ndarray, r: np.ndarray) -> np.ndarray:

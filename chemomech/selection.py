@@ -11,11 +11,12 @@ all degrees and folds).
 * Several particles: leave one particle out; the held-out particle's rigid modes are fitted
   on its own pixels (its error is the rigid-projected residual).
 
-Table rows: degree, train error, held-out error (both RMS per observation, units of the data)
-and its standard error over folds.  Rule ``"one_se"`` (default) picks the smallest degree
-whose held-out RMS is within one standard error of the minimum (the errors of neighbouring
-degrees are often equal to the third digit once the law is resolved, and the smallest such
-degree is the one to report); ``"min"`` picks the degree with the smallest held-out error.
+Table rows (dicts): ``degree``, ``train`` and ``heldout`` errors (RMS per observation, units
+of the data) and ``heldout_se``, the standard error of ``heldout`` over folds.
+Rule ``"one_se"`` (default) picks the smallest degree whose held-out RMS is within one
+standard error of the minimum (the errors of neighbouring degrees are often equal to the third
+digit once the law is resolved, and the smallest such degree is the one to report); ``"min"``
+picks the degree with the smallest held-out error.
 """
 
 from __future__ import annotations
@@ -153,15 +154,15 @@ def select_degree(model, max_degree: int | None = None, folds: int = 5, block_px
         se_mse = float(np.std(fold_mse, ddof=1) / np.sqrt(len(fold_mse))) \
             if len(fold_mse) > 1 else float("nan")
         held_rms = float(np.sqrt(held_sq / held_count))
-        table.append({"degree": n, "train_error": float(np.sqrt(train_sq / train_count)),
-                      "heldout_error": held_rms,
+        table.append({"degree": n, "train": float(np.sqrt(train_sq / train_count)),
+                      "heldout": held_rms,
                       "heldout_se": se_mse / (2 * held_rms) if held_rms > 0 else 0.0})
         logger.info("degree %d: train RMS %.4g, held-out RMS %.4g", n,
-                    table[-1]["train_error"], held_rms)
-    best = min(table, key=lambda row: row["heldout_error"])
+                    table[-1]["train"], held_rms)
+    best = min(table, key=lambda row: row["heldout"])
     chosen = best["degree"]
     if rule == "one_se":
-        limit = best["heldout_error"] + best["heldout_se"]
-        chosen = min(row["degree"] for row in table if row["heldout_error"] <= limit)
+        limit = best["heldout"] + best["heldout_se"]
+        chosen = min(row["degree"] for row in table if row["heldout"] <= limit)
     logger.info("legendre_degree auto: chose N = %d (%s, %s)", chosen, rule, scheme)
     return DegreeSelection(table, chosen, rule, scheme, n_folds)
