@@ -16,7 +16,12 @@ pyadjoint = pytest.importorskip("pyadjoint")
 from pyadjoint import AdjFloat, taylor_test  # noqa: E402
 
 from chemomech.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.inverse import M1Model, particle_setup, split_for_particles  # noqa: E402
+from chemomech.inverse import (  # noqa: E402
+    M1Model,
+    particle_setup,
+    split_for_particles,
+    verify_gradient,
+)
 from chemomech.mesh import mesh_from_mask  # noqa: E402
 from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
 
@@ -73,3 +78,10 @@ def test_taylor_two_particles_on_sub_communicators(particles):
     group, mine = split_for_particles(MPI.COMM_WORLD, len(particles))
     setups = [_setup(particles[i], group, "displacement") for i in mine]
     _check(M1Model(setups, degree=2, comm=MPI.COMM_WORLD))
+
+
+def test_verify_gradient_reports_rate_two(particles):
+    setup = _setup(particles[1], MPI.COMM_SELF, "strain")
+    check = verify_gradient(M1Model([setup], degree=1, comm=MPI.COMM_SELF))
+    assert len(check["rates"]) == 3 and check["min_rate"] > 1.98
+    assert check["residuals"][0] > 0.0
