@@ -100,6 +100,17 @@ def test_bounds_are_respected(twin):
     assert fit.cost > free.cost
 
 
+def test_zero_tolerances_stop_at_rounding_level(twin):
+    """With no tolerance TAO runs until J no longer changes in floating point: accepted."""
+    model = M1Model([_pipeline_setup(twin, MPI.COMM_SELF)], degree=2)
+    linear = model.fit("linear")
+    for tao_type in ("blmvm", "lmvm"):
+        fit = model.fit("tao", tao_type=tao_type, gatol=0.0, grtol=0.0, gttol=0.0)
+        assert "rounding" in fit.reason and fit.converged
+        rel = np.linalg.norm(fit.coefficients - linear.coefficients) / np.linalg.norm(TRUTH)
+        assert rel < 1e-9
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("method", ["linear", "tao"])
 def test_distributed_fit_equals_serial(twin, method):
