@@ -182,3 +182,23 @@ def test_leave_one_particle_out():
     assert selection.chosen in (2, 3)
     # rotation keeps e_xx^2 + e_yy^2 + 2 e_xy^2: 4 sigma^2 per pixel over 3 rows
     assert errors[2] == pytest.approx(np.sqrt(4 / 3) * NOISE, rel=0.1)
+
+
+@pytest.mark.mpi
+def test_integrated_noise_covariance_is_rank_independent(clean):
+    particle, _ = clean
+    noisy = _noisy(particle, 3)
+    results = []
+    for comm in (MPI.COMM_SELF, MPI.COMM_WORLD):
+        pm = mesh_from_mask(noisy.mask, noisy.pixel_size_nm, comm)
+        setup = particle_setup("twin", pm, noisy.X, noisy.rotation_rad, edge_exclusion_px=2,
+                               displacement=measured_displacement(noisy).u)
+        model = M1Model([setup], degree=1, comm=comm)
+        fit = model.fit("linear")
+        sampler = strain_noise_sampler(noisy, pm.pixel_indices(), setup.misfit)
+        results.append(integrated_noise_covariance(model, fit, {"twin": sampler}, n_draws=8,
+                                                   seed=11))
+    (cov_serial, s2_serial), (cov_dist, s2_dist) = results
+    assert s2_dist == pytest.approx(s2_serial, rel=1e-8)
+    assert np.allclose(cov_dist, cov_serial, rtol=1e-8, atol=0)
+    assert np.all(np.linalg.eigvalsh(cov_dist) > 0)
