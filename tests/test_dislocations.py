@@ -1,0 +1,242 @@
+"""Dislocation model M2: slip geometry, exact adjoint (Taylor rate 2 for the slip-field control),
+twin recovery of a known slip field and GND density, alpha rules, 1 vs 2 ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+dolfinx = pytest.importorskip("dolfinx")
+pyadjoint = pytest.importorskip("pyadjoint")
+
+from chemomech.config import RunConfig  # noqa: E402
+from chemomech.dislocations import (  # noqa: E402
+    M2Model,
+    M2Settings,
+    Regularisation,
+    compare_slip_systems,
+    estimate_strain_noise,
+    lcurve_corner,
+    plot_density_map,
+    run_m2,
+)
+from chemomech.displacement import measured_displacement  # noqa: E402
+from chemomech.exceptions import InputError  # noqa: E402
+from chemomech.inverse import particle_setup  # noqa: E402
+from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.pipeline import prepare  # noqa: E402
+from chemomech.slip import IN_PLANE_SYSTEMS, slip_system  # noqa: E402
+from chemomech.synth import ParticleSpec, _slip_tensor, simulate_particle  # noqa: E402
+
+NOISE = 5e-4
+
+
+def _twin(comm=MPI.COMM_SELF):
+    spec = ParticleSpec("twin", 0.5, rotation_rad=0.4, length_nm=1200, width_nm=800,
+                        pixel_size_nm=25, slip_amplitude=0.01, slip_width_nm=120,
+                        noise_strain=NOISE, noise_composition=0.01, seed=3)
+    return simulate_particle(spec, comm)
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return _twin()
+
+
+@pytest.fixture(scope="module")
+def twin_config():
+    return RunConfig(data=["unused.h5"], legendre_degree=1, edge_exclusion_px=1)
+
+
+def _model(particle, comm, kind="h1", alpha=1.0, systems=("D",)):
+    pm = mesh_from_mask(particle.mask, particle.pixel_size_nm, comm)
+    setup = particle_setup(particle.name, pm, particle.X, particle.rotation_rad,
+                           displacement=measured_displacement(particle).u, edge_exclusion_px=1)
+    return M2Model([setup], systems, degree=1, comm=comm,
+                   regularisation=Regularisation(kind, alpha))
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def test_slip_system_table():
+    lfp_c, lfp_a = 0.4692, 1.0332
+    assert slip_system("D").burgers_nm == pytest.approx(lfp_c)
+    assert slip_system("a").burgers_nm == pytest.approx(lfp_a)
+    assert slip_system("ac+").burgers_nm == pytest.approx(np.hypot(lfp_a, lfp_c))
+    for s in IN_PLANE_SYSTEMS.values():
+        sv, nv = np.array(s.slip_direction), np.array(s.plane_normal)
+        assert np.linalg.norm(sv) == pytest.approx(1.0)
+        assert np.linalg.norm(nv) == pytest.approx(1.0)
+        assert sv @ nv == pytest.approx(0.0, abs=1e-12)  # edge, glide: b in the plane
+        T = s.schmid_tensor(0.7)
+        assert np.trace(T) == pytest.approx(0.0, abs=1e-12)  # isochoric shear
+        assert np.linalg.eigvalsh(T) == pytest.approx([-0.5, 0.5])
+    # D is the system the synthetic twins slip on; "a" shears identically (indistinguishable)
+    assert np.allclose(slip_system("D").schmid_tensor(0.3), _slip_tensor(0.3))
+    assert np.allclose(slip_system("a").schmid_tensor(0.3), _slip_tensor(0.3))
+    assert not np.allclose(slip_system("ac+").schmid_tensor(0.3), _slip_tensor(0.3))
+    with pytest.raises(InputError, match="slip_systems"):
+        slip_system("Q")
+
+
+def test_settings_from_config():
+    class Cfg:
+        dislocations = {"slip_systems": ["D", "ac+"],
+                        "regularisation": {"kind": "tv", "alpha": 2.0, "rule": "lcurve"}}
+    s = M2Settings.from_config(Cfg())
+    assert s.slip_systems == ("D", "ac+") and s.kind == "tv" and s.alpha == 2.0
+    assert s.rule == "lcurve"
+    Cfg.dislocations = {"regularisation": {"kind": "h1", "alhpa": 1.0}}
+    with pytest.raises(InputError, match="alhpa"):
+        M2Settings.from_config(Cfg())
+    assert M2Settings.from_config(None) == M2Settings()
+
+
+def test_lcurve_corner_of_a_known_l():
+    # misfit falls steeply as alpha decreases until the noise floor 1, seminorm then explodes
+    alpha = 10.0 ** np.arange(4, -5, -1.0)
+    misfit = 1.0 + alpha
+    seminorm = 1.0 + 1.0 / alpha
+    assert alpha[lcurve_corner(misfit, seminorm)] == pytest.approx(1.0)
+
+
+def test_strain_noise_estimate():
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.linspace(0, 1, 60), np.linspace(0, 1, 40), indexing="ij")
+
+    class P:
+        name = "p"
+        mask = np.ones((60, 40), bool)
+        e_xx = 0.01 * np.sin(3 * x) + rng.normal(0, 2e-3, x.shape)
+        e_yy = 0.02 * x * y + rng.normal(0, 2e-3, x.shape)
+        e_xy = rng.normal(0, 2e-3, x.shape)
+        theta = 0.005 * np.cos(2 * y) + rng.normal(0, 2e-3, x.shape)
+    assert estimate_strain_noise(P()) == pytest.approx(2e-3, rel=0.05)
+
+
+# ---------------------------------------------------------------------------- adjoint
+
+
+def _remainders(model, a, g, da, dg):
+    J, ga, gg = model.cost_and_gradient(a, [g])
+    dJ = ga @ da + model.world.allreduce(float(gg[0] @ dg))
+    out = []
+    for eps in (4e-2, 2e-2, 1e-2, 5e-3):
+        Je = model.cost_and_gradient(a + eps * da, [g + eps * dg])[0]
+        out.append(abs(Je - J - eps * dJ))
+    return np.log2(np.array(out[:-1]) / np.array(out[1:]))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("kind", ["h1", "tv"])
+def test_taylor_rate_two_for_the_slip_field(twin, kind):
+    model = _model(twin, MPI.COMM_WORLD, kind=kind, alpha=1e3)
+    p = model.particles[0]
+    rng = np.random.default_rng(11 + MPI.COMM_WORLD.rank)
+    a = np.array([-0.02, 0.02, 0.01, -0.01])
+    coords = p.Q.tabulate_dof_coordinates()[: p.n_owned, :2]
+    g = 0.01 * np.sin(coords[:, 0] / 150.0) * np.cos(coords[:, 1] / 90.0)
+    da = MPI.COMM_WORLD.bcast(rng.normal(0, 5e-3, 4))
+    dg = rng.normal(0, 5e-3, p.n_owned)
+    rates = _remainders(model, a, g, da, dg)
+    assert np.all(rates > 1.9), rates
+    # slip-only direction: the K^T lambda and dR parts alone
+    rates = _remainders(model, a, g, 0 * da, dg)
+    assert np.all(rates > 1.9), rates
+
+
+@pytest.mark.mpi
+def test_pyadjoint_taylor_test_and_m1_consistency(twin):
+    model = _model(twin, MPI.COMM_WORLD, alpha=1e3)
+    p = model.particles[0]
+    a = np.array([-0.02, 0.02, 0.01, -0.01])
+    rf = model.reduced_functional()
+    g = pyadjoint.overloaded_type.create_overloaded_object(dolfinx.fem.Function(p.Q))
+    g.x.array[:] = 0.004
+    hg = pyadjoint.overloaded_type.create_overloaded_object(dolfinx.fem.Function(p.Q))
+    coords = p.Q.tabulate_dof_coordinates()[:, :2]
+    hg.x.array[:] = 1e-3 * np.cos(coords[:, 0] / 200.0 + coords[:, 1] / 130.0)
+    m = [pyadjoint.AdjFloat(v) for v in a] + [g]
+    h = [pyadjoint.AdjFloat(v) for v in 1e-3 * np.array([1.0, -1.0, 0.5, 0.3])] + [hg]
+    assert pyadjoint.taylor_test(rf, m, h) > 1.95
+    # with zero slip and alpha = 0 the coefficient gradient is M1's
+    model.set_alpha(0.0)
+    _, grad_a, _ = model.cost_and_gradient(a, [np.zeros(p.n_owned)])
+    _, grad_m1 = model.m1.cost_and_gradient(a)
+    assert np.allclose(grad_a, grad_m1, rtol=1e-10, atol=1e-12 * np.abs(grad_m1).max())
+
+
+# ---------------------------------------------------------------------------- twin
+
+
+def test_twin_recovers_slip_and_density(twin, twin_config, tmp_path):
+    prepared = prepare(twin, twin_config)
+    out = run_m2([prepared], twin_config, MPI.COMM_SELF, settings=M2Settings())
+    maps = out.images["twin"]
+    meshed = maps["meshed_mask"] > 0
+    truth = twin.truth["gnd_density_um2"][meshed]
+    model = maps["density_D"][meshed]
+    # the noise level is estimated from the maps (smooth signal, white noise: ~20 % high)
+    assert out.alpha.noise_strain == pytest.approx(NOISE, rel=0.3)
+    assert out.alpha.rule == "discrepancy"
+    assert out.fit.misfit <= 1.0001 * out.alpha.target_misfit
+    assert out.mean_density_um2["twin"] == pytest.approx(truth.mean(), rel=0.2)
+    assert np.corrcoef(model, truth)[0, 1] > 0.7
+    gamma_truth = twin.truth["gamma"][meshed]
+    assert np.corrcoef(maps["gamma_D"][meshed], gamma_truth)[0, 1] > 0.9
+    # the composition law is still recovered (Vegard, degree 1)
+    assert np.allclose(out.fit.coefficients_a, twin.truth["coefficients_a"][:2], atol=5e-4)
+    assert np.allclose(out.fit.coefficients_c, twin.truth["coefficients_c"][:2], atol=5e-4)
+    # M2 explains more of the strain than M1 with the same pixels
+    assert out.model_error["twin"] < 0.8 * _m1_error(prepared, twin_config)
+    assert out.summary["system"] == "D"
+    assert out.summary["regularisation"]["rule"] == "discrepancy"
+    path = plot_density_map(maps["density_total"], twin.X, meshed, twin.pixel_size_nm,
+                            tmp_path / "density.png")
+    assert path.stat().st_size > 1000
+
+
+def _m1_error(prepared, config):
+    from chemomech.forms import epsilon
+    from chemomech.pipeline import _model_maps, used_pixels
+    from chemomech.residual import model_error
+
+    pm = mesh_from_mask(prepared.data.mask, prepared.data.pixel_size_nm, MPI.COMM_SELF)
+    setup = particle_setup("twin", pm, prepared.data.X, prepared.data.rotation_rad,
+                           displacement=prepared.displacement, edge_exclusion_px=1)
+    model = M2Model([setup], ("D",), degree=1, comm=MPI.COMM_SELF)
+    fit = model.m1.fit(method="linear", with_normal_matrix=False)
+    u = model.m1.displacement(0, fit.coefficients)
+    maps = _model_maps(u, epsilon(u), pm, pm.mask.shape)
+    used = used_pixels(prepared.data.mask & (maps["meshed_mask"] > 0), prepared, 1)
+    return model_error(*(prepared.strain_image[c] - maps[c] for c in ("e_xx", "e_yy", "e_xy")),
+                       used)
+
+
+def test_compare_systems_prefers_the_true_one(twin, twin_config):
+    prepared = prepare(twin, twin_config)
+    settings = M2Settings(alpha=3e3)
+    table = compare_slip_systems([prepared], twin_config, MPI.COMM_SELF, ["ac+", "D"],
+                                 settings=settings)
+    assert [row["system"] for row in table] == ["D", "ac+"]
+    assert table[0]["model_error"] < 0.9 * table[1]["model_error"]
+
+
+@pytest.mark.mpi
+def test_one_and_two_ranks_agree(twin_config):
+    world = MPI.COMM_WORLD
+    particle = _twin()
+    prepared = prepare(particle, twin_config)
+    settings = M2Settings(alpha=3e3, grtol=1e-9)
+    serial = run_m2([prepared], twin_config, MPI.COMM_SELF, settings=settings)
+    parallel = run_m2([prepared], twin_config, world, settings=settings)
+    assert parallel.fit.misfit == pytest.approx(serial.fit.misfit, rel=1e-5)
+    assert np.allclose(parallel.fit.coefficients, serial.fit.coefficients, rtol=0, atol=1e-8)
+    if world.rank == 0:
+        assert parallel.mean_density_um2["twin"] == pytest.approx(
+            serial.mean_density_um2["twin"], rel=1e-4)
+        a = parallel.images["twin"]["gamma_D"]
+        b = serial.images["twin"]["gamma_D"]
+        assert np.nanmax(np.abs(a - b)) < 1e-5 * np.nanmax(np.abs(b))
