@@ -45,7 +45,10 @@ Regularisation weight.  ``alpha`` fixed, or chosen from a scan over
   deviation (given, or estimated from the maps by `estimate_strain_noise`) propagated to the
   misfit (exactly for the strain misfit, by Monte Carlo through the integration for the
   displacement misfit), or the M1 fit's sigma^2 (``noise: m1``; an upper bound: it contains
-  the dislocation signal, so it favours large alpha);
+  the dislocation signal, so it favours large alpha).  When no scanned alpha reaches the
+  noise level (model error, or spatially correlated noise that the white-noise estimate
+  underrates, dominate the residual, as on the real particle LFP50_P2), the L-curve corner of
+  the scan is used and the rule is reported as "discrepancy not reached: lcurve";
 * the L-curve: the corner (maximum curvature) of (log misfit, log seminorm).
 
 Outputs: geometrically necessary dislocation density
@@ -880,7 +883,7 @@ def choose_alpha(model: M2Model, rule: AlphaRule = "discrepancy", *,
         alpha = float(alpha0 * 10.0**k)
         fit = model.fit(alpha=alpha, **fit_options)
         curve.append({"alpha": alpha, "misfit": fit.misfit, "seminorm": fit.seminorm,
-                      "iterations": fit.iterations})
+                      "iterations": fit.iterations, "time_s": fit.timings_s["fit"]})
         fits.append(fit)
         states.append(_snapshot(model))
         if model.world.rank == 0:
@@ -894,10 +897,15 @@ def choose_alpha(model: M2Model, rule: AlphaRule = "discrepancy", *,
         return AlphaChoice(rule, curve[best]["alpha"], None, curve), fits[best]
     target = tau * target_misfit
     last = curve[-1]
-    if last["misfit"] >= target:  # never reached: the smallest alpha scanned
-        logger.warning("discrepancy: misfit %.4g never fell to the noise level %.4g; using "
-                       "the smallest alpha scanned", last["misfit"], target)
-        return AlphaChoice(rule, last["alpha"], target, curve), fits[-1]
+    if last["misfit"] >= target:  # never reached: model error dominates, use the L-curve
+        best = lcurve_corner([c["misfit"] for c in curve], [c["seminorm"] for c in curve])
+        logger.warning("discrepancy: the misfit (%.4g at the smallest alpha) never fell to the "
+                       "noise level %.4g (model error or correlated noise dominate); using "
+                       "the L-curve corner alpha = %.3g", last["misfit"], target,
+                       curve[best]["alpha"])
+        _restore(model, states[best])
+        return AlphaChoice("discrepancy not reached: lcurve", curve[best]["alpha"], target,
+                           curve), fits[best]
     if len(curve) == 1:
         logger.warning("discrepancy: already the largest alpha fits below the noise level")
         return AlphaChoice(rule, last["alpha"], target, curve), fits[-1]
@@ -908,16 +916,18 @@ def choose_alpha(model: M2Model, rule: AlphaRule = "discrepancy", *,
     _restore(model, states[-2])
     fit = model.fit(alpha=alpha, **fit_options)
     curve.append({"alpha": alpha, "misfit": fit.misfit, "seminorm": fit.seminorm,
-                  "iterations": fit.iterations})
+                  "iterations": fit.iterations, "time_s": fit.timings_s["fit"]})
     return AlphaChoice(rule, alpha, target, curve), fit
 
 
 def _snapshot(model: M2Model):
-    return model.coefficients.copy(), [[g.x.array.copy() for g in gs] for gs in model.gammas]
+    return (model.coefficients.copy(), [[g.x.array.copy() for g in gs] for gs in model.gammas],
+            model.reg.alpha)
 
 
 def _restore(model: M2Model, state) -> None:
     model.coefficients = state[0].copy()
+    model.set_alpha(state[2])
     for gs, arrays in zip(model.gammas, state[1], strict=True):
         for g, arr in zip(gs, arrays, strict=True):
             g.x.array[:] = arr
@@ -1124,6 +1134,7 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
     else:
         fit = model.fit(**fit_options)
     t_fit = time.perf_counter() - t0 - t_mesh
+    t_forward = model.forward_solve_time()
 
     images: dict[str, dict[str, np.ndarray]] = {}
     for i, (k, pm) in enumerate(zip(mine, meshes, strict=True)):
@@ -1156,7 +1167,9 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
         summary["regularisation"] |= {"target_misfit": choice.target_misfit,
                                       "noise_strain": choice.noise_strain,
                                       "curve": choice.curve}
-    timings = {"m2_mesh": t_mesh, "m2_fit": t_fit, "m2_total": time.perf_counter() - t0}
+    iterations = sum(c["iterations"] for c in choice.curve) if choice else fit.iterations
+    timings = {"m2_mesh": t_mesh, "m2_fit": t_fit, "m2_forward_solve": t_forward,
+               "m2_iterations": float(iterations), "m2_total": time.perf_counter() - t0}
     if comm.rank == 0:
         logger.info("M2 (%s): alpha %.3g (%s), mean density %.4g um^-2", ", ".join(labels),
                     model.reg.alpha, summary["regularisation"]["rule"], mean_all)

@@ -240,3 +240,16 @@ def test_one_and_two_ranks_agree(twin_config):
         a = parallel.images["twin"]["gamma_D"]
         b = serial.images["twin"]["gamma_D"]
         assert np.nanmax(np.abs(a - b)) < 1e-5 * np.nanmax(np.abs(b))
+
+
+def test_lcurve_rule_on_the_twin(twin, twin_config):
+    prepared = prepare(twin, twin_config)
+    out = run_m2([prepared], twin_config, MPI.COMM_SELF, settings=M2Settings(rule="lcurve"))
+    curve = out.alpha.curve
+    corner = lcurve_corner([c["misfit"] for c in curve], [c["seminorm"] for c in curve])
+    assert out.alpha.alpha == curve[corner]["alpha"] == out.fit.regularisation.alpha
+    assert out.summary["regularisation"]["alpha"] == out.alpha.alpha
+    assert out.fit.misfit == pytest.approx(curve[corner]["misfit"], rel=1e-6)
+    meshed = out.images["twin"]["meshed_mask"] > 0
+    truth = twin.truth["gnd_density_um2"][meshed]
+    assert out.mean_density_um2["twin"] == pytest.approx(truth.mean(), rel=0.2)
