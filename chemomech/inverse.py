@@ -29,13 +29,16 @@ How it is taped (pyadjoint), and why.
   * `_GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
 Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 
-Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the exact Hessian action
-:math:`Hv = \nabla J(v) - \nabla J(0)` of the quadratic J) on COMM_SELF, replicated on every
-rank: every rank sees the same allreduced J and gradient and so takes the same steps; the
-objective is scaled by :math:`J(0)` so that tolerances are relative, and the line search uses
-a curvature tolerance of 0.1 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``)
-so that BLMVM needs ~8 iterations instead of ~70.  A line-search failure after the gradient
-fell by `STALL_GRADIENT_REDUCTION` is J changing below rounding and is accepted.
+Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so
+``ReducedFunctional.hessian`` gives the exact Hessian action (used by TAO's NLS).
+
+Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the second-order-adjoint
+Hessian action) on COMM_SELF, replicated on every rank: every rank sees the same allreduced J
+and gradient and so takes the same steps.  The objective is scaled by :math:`J(0)` so that
+tolerances are relative, and the line search uses a curvature tolerance of 0.1
+(`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
+iterations instead of ~70.  A line-search failure after the gradient fell by
+`STALL_GRADIENT_REDUCTION` is J changing below rounding and is accepted.
 
 Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
 with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
@@ -253,6 +256,14 @@ class _ReplicateBlock(Block):
     def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
         return tlm_inputs[idx]
 
+    def prepare_evaluate_hessian(self, inputs, hessian_inputs, adj_inputs,
+                                 relevant_dependencies):
+        return self.prepare_evaluate_adj(inputs, hessian_inputs, relevant_dependencies)
+
+    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
+                                   idx, relevant_dependencies, prepared=None):
+        return float(prepared[idx])
+
 
 class EigenstrainSolveBlock(Block):
     r"""Coefficients -> u = A^+ \sum_k a_k b_k; adjoint dJ/da_k = b_k . A^+ g."""
@@ -284,6 +295,15 @@ class EigenstrainSolveBlock(Block):
         self.particle.solve([0.0 if t is None else float(t) for t in tlm_inputs], du)
         return du
 
+    def prepare_evaluate_hessian(self, inputs, hessian_inputs, adj_inputs,
+                                 relevant_dependencies):
+        # the state equation is linear in u and in a: no second-derivative terms
+        return self.particle.solve_adjoint(hessian_inputs[0])
+
+    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
+                                   idx, relevant_dependencies, prepared=None):
+        return float(self.particle.loads[idx].dot(prepared.x.petsc_vec))
+
 
 class PixelMisfitBlock(Block):
     r"""u -> J = \tfrac12|P(Bu - d)|^2; adjoint B^T P (Bu - d)."""
@@ -312,6 +332,20 @@ class PixelMisfitBlock(Block):
         r = self.misfit.residual(inputs[0])
         return self.misfit.comm.allreduce(float(r @ (self.misfit.B @ tlm_inputs[0].x.array)))
 
+    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
+                                   idx, relevant_dependencies, prepared=None):
+        # d2J/du2 [du] = B^T P B du, plus the second-order input times the gradient
+        m = self.misfit
+        adj = 0.0 if adj_inputs[0] is None else float(adj_inputs[0])
+        hess = 0.0 if hessian_inputs[0] is None else float(hessian_inputs[0])
+        values = hess * m.residual(inputs[0])
+        du = block_variable.tlm_value
+        if du is not None and adj != 0.0:
+            values = values + adj * m.project(m.B @ du.x.array)
+        out = dxa.Function(m.V).x
+        out.array[:] = m.apply_transpose(values).array
+        return out
+
 
 class _GroupSumBlock(Block):
     """J = sum over particle groups of the groups' costs (COMM_WORLD)."""
@@ -337,6 +371,10 @@ class _GroupSumBlock(Block):
 
     def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
         return self._sum(tlm_inputs)
+
+    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
+                                   idx, relevant_dependencies, prepared=None):
+        return hessian_inputs[0]
 
 
 @dataclass
@@ -483,6 +521,17 @@ class M1Model:
         self._evaluations += 1
         return J, np.array([float(d) for d in dJ])
 
+    def hessian_action(self, direction: Sequence[float]) -> np.ndarray:
+        """H h = d2J/da2 h by the second-order adjoint (tangent linear + adjoint solves).
+
+        Evaluated at the last point of `cost_and_gradient` (H is constant: J is quadratic).
+        """
+        rf = self._rf or self.reduced_functional()
+        if rf.functional.block_variable.adj_value is None:
+            self.cost_and_gradient([float(c.tape_value()) for c in rf.controls])
+        Hh = rf.hessian([AdjFloat(float(v)) for v in direction])
+        return np.array([float(v) for v in Hh])
+
     # -- linear fast path ------------------------------------------------------------------
     def linear_system(self) -> list[LinearSystem]:
         """Raw basis responses B u_k, data and nuisance modes of this rank's particles (cached)."""
@@ -568,6 +617,12 @@ class M1Model:
         return {k: v for d in gathered for k, v in d.items()}
 
     def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial):
+        """TAO on world rank 0; the other ranks serve its evaluations (collective solves).
+
+        One driver, not one TAO per rank: PETSc's vector kernels may round differently on
+        differently aligned memory, so replicated TAOs can drift apart by an ulp and then
+        disagree on the number of (collective) evaluations.
+        """
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -578,24 +633,55 @@ class M1Model:
         a0 = np.zeros(n) if initial is None else np.asarray(initial, float)
         self.reduced_functional(a0)
         J_ref, grad0 = self.cost_and_gradient(a0)
+        self._evaluations = 0
+        world = self.world
+        if world.rank != 0:
+            while True:
+                command, argument = world.bcast(None, root=0)
+                if command == "gradient":
+                    self.cost_and_gradient(argument)
+                elif command == "hessian":
+                    self.hessian_action(argument)
+                else:
+                    break
+            if isinstance(argument, str):
+                raise SolverError(argument)
+            return argument
+
+        def gradient(a):
+            world.bcast(("gradient", a), root=0)
+            return self.cost_and_gradient(a)
+
+        def hessian(h):
+            world.bcast(("hessian", h), root=0)
+            return self.hessian_action(h)
+
+        try:
+            result = self._run_tao(tao_type, gatol, grtol, gttol, max_it, bounds, a0, J_ref,
+                                   grad0, gradient, hessian)
+        except Exception as exc:
+            world.bcast(("done", f"{type(exc).__name__}: {exc}"), root=0)
+            raise
+        world.bcast(("done", result), root=0)
+        return result
+
+    def _run_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, a0, J_ref, grad0,
+                 gradient, hessian):
+        n = self.num_coefficients
         scale = 1.0 / J_ref if J_ref > 0 else 1.0
         g0_norm = scale * float(np.linalg.norm(grad0))
-        self._evaluations = 0
-        world_rank = self.world.rank
         t_eval = [0.0]
 
         def objective_gradient(tao, x, g):
             t0 = time.perf_counter()
-            J, dJ = self.cost_and_gradient(x.getArray(readonly=True).copy())
+            J, dJ = gradient(x.getArray(readonly=True).copy())
             g.setArray(scale * dJ)
             t_eval[0] += time.perf_counter() - t0
             return scale * J
 
         def monitor(tao):
             its, f, gnorm = tao.getSolutionStatus()[:3]
-            if world_rank == 0:
-                logger.info("TAO %3d  J = %.10e  |grad J| = %.3e", its, f / scale,
-                            gnorm / scale)
+            logger.info("TAO %3d  J = %.10e  |grad J| = %.3e", its, f / scale, gnorm / scale)
 
         tao = PETSc.TAO().create(PETSc.COMM_SELF)
         tao.setType(tao_type)
@@ -605,7 +691,7 @@ class M1Model:
         g = x.duplicate()
         tao.setObjectiveGradient(objective_gradient, g)
         if tao_type == "nls":
-            H = PETSc.Mat().createPython(n, _QuadraticHessian(self, scale),
+            H = PETSc.Mat().createPython(n, _QuadraticHessian(hessian, scale),
                                          comm=PETSc.COMM_SELF)
             H.setUp()
             tao.setHessian(lambda tao, x, H, P: None, H)
@@ -656,21 +742,16 @@ class M1Model:
 
 
 class _QuadraticHessian:
-    """PETSc shell context: H x = grad J(x) - grad J(0), exact because J is quadratic in a."""
+    """PETSc shell context: H x from pyadjoint's second-order adjoint (`M1Model.hessian_action`).
 
-    def __init__(self, model: M1Model, scale: float):
-        self.model, self.scale = model, scale
-        self.step = 1e-2  # typical size of the coefficients (eigenstrain units)
-        self.grad0 = model.cost_and_gradient(np.zeros(model.num_coefficients))[1]
+    J is quadratic in a, so H does not depend on the point TAO last evaluated.
+    """
+
+    def __init__(self, action, scale: float):
+        self.action, self.scale = action, scale
 
     def mult(self, mat, x, y):
-        v = x.getArray(readonly=True).copy()
-        norm = float(np.linalg.norm(v))
-        if norm == 0.0:
-            y.zeroEntries()
-            return
-        grad = self.model.cost_and_gradient(v * (self.step / norm))[1]
-        y.setArray(self.scale * (grad - self.grad0) * (norm / self.step))
+        y.setArray(self.scale * self.action(x.getArray(readonly=True).copy()))
 
 
 def verify_gradient(model: M1Model, coefficients: Sequence[float] | None = None,

@@ -63,6 +63,9 @@ def _check(model: M1Model):
     N, r, c = model.normal_equations()
     assert J == pytest.approx(0.5 * (a @ N @ a - 2 * a @ r + c), rel=1e-8)
     assert np.allclose(grad, N @ a - r, rtol=0, atol=1e-9 * np.abs(N @ a - r).max())
+    # second-order adjoint: the Hessian action is the Gauss-Newton matrix (J is quadratic)
+    Hh = model.hessian_action(h)
+    assert np.allclose(Hh, N @ h, rtol=0, atol=1e-9 * np.abs(N @ h).max())
 
 
 @pytest.mark.mpi
