@@ -33,8 +33,9 @@ Every block also has its tangent-linear and second-order adjoint (Hessian) rules
 ``ReducedFunctional.hessian`` gives the exact Hessian action (used by TAO's NLS).
 
 Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the second-order-adjoint
-Hessian action) on COMM_SELF, replicated on every rank: every rank sees the same allreduced J
-and gradient and so takes the same steps.  The objective is scaled by :math:`J(0)` so that
+Hessian action) on COMM_SELF of world rank 0, the other ranks serving its evaluations (every
+evaluation is collective; J and gradient are allreduced, so the coefficients are the same on
+every rank and, to rounding, for every rank count).  The objective is scaled by :math:`J(0)` so that
 tolerances are relative, and the line search uses a curvature tolerance of 0.1
 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
 iterations instead of ~70.  A line-search failure after the gradient fell by
