@@ -45,6 +45,17 @@ class OptimiserConfig(_Strict):
     grtol: float = Field(1e-10, ge=0, description="relative gradient tolerance")
     max_it: int = Field(500, ge=1)
     cross_check: bool = Field(True, description="compare TAO with the linear fast path")
+    verify_gradient: bool = Field(False, description="Taylor test of the adjoint gradient "
+                                  "before fitting (rates in summary.json)")
+
+
+class UncertaintyConfig(_Strict):
+    """Covariance of the coefficients behind the 95 % bands."""
+
+    method: Literal["auto", "gauss_newton", "integrated_noise"] = Field(
+        "auto", description="auto: integrated_noise for the displacement misfit (its noise "
+        "is correlated by the integration), gauss_newton for the strain misfit")
+    n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
 
 
 class FrameConfig(_Strict):
@@ -75,6 +86,7 @@ class RunConfig(_Strict):
     mesh: MeshConfig = MeshConfig()
     optimiser: OptimiserConfig = OptimiserConfig()
     frame: FrameConfig = FrameConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
 
     @field_validator("data", mode="before")
     @classmethod

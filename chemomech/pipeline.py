@@ -117,6 +117,8 @@ class M1Outcome:
     fit: object  # chemomech.inverse.FitResult
     covariance: np.ndarray
     sigma2: float
+    covariance_method: str
+    gradient_check: dict | None
     selection: object | None  # chemomech.selection.DegreeSelection
     images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
     timings_s: dict[str, float]
@@ -125,10 +127,14 @@ class M1Outcome:
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
     """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
     from chemomech.forms import epsilon
-    from chemomech.inverse import M1Model, particle_setup, split_for_particles
+    from chemomech.inverse import M1Model, particle_setup, split_for_particles, verify_gradient
     from chemomech.mesh import mesh_from_mask
     from chemomech.selection import select_degree
-    from chemomech.uncertainty import fit_covariance
+    from chemomech.uncertainty import (
+        fit_covariance,
+        integrated_noise_covariance,
+        strain_noise_sampler,
+    )
 
     t0 = time.perf_counter()
     group, mine = split_for_particles(comm, len(prepared))
@@ -163,6 +169,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
         del probe
     model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver)
     opt = config.optimiser
+    gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
                     max_it=opt.max_it)
     if opt.method == "tao" and opt.cross_check:
@@ -174,7 +181,16 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
         if comm.rank == 0:
             (logger.info if diff < 1e-4 else logger.warning)(
                 "cross-check: TAO and the linear fast path differ by %.2e relative", diff)
-    cov, sigma2 = fit_covariance(fit)
+    method = config.uncertainty.method
+    if method == "auto":
+        method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
+    if method == "integrated_noise":
+        samplers = {s.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(), s.misfit)
+                    for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        cov, sigma2 = integrated_noise_covariance(model, fit, samplers,
+                                                  n_draws=config.uncertainty.n_draws)
+    else:
+        cov, sigma2 = fit_covariance(fit)
 
     images: dict[str, dict[str, np.ndarray]] = {}
     for k, pm, setup in zip(mine, meshes, setups, strict=True):
@@ -186,7 +202,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
     images = {k: v for d in (gathered or []) for k, v in d.items()}
     timings = {"mesh": t_mesh, "m1_total": time.perf_counter() - t0}
-    return M1Outcome(fit, cov, sigma2, selection, images, timings)
+    return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
 
 
 def _model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
@@ -349,7 +365,10 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
     }
     if m1 is not None:
         summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
-                                             "misfit": config.misfit}
+                                             "misfit": config.misfit,
+                                             "covariance_method": m1.covariance_method}
+        if m1.gradient_check is not None:
+            summary["gradient_check"] = m1.gradient_check
         if m1.selection is not None:
             summary["degree_selection"] = {"scheme": m1.selection.scheme,
                                            "rule": m1.selection.rule,

@@ -33,7 +33,8 @@ def twins(tmp_path_factory):
 
 def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_path):
     out = tmp_path / "m1"
-    config = RunConfig(data=[twins], model="M1", legendre_degree=2, output=out)
+    config = RunConfig(data=[twins], model="M1", legendre_degree=2, output=out,
+                       optimiser={"verify_gradient": True})
     summary = run(config, MPI.COMM_SELF)
     assert STABLE_KEYS <= set(summary)
     on_disk = json.loads((out / "summary.json").read_text())
@@ -60,6 +61,8 @@ def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_pa
         assert {"X", "u_x", "residual_M1_aa", "elastic_aa", "eigenstrain_cc"} <= set(group)
     assert (out / "fields.xdmf").exists() and (out / "config.yaml").exists()
     assert "M1 tao fit" in (out / "log.txt").read_text()
+    assert summary["gradient_check"]["min_rate"] == pytest.approx(2.0, abs=0.05)
+    assert summary["fit"]["covariance_method"] == "integrated_noise"
 
 
 def test_m0_only_and_cli_errors(twins, tmp_path, caplog):
