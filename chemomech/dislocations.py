@@ -1004,6 +1004,30 @@ def plot_density_map(density: np.ndarray, X: np.ndarray, mask: np.ndarray,
     return save_figure(fig, path)
 
 
+def plot_alpha_curve(choice: AlphaChoice, path: str | Path) -> Path:
+    """L-curve of the alpha scan (misfit vs seminorm, log-log; alpha annotated), the chosen
+    alpha circled and the discrepancy target (if any) as a vertical line."""
+    import matplotlib.pyplot as plt
+
+    from chemomech.report import save_figure
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    pts = sorted(choice.curve, key=lambda c: -c["alpha"])
+    ax.loglog([c["misfit"] for c in pts], [c["seminorm"] for c in pts], "o-", ms=4)
+    for c in pts:
+        ax.annotate(f"{c['alpha']:.2g}", (c["misfit"], c["seminorm"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    best = min(choice.curve, key=lambda c: abs(np.log(c["alpha"] / choice.alpha)))
+    ax.loglog([best["misfit"]], [best["seminorm"]], "o", mfc="none", mec="red", ms=12)
+    if choice.target_misfit:
+        ax.axvline(choice.target_misfit, color="0.5", ls="--", lw=1, label="noise level")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("data misfit")
+    ax.set_ylabel("regularisation seminorm")
+    ax.set_title(f"alpha = {choice.alpha:.3g} ({choice.rule})", fontsize=9)
+    return save_figure(fig, path)
+
+
 # --------------------------------------------------------------------------- pipeline stage
 
 
@@ -1179,23 +1203,32 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
 def compare_slip_systems(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD,
                          systems: Sequence[str] | None = None, m1_result=None,
                          settings: M2Settings | None = None) -> list[dict]:
-    """Fit M2 with each candidate system alone (same rule) and tabulate (Suppl. Fig. 14):
-    rows {system, notation, alpha, misfit, model_error, mean_density_um2}, sorted by model
-    error (world rank 0; other ranks get the same list)."""
+    """Fit M2 with each candidate system alone at one common alpha and tabulate (Suppl.
+    Fig. 14): rows {system, notation, alpha, rule, misfit, model_error (mean over particles),
+    mean_density_um2}, sorted by model error (the same list on every rank).
+
+    With ``alpha: auto`` the weight is chosen by the configured rule for the first system
+    (default order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip
+    fields, so that the model errors compare the systems and not the alpha choices.
+    """
     from chemomech.slip import IN_PLANE_SYSTEMS
 
     base = settings or M2Settings.from_config(config)
-    rows = []
-    for label in systems or list(IN_PLANE_SYSTEMS):
+    labels = list(systems or IN_PLANE_SYSTEMS)
+    rows, alpha, rule = [], base.alpha, None
+    for label in labels:
         s = M2Settings(**{k: getattr(base, k) for k in M2Settings.__slots__} |
-                       {"slip_systems": (label,)})
+                       {"slip_systems": (label,), "alpha": alpha})
         out = run_m2(prepared, config, comm, m1_result=m1_result, settings=s)
+        if alpha == "auto":
+            alpha, rule = out.fit.regularisation.alpha, out.summary["regularisation"]["rule"]
+            rule = f"{rule} ({label})"
         row = None
         if comm.rank == 0:
-            weights = {n: 1.0 for n in out.model_error}
-            error = float(np.mean([out.model_error[n] for n in weights]))
+            error = float(np.mean(list(out.model_error.values())))
             row = {"system": label, "notation": slip_system(label).notation(),
-                   "alpha": out.fit.regularisation.alpha, "misfit": out.fit.misfit,
-                   "model_error": error, "mean_density_um2": out.summary["mean_density_um2"]}
+                   "alpha": out.fit.regularisation.alpha, "rule": rule or "fixed",
+                   "misfit": out.fit.misfit, "model_error": error,
+                   "mean_density_um2": out.summary["mean_density_um2"]}
         rows.append(comm.bcast(row, root=0))
     return sorted(rows, key=lambda r: r["model_error"])
