@@ -1,0 +1,180 @@
+"""Benchmark: forward elasticity solve time and peak memory against DOFs (P1/P2, LU/GAMG).
+
+Geometry: a synthetic platelet the size of the real particle (an ellipse with a hole,
+~15 000 pixels of 16.6 nm) meshed at 1, 0.45 and 0.2 pixels, which gives P1 from ~6e4 to
+~1e6 DOFs and P2 from ~2.3e5 to ~1e6 DOFs.  Each degree is solved once on the coarsest mesh
+before timing (JIT cache warm).  Composition: a tanh interface (L2 projection of
+the pixel image); eigenstrain: Vegard, averaged Maxisch-Ceder stiffness rotated by 0.3 rad,
+traction-free (rigid modes removed by the null space).
+
+Per case (max over ranks of the wall time, seconds):
+  mesh      gmsh on rank 0 + distribution (once per mesh size)
+  setup     ElasticityProblem: assemble K, attach the null space, factorise (LU) or set up
+            GAMG
+  solve     assemble the eigenstrain load and solve
+  resolve   a second solve with the same operator (what each inverse iteration pays)
+and peak RSS: the per-rank high-water mark during setup + solves, reset before each case
+(/proc/self/clear_refs), summed over ranks ("peak_rss_mb") and the increase over the RSS
+before the case ("delta_rss_mb": the solver's own memory).
+
+Run on 1 and 2 ranks; rank 0 merges the run into bench/results/forward.json by rank count:
+  scripts/in-env python3 bench/forward.py
+  scripts/in-env mpirun -n 2 python3 bench/forward.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
+
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from chemomech.fields import image_to_function  # noqa: E402
+from chemomech.forms import eigenstrain, stiffness_tensor  # noqa: E402
+from chemomech.forward import ElasticityProblem  # noqa: E402
+from chemomech.materials import Material, vegard_misfit  # noqa: E402
+from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.results import versions, write_json_atomic  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "forward.json"
+PIXEL_NM = 16.6
+MESH_SIZES_PX = (1.0, 0.45, 0.2)
+DEGREES = {1: MESH_SIZES_PX, 2: (1.0, 0.45)}
+LU_MAX_DOFS = 1_100_000
+ANGLE = 0.3
+
+
+def platelet(shape=(225, 125)) -> tuple[np.ndarray, np.ndarray]:
+    """Mask (ellipse 95 x 52 px with a hole of radius 8 px) and a tanh composition image."""
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    p, q = i - 112.0, j - 62.0
+    mask = (p / 95.0) ** 2 + (q / 52.0) ** 2 < 1.0
+    mask &= np.hypot(p - 30.0, q + 10.0) >= 8.0
+    X = 0.5 * (1.0 + np.tanh((p + 0.5 * q) / 4.0))
+    return mask, X
+
+
+def _rss_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Return freed heap to the OS (malloc_trim) and reset this process's peak RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_case(comm, pm, X, degree: int, solver: str) -> dict:
+    """Time setup and two solves; peak RSS of this case."""
+    misfit = vegard_misfit()
+    coeff_a = [misfit["a"] / 2, -misfit["a"] / 2]
+    coeff_c = [misfit["c"] / 2, -misfit["c"] / 2]
+    C = stiffness_tensor(Material().image_tensor(ANGLE))
+    eps_star = eigenstrain(X, coeff_a, coeff_c, ANGLE)
+    reset = _reset_peak_rss()
+    comm.Barrier()
+    base_kb = _rss_kb("VmRSS:")
+    t0 = time.perf_counter()
+    problem = ElasticityProblem(pm.mesh, C, degree=degree, solver=solver)
+    t1 = time.perf_counter()
+    u = problem.solve(eps_star)
+    t2 = time.perf_counter()
+    problem.solve(eps_star, u)
+    t3 = time.perf_counter()
+    peak_kb = _rss_kb("VmHWM:")
+    elapsed = np.array([t1 - t0, t2 - t1, t3 - t2])
+    comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
+    case = {
+        "degree": degree, "solver": solver, "dofs": problem.num_dofs,
+        "iterations": problem.ksp.getIterationNumber(),
+        "setup_s": float(elapsed[0]), "solve_s": float(elapsed[1]),
+        "resolve_s": float(elapsed[2]),
+        "peak_rss_mb": comm.allreduce(peak_kb) / 1024.0,
+        "peak_rss_max_rank_mb": comm.allreduce(peak_kb, op=MPI.MAX) / 1024.0,
+        "delta_rss_mb": comm.allreduce(peak_kb - base_kb) / 1024.0,
+        "peak_reset": bool(comm.allreduce(reset, op=MPI.LAND)),
+    }
+    problem.ksp.destroy()
+    problem.A.destroy()
+    del problem, u
+    return case
+
+
+def main() -> dict:
+    from dolfinx import fem
+
+    comm = MPI.COMM_WORLD
+    mask, X_image = platelet()
+    run = {"ranks": comm.size, "pixels": int(mask.sum()), "pixel_size_nm": PIXEL_NM,
+           "load_average": os.getloadavg()[0], "cases": [], "meshes": []}
+    t_start = time.perf_counter()
+    for size in MESH_SIZES_PX:
+        comm.Barrier()
+        t0 = time.perf_counter()
+        pm = mesh_from_mask(mask, PIXEL_NM, comm, mesh_size_px=size)
+        t_mesh = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        t0 = time.perf_counter()
+        X = image_to_function(np.where(mask, X_image, np.nan), PIXEL_NM,
+                              fem.functionspace(pm.mesh, ("Lagrange", 1)), mask=mask)
+        t_x = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        cells = pm.mesh.topology.index_map(2).size_global
+        run["meshes"].append({"mesh_size_px": size, "cells": cells, "mesh_s": t_mesh,
+                              "project_X_s": t_x})
+        for degree, sizes in DEGREES.items():
+            if size not in sizes:
+                continue
+            if size == MESH_SIZES_PX[0]:
+                run_case(comm, pm, X, degree, "gamg")  # warm-up: JIT-compile the forms
+            for solver in ("gamg", "lu"):
+                dofs = 2 * (pm.mesh.topology.index_map(0).size_global if degree == 1 else
+                            pm.mesh.topology.index_map(0).size_global
+                            + _num_edges(pm.mesh))
+                if solver == "lu" and dofs > LU_MAX_DOFS:
+                    continue
+                case = run_case(comm, pm, X, degree, solver)
+                case |= {"mesh_size_px": size, "cells": cells}
+                run["cases"].append(case)
+                if comm.rank == 0:
+                    print(f"P{degree} {solver:4s} {case['dofs']:>8d} DOFs: setup "
+                          f"{case['setup_s']:.2f} s, solve {case['solve_s']:.2f} s, resolve "
+                          f"{case['resolve_s']:.2f} s, {case['iterations']} it, peak "
+                          f"{case['peak_rss_mb']:.0f} MB (+{case['delta_rss_mb']:.0f})",
+                          flush=True)
+        del pm, X
+    run["total_s"] = comm.allreduce(time.perf_counter() - t_start, op=MPI.MAX)
+    run["versions"] = versions()
+    if comm.rank == 0:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data["benchmark"] = "forward elasticity: time and peak RSS against DOFs"
+        data.setdefault("runs", {})[str(comm.size)] = run
+        write_json_atomic(RESULTS, data)
+        print(f"{comm.size} rank(s): total {run['total_s']:.0f} s -> {RESULTS}")
+    return run
+
+
+def _num_edges(mesh) -> int:
+    mesh.topology.create_entities(1)
+    return mesh.topology.index_map(1).size_global
+
+
+if __name__ == "__main__":
+    main()
