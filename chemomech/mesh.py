@@ -68,6 +68,16 @@ class ParticleMesh:
         """(n, 2) pixel-centre coordinates x = i h, y = j h (nm) of the meshed pixels."""
         return self.pixel_indices().astype(float) * self.pixel_size_nm
 
+    def write_xdmf(self, path) -> None:
+        """Write the mesh ("particle") and facet tags ("facets") to XDMF/HDF5; collective."""
+        from dolfinx.io import XDMFFile
+
+        self.facet_tags.name = "facets"
+        with XDMFFile(self.mesh.comm, str(path), "w") as xdmf:
+            xdmf.write_mesh(self.mesh)
+            self.mesh.topology.create_connectivity(1, 2)
+            xdmf.write_meshtags(self.facet_tags, self.mesh.geometry)
+
 
 def polygon_area(points: np.ndarray) -> float:
     r"""Signed shoelace area :math:`\tfrac12\sum_k (x_k y_{k+1} - x_{k+1} y_k)` (units^2)."""

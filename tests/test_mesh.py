@@ -149,3 +149,28 @@ def test_bad_composition_and_pixel_size_are_input_errors():
     check_composition(np.where(mask, 0.3, np.nan), mask)  # NaN outside is fine
     with pytest.raises(InputError, match="pixel size"):
         mesh_from_mask(mask, 0.0, MPI.COMM_SELF)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["disc_with_hole", "platelet"])
+def test_example_meshes_read_back_with_their_tags(name):
+    """meshes/<name>.xdmf: area within 1 % of the pixel area of the mask it was made from."""
+    import importlib.util
+    from pathlib import Path
+
+    from dolfinx.io import XDMFFile
+
+    folder = Path(__file__).resolve().parents[1] / "meshes"
+    spec = importlib.util.spec_from_file_location("make_examples", folder / "make_examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    make_mask, h = examples.EXAMPLES[name]
+    with XDMFFile(MPI.COMM_WORLD, folder / f"{name}.xdmf", "r") as xdmf:
+        mesh = xdmf.read_mesh(name="particle")
+        mesh.topology.create_connectivity(1, 2)
+        facets = xdmf.read_meshtags(mesh, name="facets")
+    area = _integral(mesh, 1.0 * ufl.dx(domain=mesh))
+    assert area == pytest.approx(repair_mask(make_mask()).sum() * h**2, rel=0.01)
+    tags = MPI.COMM_WORLD.allgather(set(np.unique(facets.values).tolist()))
+    expected = {OUTER_TAG, HOLE_TAG} if name == "disc_with_hole" else {OUTER_TAG}
+    assert set().union(*tags) == expected
