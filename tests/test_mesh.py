@@ -174,3 +174,21 @@ def test_example_meshes_read_back_with_their_tags(name):
     tags = MPI.COMM_WORLD.allgather(set(np.unique(facets.values).tolist()))
     expected = {OUTER_TAG, HOLE_TAG} if name == "disc_with_hole" else {OUTER_TAG}
     assert set().union(*tags) == expected
+
+
+def test_real_particle_mesh_holds_every_pixel_centre(real_particle_path):
+    """LFP50_P2 (particle = FP + LFP > 0.10): holes kept, no pixel centre outside the mesh."""
+    from scipy.io import loadmat
+
+    from chemomech.fields import PixelSampler
+
+    data = loadmat(real_particle_path)
+    mask = (data["FP"] + data["LFP"]) > 0.10
+    pm = mesh_from_mask(mask, 16.6, MPI.COMM_SELF)
+    assert abs(pm.mask.sum() - mask.sum()) < 0.01 * mask.sum()  # repairs are marginal
+    assert len(pm.boundaries_nm) > 2  # the particle has holes
+    assert pm.area_nm2 == pytest.approx(pm.mask.sum() * 16.6**2, rel=0.01)
+    V = fem.functionspace(pm.mesh, ("Lagrange", 1))
+    sampler = PixelSampler(V, pm.pixel_points_nm())
+    assert sampler.num_outside == 0
+    assert len(sampler.owned) == pm.mask.sum()
