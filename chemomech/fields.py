@@ -9,7 +9,8 @@ Gauss rule of degree ``quadrature_degree`` per cell (default 2p + 4 for degree-p
 in; this is exact for constant images and first-order accurate in the pixel jumps otherwise.
 It smooths pixel noise and conserves the mean.  ``method="bilinear"`` interpolates the bilinear
 interpolant of the pixel centres at the DOF points instead.  NaN pixels (and pixels outside an
-optional mask) are first replaced by the nearest valid pixel, so nothing undefined leaks in.
+optional mask) are first replaced by the nearest valid pixel (or extrapolated linearly from
+it, ``fill="linear"``), so nothing undefined leaks in.
 
 Fields to pixels, :class:`PixelSampler`: the observation operator B (hIPPYlib vocabulary)
 that evaluates a FE function at pixel centres.  Each point is owned by exactly one rank (the
@@ -35,8 +36,50 @@ from chemomech.mesh import fill_nearest
 logger = logging.getLogger(__name__)
 
 
-def _prepare_image(image, V, mask) -> np.ndarray:
-    """Image as float (nx, ny, value_size) with invalid pixels filled by nearest valid ones."""
+def _valid_pixels(image: np.ndarray, mask) -> np.ndarray:
+    valid = np.all(np.isfinite(image), axis=-1)
+    return valid if mask is None else valid & np.asarray(mask, bool)
+
+
+def fill_linear(image: np.ndarray, valid: np.ndarray, max_px: float = 2.0) -> np.ndarray:
+    r"""Fill invalid pixels p by first-order extrapolation from the nearest valid pixel q.
+
+    :math:`I(p) = I(q) + \nabla I(q)\cdot(p - q)` within `max_px` pixels of the valid set
+    (central or one-sided differences over valid neighbours), the nearest value beyond.
+    Exact for affine images; `image` is (nx, ny, k).
+    """
+    from scipy import ndimage
+
+    if not valid.any():
+        raise InputError("image has no finite value inside the mask", field="image")
+    dist, (ii, jj) = ndimage.distance_transform_edt(~valid, return_indices=True)
+    base = image[ii, jj]  # nearest fill
+    out = base.copy()
+    near = (~valid) & (dist <= max_px)
+    for axis, offset in ((0, np.arange(image.shape[0])[:, None] - ii),
+                         (1, np.arange(image.shape[1])[None, :] - jj)):
+        fwd_ok = np.zeros_like(valid)
+        bwd_ok = np.zeros_like(valid)
+        fwd = np.zeros_like(base)
+        bwd = np.zeros_like(base)
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        ok = valid[lo] & valid[hi]
+        diff = base[hi] - base[lo]
+        fwd_ok[lo], fwd[lo] = ok, diff
+        bwd_ok[hi], bwd[hi] = ok, diff
+        both = (fwd_ok & bwd_ok)[..., None]
+        grad = np.where(both, 0.5 * (fwd + bwd),
+                        np.where(fwd_ok[..., None], fwd,
+                                 np.where(bwd_ok[..., None], bwd, 0.0)))
+        out[near] += (grad[ii, jj] * offset[..., None])[near]
+    return out
+
+
+def _prepare_image(image, V, mask, fill: str = "nearest") -> np.ndarray:
+    """Image as float (nx, ny, value_size) with invalid pixels filled (nearest or linear)."""
     image = np.asarray(image, dtype=float)
     value_size = V.dofmap.index_map_bs
     if image.ndim == 2:
@@ -48,6 +91,10 @@ def _prepare_image(image, V, mask) -> np.ndarray:
     if mask is not None and np.shape(mask) != image.shape[:2]:
         raise InputError(f"mask shape {np.shape(mask)} differs from image shape "
                          f"{image.shape[:2]}", field="mask")
+    if fill == "linear":
+        return fill_linear(image, _valid_pixels(image, mask))
+    if fill != "nearest":
+        raise InputError(f"fill must be 'nearest' or 'linear', got {fill!r}", field="fill")
     valid = None if mask is None else np.asarray(mask, bool)
     return fill_nearest(image, valid)
 
@@ -127,11 +174,14 @@ def _l2_projection(values_at, V, quadrature_degree: int):
 
 
 def image_to_function(image, pixel_size_nm: float, V, method: Literal["l2", "bilinear"] = "l2",
-                      *, mask=None, quadrature_degree: int | None = None, name: str = "f"):
+                      *, mask=None, quadrature_degree: int | None = None, name: str = "f",
+                      fill: Literal["nearest", "linear"] = "nearest"):
     r"""FE function on V of a pixel image (nx, ny) or (nx, ny, k); x = i h, y = j h (nm).
 
     ``"l2"``: :math:`(f, v) = (I_h, v)\ \forall v`, I_h the piecewise-constant pixel field;
     ``"bilinear"``: f interpolates the bilinear interpolant of the pixel centres.
+    NaN pixels and pixels outside `mask` are filled first: ``fill="nearest"`` (default) or
+    ``"linear"`` (first-order extrapolation, :func:`fill_linear`; exact for affine data).
     Collective on the mesh communicator.
     """
     from dolfinx import fem
@@ -139,7 +189,7 @@ def image_to_function(image, pixel_size_nm: float, V, method: Literal["l2", "bil
     if not pixel_size_nm > 0:
         raise InputError(f"pixel size must be positive, got {pixel_size_nm}",
                          field="pixel_size_nm")
-    filled = _prepare_image(image, V, mask)
+    filled = _prepare_image(image, V, mask, fill)
     if method == "l2":
         degree = V.ufl_element().embedded_superdegree
         q = quadrature_degree if quadrature_degree is not None else 2 * degree + 4

@@ -183,16 +183,20 @@ def dirichlet_bc(u_boundary: fem.Function, facet_tags=None, markers=None) -> fem
 
 def dirichlet_from_image(V: fem.FunctionSpace, displacement, pixel_size_nm: float, *,
                          mask=None, facet_tags=None, markers=None,
-                         method: Literal["l2", "bilinear"] = "bilinear") -> fem.DirichletBC:
+                         method: Literal["l2", "bilinear"] = "bilinear",
+                         fill: Literal["nearest", "linear"] = "linear") -> fem.DirichletBC:
     r"""Dirichlet condition :math:`u = d` on the boundary from a displacement image d (nm).
 
-    `displacement`: (nx, ny, 2) in the image frame (x = axis 0); NaN (or pixels outside
-    `mask`) are filled by the nearest valid pixel before carrying it onto V.  Collective.
+    `displacement`: (nx, ny, 2) in the image frame (x = axis 0).  The mesh boundary runs
+    half a pixel beyond the outermost pixel centres, so NaN pixels (and pixels outside
+    `mask`) are filled by linear extrapolation from the nearest valid pixel (exact for
+    affine data; ``fill="nearest"`` copies it instead) before carrying d onto V.  Pass the
+    same V to :class:`ElasticityProblem`.  Collective.
     """
     from chemomech.fields import image_to_function
 
     u_boundary = image_to_function(displacement, pixel_size_nm, V, method, mask=mask,
-                                   name="u_boundary")
+                                   name="u_boundary", fill=fill)
     return dirichlet_bc(u_boundary, facet_tags, markers)
 
 

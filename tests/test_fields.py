@@ -123,3 +123,17 @@ def test_vector_image_shape_must_match_the_space(particle):
         image_to_function(np.zeros(particle.mask.shape), H, V)
     with pytest.raises(InputError, match="method"):
         image_to_function(np.zeros((*particle.mask.shape, 2)), H, V, method="cubic")
+
+
+def test_linear_fill_extrapolates_affine_images_exactly_near_the_mask(particle):
+    from scipy import ndimage
+
+    from chemomech.fields import fill_linear
+
+    i, j = np.meshgrid(*(np.arange(n) for n in particle.mask.shape), indexing="ij")
+    affine = np.stack([0.5 + 0.1 * i - 0.03 * j, -2.0 + 0.2 * j], axis=-1)
+    masked = np.where(particle.mask[..., None], affine, np.nan)
+    filled = fill_linear(masked, particle.mask)
+    near = ndimage.distance_transform_edt(~particle.mask) <= 2.0
+    assert np.abs(filled[near] - affine[near]).max() < 1e-12
+    assert np.all(np.isfinite(filled))

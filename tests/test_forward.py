@@ -240,9 +240,10 @@ def test_distributed_solve_on_a_particle_mesh_equals_serial():
 def test_dirichlet_from_a_displacement_image_reproduces_affine_data():
     """Zero eigenstrain, u = G x on the boundary: the solution is u = G x everywhere.
 
-    With data on the whole image this is exact; with data only on the particle's pixels
-    (NaN outside) the boundary, half a pixel beyond the last pixel centres, takes the
-    nearest pixel's value: an error of at most |G| h / sqrt(2)."""
+    Exact with data on the whole image, and with data only on the particle's pixels (NaN
+    outside) under the default linear extrapolation to the boundary, half a pixel beyond
+    the last pixel centres; copying the nearest pixel instead errs by up to |G| h / sqrt(2).
+    """
     mask = platelet_mask()
     pm = mesh_from_mask(mask, H, MPI.COMM_SELF)
     G = np.array([[0.012, -0.03], [0.02, -0.004]])
@@ -252,10 +253,11 @@ def test_dirichlet_from_a_displacement_image_reproduces_affine_data():
     V = fem.functionspace(pm.mesh, ("Lagrange", 2, (2,)))
     x = V.tabulate_dof_coordinates()[:, :2]
     zero = fem.Constant(pm.mesh, np.zeros((2, 2)))
-    for data, tol in ((image, 1e-10 * np.abs(x @ G.T).max()),
-                      (np.where(mask[..., None], image, np.nan),
-                       np.linalg.norm(G, 2) * H / np.sqrt(2))):
-        bc = dirichlet_from_image(V, data, H)
+    exact = 1e-10 * np.abs(x @ G.T).max()
+    masked = np.where(mask[..., None], image, np.nan)
+    for data, fill, tol in ((image, "linear", exact), (masked, "linear", exact),
+                            (masked, "nearest", np.linalg.norm(G, 2) * H / np.sqrt(2))):
+        bc = dirichlet_from_image(V, data, H, fill=fill)
         problem = ElasticityProblem(pm.mesh, C, degree=2, solver="lu", bcs=[bc], V=V)
         assert problem.nullspace is None
         error = np.abs(problem.solve(zero).x.array.reshape(-1, 2) - x @ G.T).max()
