@@ -53,27 +53,71 @@ def pixel_coordinates(shape: tuple[int, int], pixel_size_nm: float) -> np.ndarra
     return np.stack([i, j], axis=-1) * float(pixel_size_nm)
 
 
-def _difference_system(valid: np.ndarray, H: np.ndarray, h: float
-                       ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
-    """Sparse difference matrix D (pairs x pixels), right-hand sides (pairs x 2), index map."""
-    index = np.full(valid.shape, -1, dtype=np.int64)
-    index[valid] = np.arange(int(valid.sum()))
-    rows_p, rows_q, rhs = [], [], []
-    for axis in (0, 1):
-        lo = [slice(None), slice(None)]
-        hi = [slice(None), slice(None)]
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        pair = valid[tuple(lo)] & valid[tuple(hi)]
-        rows_p.append(index[tuple(lo)][pair])
-        rows_q.append(index[tuple(hi)][pair])
-        # column `axis` of H: (dH u_x / d axis, d u_y / d axis) at both ends, averaged
-        rhs.append(0.5 * h * (H[tuple(lo)][pair][:, :, axis] + H[tuple(hi)][pair][:, :, axis]))
-    p = np.concatenate(rows_p)
-    q = np.concatenate(rows_q)
-    n_eq, n = p.size, int(valid.sum())
-    D = sp.csr_matrix((np.r_[np.ones(n_eq), -np.ones(n_eq)],
-                       (np.r_[np.arange(n_eq), np.arange(n_eq)], np.r_[q, p])), shape=(n_eq, n))
-    return D, np.concatenate(rhs, axis=0), index
+class GradientIntegrator:
+    r"""Least-squares integration of gradient fields over a fixed set of valid pixels.
+
+    Minimises :math:`\sum_{pairs} |u_q - u_p - h (H_p + H_q) e_k / 2|^2` over neighbouring
+    valid pixels p, q = p + e_k (so holes work: only pairs of valid pixels enter), with zero
+    mean per connected piece.  The normal equations are factorised once, so integrating many
+    fields on the same pixels (noise draws) costs one back-substitution each.
+    """
+
+    def __init__(self, valid: np.ndarray, pixel_size_nm: float):
+        if not pixel_size_nm or pixel_size_nm <= 0:
+            raise InputError(f"pixel size must be positive, got {pixel_size_nm!r}",
+                             field="pixel_size_nm")
+        self.valid = np.asarray(valid, dtype=bool)
+        self.h = float(pixel_size_nm)
+        n = int(self.valid.sum())
+        if n < 2:
+            raise InputError(f"only {n} valid pixel(s) to integrate", field="mask")
+        index = np.full(self.valid.shape, -1, dtype=np.int64)
+        index[self.valid] = np.arange(n)
+        self._pairs = []  # (lower pixel index, upper pixel index, axis) per equation block
+        for axis in (0, 1):
+            lo = [slice(None), slice(None)]
+            hi = [slice(None), slice(None)]
+            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+            pair = self.valid[tuple(lo)] & self.valid[tuple(hi)]
+            self._pairs.append((index[tuple(lo)][pair], index[tuple(hi)][pair], axis))
+        p = np.concatenate([lo for lo, _, _ in self._pairs])
+        q = np.concatenate([hi for _, hi, _ in self._pairs])
+        n_eq = p.size
+        if n_eq == 0:
+            raise InputError("no pair of neighbouring valid pixels to integrate", field="mask")
+        self.D = sp.csr_matrix((np.r_[np.ones(n_eq), -np.ones(n_eq)],
+                                (np.r_[np.arange(n_eq), np.arange(n_eq)], np.r_[q, p])),
+                               shape=(n_eq, n))
+        # pieces of the pair graph: each has its own free constant
+        self.n_pieces, self.labels = csgraph.connected_components(self.D.T @ self.D,
+                                                                  directed=False)
+        if self.n_pieces > 1:
+            sizes = np.bincount(self.labels)
+            logger.warning("gradient integration: valid pixels form %d separate pieces "
+                           "(sizes %s); each gets zero mean on its own", self.n_pieces,
+                           sorted(sizes)[::-1][:5])
+        pinned = np.array([np.flatnonzero(self.labels == k)[0] for k in range(self.n_pieces)])
+        self._free = np.setdiff1d(np.arange(n), pinned)
+        self._Df = self.D[:, self._free].tocsc()
+        self._solve = factorized((self._Df.T @ self._Df).tocsc())
+
+    def rhs(self, H_img: np.ndarray) -> np.ndarray:
+        """Right-hand sides (pairs x 2): h times column k of H averaged over each pair (nm)."""
+        H = np.asarray(H_img, dtype=float)[self.valid]
+        return np.concatenate([0.5 * self.h * (H[lo][:, :, axis] + H[hi][:, :, axis])
+                               for lo, hi, axis in self._pairs], axis=0)
+
+    def __call__(self, H_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """u (nx, ny, 2) in nm, NaN off the valid pixels, and the equation residuals / h."""
+        b = self.rhs(H_img)
+        u_valid = np.zeros((int(self.valid.sum()), 2))
+        for c in range(2):
+            u_valid[self._free, c] = self._solve(self._Df.T @ b[:, c])
+        for k in range(self.n_pieces):
+            u_valid[self.labels == k] -= u_valid[self.labels == k].mean(axis=0)
+        u = np.full(self.valid.shape + (2,), np.nan)
+        u[self.valid] = u_valid
+        return u, (self.D @ u_valid - b) / self.h  # per unit length: a gradient
 
 
 def integrate_gradient(H_img: np.ndarray, mask: np.ndarray, pixel_size_nm: float
@@ -84,40 +128,15 @@ def integrate_gradient(H_img: np.ndarray, mask: np.ndarray, pixel_size_nm: float
     if H_img.shape != mask.shape + (2, 2):
         raise InputError(f"gradient shape {H_img.shape} does not match mask {mask.shape} + (2, 2)",
                          field="H_img")
-    if not pixel_size_nm or pixel_size_nm <= 0:
-        raise InputError(f"pixel size must be positive, got {pixel_size_nm!r}",
-                         field="pixel_size_nm")
     valid = mask & np.all(np.isfinite(H_img), axis=(-2, -1))
-    n = int(valid.sum())
-    if n < 2:
-        raise InputError(f"only {n} valid pixel(s) to integrate", field="mask")
-    D, b, index = _difference_system(valid, H_img, pixel_size_nm)
-    if D.shape[0] == 0:
-        raise InputError("no pair of neighbouring valid pixels to integrate", field="mask")
-    # pieces of the pair graph: each has its own free constant
-    n_pieces, labels = csgraph.connected_components(D.T @ D, directed=False)
-    if n_pieces > 1:
-        sizes = np.bincount(labels)
-        logger.warning("gradient integration: valid pixels form %d separate pieces (sizes %s); "
-                       "each gets zero mean on its own", n_pieces, sorted(sizes)[::-1][:5])
-    pinned = np.array([np.flatnonzero(labels == k)[0] for k in range(n_pieces)])
-    free = np.setdiff1d(np.arange(n), pinned)
-    Df = D[:, free].tocsc()
-    solve = factorized((Df.T @ Df).tocsc())
-    u_valid = np.zeros((n, 2))
-    for c in range(2):
-        u_valid[free, c] = solve(Df.T @ b[:, c])
-    for k in range(n_pieces):
-        u_valid[labels == k] -= u_valid[labels == k].mean(axis=0)
-    residual = (D @ u_valid - b) / pixel_size_nm  # per unit length: a gradient (dimensionless)
-    u = np.full(mask.shape + (2,), np.nan)
-    u[valid] = u_valid
+    integrator = GradientIntegrator(valid, pixel_size_nm)
+    u, residual = integrator(H_img)
     finite = H_img[valid]
     result = DisplacementResult(u=u, residual_rms=float(np.sqrt(np.mean(residual**2))),
-                                gradient_rms=float(np.sqrt(np.mean(finite**2))), n_pixels=n,
-                                n_pieces=int(n_pieces))
-    logger.info("integrated %d pixels: residual RMS %.3e (%.1f %% of the gradient RMS)", n,
-                result.residual_rms, 100 * result.relative_residual)
+                                gradient_rms=float(np.sqrt(np.mean(finite**2))),
+                                n_pixels=int(valid.sum()), n_pieces=int(integrator.n_pieces))
+    logger.info("integrated %d pixels: residual RMS %.3e (%.1f %% of the gradient RMS)",
+                result.n_pixels, result.residual_rms, 100 * result.relative_residual)
     return result
 
 

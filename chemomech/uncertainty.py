@@ -28,7 +28,6 @@ Bands are pointwise (not simultaneous) at `level` (default 95 %), normal quantil
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -112,28 +111,26 @@ def band_to_lists(band: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: np.asarray(v, dtype=float).tolist() for k, v in band.items()}
 
 
-#: Strain noise amplitude used internally for the Monte Carlo draws (dimensionless; the result
-#: is rescaled to unit variance, the value only keeps ParticleData's unit checks quiet).
-_DRAW_SCALE = 1e-3
-
-
 def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
                          ) -> Callable[[np.random.Generator], np.ndarray]:
     """Draws of unit-variance i.i.d. noise on the stored strain maps (e_xx, e_yy, e_xy, theta of
     `particle`, a `chemomech.stack.ParticleData`), integrated to displacement like the data and
     returned at `misfit`'s local rows; `pixel_ij` (n_points, 2) are the image indices of the
-    misfit's point list (`ParticleMesh.pixel_indices()`)."""
-    from chemomech.displacement import measured_displacement
+    misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once."""
+    from chemomech.displacement import GradientIntegrator
+    from chemomech.frames import gradient_crystal, rotate_tensor_field
 
     ij = np.asarray(pixel_ij)[misfit.point_indices]
     fields = ("e_xx", "e_yy", "e_xy", "theta")
-    valid = {k: np.isfinite(getattr(particle, k)) for k in fields}
+    valid = particle.mask & np.all([np.isfinite(getattr(particle, k)) for k in fields], axis=0)
+    integrate = GradientIntegrator(valid, particle.pixel_size_nm)
+    rotation = 0.0 if particle.strain_frame == "image" else particle.rotation_rad
 
     def draw(rng: np.random.Generator) -> np.ndarray:
-        noise = {k: np.where(valid[k], rng.normal(0.0, _DRAW_SCALE, valid[k].shape), np.nan)
-                 for k in fields}
-        u = measured_displacement(dataclasses.replace(particle, **noise)).u
-        return u[ij[:, 0], ij[:, 1]].ravel() / _DRAW_SCALE
+        noise = [rng.normal(0.0, 1.0, valid.shape) for _ in fields]
+        H = rotate_tensor_field(gradient_crystal(*noise, particle.theta_sign), rotation)
+        u, _ = integrate(H)
+        return u[ij[:, 0], ij[:, 1]].ravel()
 
     return draw
 
