@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize, stats
 
-from chemomech.frames import interior_pixels, smooth_masked, strain_crystal_from_image
+from chemomech.frames import smooth_masked, strain_crystal_from_image
 from chemomech.materials import LATTICE_ANGSTROM
-from chemomech.stack import ParticleData
+from chemomech.stack import ParticleData, interior_pixels
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from chemomech.materials import rotation_matrix
-from chemomech.stack import ParticleData
+from chemomech.stack import ParticleData, interior_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,6 @@ def smooth_masked(field: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.nd
         out = num / den
     out[~valid] = np.nan
     return out
-
-
-def interior_pixels(mask: np.ndarray, erosion_px: int) -> np.ndarray:
-    """Mask pixels at least `erosion_px` (4-connected steps) inside the boundary."""
-    if erosion_px <= 0:
-        return mask.copy()
-    return ndimage.binary_erosion(mask, iterations=erosion_px, border_value=0)
 
 
 def curl_field(H_img: np.ndarray, pixel_size_nm: float = 1.0) -> np.ndarray:

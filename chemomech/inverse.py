@@ -134,7 +134,8 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
     non-finite data are left out.  X is carried onto P1 by `chemomech.fields.image_to_function`.
     """
     from chemomech.fields import PixelSampler, image_to_function
-    from chemomech.misfit import DisplacementMisfit, StrainMisfit, interior_pixels
+    from chemomech.misfit import DisplacementMisfit, StrainMisfit
+    from chemomech.stack import interior_pixels
 
     if (displacement is None) == (strain is None):
         raise InputError("give exactly one of displacement and strain", field="misfit")

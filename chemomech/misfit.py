@@ -34,23 +34,10 @@ import numpy as np
 import scipy.sparse
 from dolfinx import fem, la
 from mpi4py import MPI
-from scipy import ndimage
 
 from chemomech.exceptions import InputError
 
 logger = logging.getLogger(__name__)
-
-
-def interior_pixels(mask: np.ndarray, edge_exclusion_px: int) -> np.ndarray:
-    """Pixels of `mask` more than `edge_exclusion_px` pixels (Euclidean) from the outside."""
-    mask = np.asarray(mask, dtype=bool)
-    if edge_exclusion_px < 0:
-        raise InputError(f"must be >= 0, got {edge_exclusion_px}", field="edge_exclusion_px")
-    if edge_exclusion_px == 0:
-        return mask.copy()
-    padded = np.pad(mask, 1, constant_values=False)  # the image border counts as outside
-    distance = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
-    return distance > edge_exclusion_px
 
 
 def rigid_mode_basis(points: np.ndarray, comm: MPI.Comm) -> np.ndarray:

@@ -40,12 +40,11 @@ from chemomech.frames import (
     strain_crystal_from_image,
 )
 from chemomech.materials import Material
-from chemomech.misfit import interior_pixels
 from chemomech.readers import read_data
 from chemomech.regression import RegressionFit, fit_m0
 from chemomech.residual import incompatibility_rms, model_error
 from chemomech.results import versions, write_json_atomic
-from chemomech.stack import ParticleData
+from chemomech.stack import ParticleData, interior_pixels
 from chemomech.uncertainty import band_to_lists, derivative_band, eigenstrain_band
 
 logger = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     opt = config.optimiser
     gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
-                    max_it=opt.max_it)
+                    gttol=opt.gttol, max_it=opt.max_it)
     if opt.method == "tao" and opt.cross_check:
         fast = model.fit(method="linear", with_normal_matrix=False)
         scale = max(np.abs(fast.coefficients).max(), 1e-30)

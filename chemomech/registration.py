@@ -40,6 +40,7 @@ from scipy import ndimage, optimize
 from scipy.interpolate import BSpline, RectBivariateSpline
 
 from chemomech.exceptions import InputError
+from chemomech.stack import interior_pixels
 
 if TYPE_CHECKING:
     from chemomech.readers import CompositionMap, StrainMaps
@@ -101,11 +102,6 @@ def read_registration(path: str | Path) -> RegistrationResult:
                          path=str(path), field="flip")
     return RegistrationResult(matrix, bool(data["flip"]), float(data["score"]),
                               int(data["iterations"]))
-
-
-def interior_pixels(mask: np.ndarray, margin_px: float = 4.0) -> np.ndarray:
-    """Pixels whose distance to the nearest outside pixel exceeds margin_px (pixel units)."""
-    return ndimage.distance_transform_edt(np.asarray(mask, dtype=bool)) > margin_px
 
 
 def fill_outside(image: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -77,6 +77,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
+
+def interior_pixels(mask: np.ndarray, distance_px: float) -> np.ndarray:
+    """Pixels of `mask` farther than `distance_px` (Euclidean, in pixels) from every pixel
+    outside it; the image border counts as outside.  distance_px = 0 returns the mask."""
+    mask = np.asarray(mask, dtype=bool)
+    if distance_px < 0:
+        raise InputError(f"must be >= 0, got {distance_px}", field="edge_exclusion_px")
+    if distance_px == 0:
+        return mask.copy()
+    padded = np.pad(mask, 1, constant_values=False)
+    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1] > distance_px
+
 @dataclass
 class ParticleData:
     """Maps of one particle: composition X (Li fraction) and the measured strain (dimensionless).

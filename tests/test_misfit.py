@@ -16,10 +16,10 @@ from chemomech.misfit import (  # noqa: E402
     DisplacementMisfit,
     MultiParticleMisfit,
     StrainMisfit,
-    interior_pixels,
     rigid_mode_basis,
     strain_observation_matrix,
 )
+from chemomech.stack import interior_pixels  # noqa: E402
 
 H = 10.0  # pixel size, nm
 NX, NY = 16, 10

@@ -52,7 +52,7 @@ def nonlinear_contrast(x):
 @pytest.mark.parametrize("contrast", ["linear", "spline"])
 def test_analytic_gradient_matches_finite_differences(contrast):
     X, mask, e_aa = synthetic_particle_maps((80, 60), seed=1)
-    points = np.argwhere(interior_pixels(mask))
+    points = np.argwhere(interior_pixels(mask, 4.0))
     objective = AffineCorrelation(e_aa[points[:, 0], points[:, 1]], points,
                                   fill_outside(nonlinear_contrast(X), mask), contrast,
                                   (0.0, 1.3), 8)
@@ -68,7 +68,7 @@ def test_analytic_gradient_matches_finite_differences(contrast):
 def test_parameterisation_round_trip_and_pearson_at_identity():
     X, mask, _ = synthetic_particle_maps((80, 60), seed=2)
     M = affine(7.0, (1.1, 0.9), -0.05, (3.0, -2.0), (40, 30))
-    points = np.argwhere(interior_pixels(mask))
+    points = np.argwhere(interior_pixels(mask, 4.0))
     objective = AffineCorrelation(X[points[:, 0], points[:, 1]], points, fill_outside(X, mask))
     np.testing.assert_allclose(objective.to_matrix(objective.to_parameters(M)), M, atol=1e-12)
     identity = np.column_stack([np.eye(2), np.zeros(2)])
