@@ -41,8 +41,9 @@ class OptimiserConfig(_Strict):
 
     method: Literal["tao", "linear"] = Field("tao", description="adjoint+TAO or normal equations")
     tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = "blmvm"
-    gatol: float = Field(1e-12, gt=0, description="absolute gradient tolerance")
-    grtol: float = Field(1e-10, ge=0, description="relative gradient tolerance")
+    gatol: float = Field(0.0, ge=0, description="absolute gradient tolerance (scaled J)")
+    grtol: float = Field(0.0, ge=0, description="gradient tolerance relative to J")
+    gttol: float = Field(1e-9, ge=0, description="gradient reduction |g|/|g0|")
     max_it: int = Field(500, ge=1)
     cross_check: bool = Field(True, description="compare TAO with the linear fast path")
     verify_gradient: bool = Field(False, description="Taylor test of the adjoint gradient "
