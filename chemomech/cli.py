@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "affine registration of X-ray maps onto the 4D-STEM grid"),
     "analyze": ("chemomech.analysis", "add_analysis_arguments", "cmd_analysis",
                 "lattice parameters vs X per group and interface widths"),
+    "mesh": ("chemomech.cli", "add_mesh_arguments", "cmd_mesh",
+             "mesh a particle mask (gmsh) and write it as XDMF"),
     "invert": ("chemomech.cli", "add_invert_arguments", "cmd_invert",
                "learn the eigenstrain law (M0/M1) from a YAML config"),
     "xrd": ("chemomech.cli", "add_xrd_arguments", "cmd_xrd",
@@ -54,6 +56,43 @@ def cmd_invert(args: argparse.Namespace) -> int:
     config = load_config(args.config, output=args.output, legendre_degree=degree,
                          model=args.model)
     run(config)
+    return 0
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `chemomech mesh`."""
+    parser.add_argument("input", help="a stack file or any input of `chemomech import`")
+    parser.add_argument("-o", "--output", required=True, help="mesh file to write (.xdmf)")
+    parser.add_argument("--particle", help="particle name (default: the first)")
+    parser.add_argument("--mesh-size-px", type=float, default=1.0, help="element size (px)")
+    parser.add_argument("--simplify-tol-px", type=float, default=0.25,
+                        help="boundary simplification tolerance (px)")
+    parser.add_argument("--min-island-px", type=int, default=20,
+                        help="drop islands smaller than this (px)")
+    parser.add_argument("--refine", action="store_true",
+                        help="refine to 0.5 px where the composition gradient is high")
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    """`chemomech mesh INPUT -o mesh.xdmf`: gmsh mesh of one particle's mask (nm)."""
+    from mpi4py import MPI
+
+    from chemomech.exceptions import InputError
+    from chemomech.mesh import mesh_from_mask
+    from chemomech.readers import read_particles
+
+    particles = read_particles([args.input])
+    if args.particle:
+        particles = [p for p in particles if p.name == args.particle]
+        if not particles:
+            raise InputError(f"no particle named {args.particle!r}", path=args.input)
+    p = particles[0]
+    pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_WORLD, mesh_size_px=args.mesh_size_px,
+                        simplify_tol_px=args.simplify_tol_px, min_island_px=args.min_island_px,
+                        refine=p.X if args.refine else None)
+    pm.write_xdmf(args.output)
+    logger.info("mesh of %s: %d cells, area %.4g um^2 -> %s", p.name,
+                pm.mesh.topology.index_map(2).size_global, pm.area_nm2 * 1e-6, args.output)
     return 0
 
 

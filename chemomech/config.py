@@ -78,7 +78,9 @@ class RunConfig(_Strict):
     output: Path = Path("results")
     misfit: Literal["displacement", "strain"] = "displacement"
     edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
-    boundary_condition: Literal["traction_free", "dirichlet"] = "traction_free"
+    boundary_condition: Literal["traction_free"] = Field(
+        "traction_free", description="the inversions solve the traction-free problem; "
+        "Dirichlet data (chemomech.forward.dirichlet_from_image) are a forward-model option")
     stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = "average"
     reduction: Literal["plane_stress", "plane_strain"] = "plane_stress"
     solver: Literal["auto", "lu", "gamg"] = "auto"
