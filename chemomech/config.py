@@ -59,6 +59,31 @@ class UncertaintyConfig(_Strict):
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
 
 
+class RegularisationConfig(_Strict):
+    """Regularisation of the M2 slip fields."""
+
+    kind: Literal["h1", "tv"] = Field("h1", description="H1 seminorm or smoothed TV")
+    alpha: float | Literal["auto"] = Field("auto", description="weight, or chosen by `rule`")
+    rule: Literal["discrepancy", "lcurve"] = "discrepancy"
+    tv_epsilon_per_nm: float = Field(1e-6, gt=0, description="TV smoothing (1/nm)")
+
+
+class DislocationsConfig(_Strict):
+    """Model M2 (chemomech.dislocations): slip fields of in-plane systems."""
+
+    slip_systems: list[str] = Field(["D"], description="labels of chemomech.slip systems")
+    regularisation: RegularisationConfig = RegularisationConfig()
+    noise_strain: float | Literal["auto", "m1"] = Field(
+        "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
+        "the M1 residual, or a number")
+    discrepancy_tau: float = Field(1.0, gt=0)
+    alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
+    noise_draws: int = Field(4, ge=1, description="Monte Carlo draws of the noise level")
+    tao_type: Literal["blmvm", "bqnls"] = "blmvm"
+    max_it: int = Field(2000, ge=1)
+    grtol: float = Field(1e-7, ge=0)
+
+
 class FrameConfig(_Strict):
     """Frame check of the measured gradient (DESIGN §2)."""
 
@@ -90,6 +115,7 @@ class RunConfig(_Strict):
     optimiser: OptimiserConfig = OptimiserConfig()
     frame: FrameConfig = FrameConfig()
     uncertainty: UncertaintyConfig = UncertaintyConfig()
+    dislocations: DislocationsConfig = DislocationsConfig()
 
     @field_validator("data", mode="before")
     @classmethod

@@ -32,7 +32,6 @@ from chemomech import legendre
 from chemomech.analysis import crystal_strain
 from chemomech.config import RunConfig, dump_config
 from chemomech.displacement import measured_displacement, measured_strain
-from chemomech.exceptions import InputError
 from chemomech.frames import (
     frame_check,
     gradient_crystal,
@@ -267,37 +266,41 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px)
     timings["m0"] = time.perf_counter() - t
 
-    m1 = run_m1(prepared, config, comm) if config.model == "M1" else None
-    if config.model == "M2":
-        raise InputError("model M2 (dislocations) is not available yet; use M0 or M1",
-                         field="model")
+    m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None
     if m1 is not None:
         timings |= m1.timings_s
+    m2 = None
+    if config.model == "M2":
+        from chemomech.dislocations import run_m2
+
+        m2 = run_m2(prepared, config, comm, m1_result=m1)
+        timings |= m2.timings_s
     if not rank0:
         return None
 
     t = time.perf_counter()
-    summary = _summarise(config, prepared, m0, m1)
+    summary = _summarise(config, prepared, m0, m1, m2)
     summary["timings_s"] = timings | {"report": 0.0, "total": time.perf_counter() - t_start}
-    _write_outputs(config, out, prepared, m0, m1, summary)
+    _write_outputs(config, out, prepared, m0, m1, m2, summary)
     summary["timings_s"]["report"] = time.perf_counter() - t
     summary["timings_s"]["total"] = time.perf_counter() - t_start
     write_json_atomic(out / "summary.json", summary)
-    logger.info("done in %.1f s: model error M0 %.4g%s; results in %s",
-                summary["timings_s"]["total"], summary["model_errors"]["M0"],
-                f", M1 {summary['model_errors']['M1']:.4g}" if m1 else "", out)
+    logger.info("done in %.1f s: model error %s; results in %s", summary["timings_s"]["total"],
+                ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()), out)
     return summary
 
 
-def _residuals(p: PreparedParticle, m0: RegressionFit, m1: M1Outcome | None, edge_px: int
+def _residuals(p: PreparedParticle, m0: RegressionFit, mechanical: dict, edge_px: int
                ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """Image-frame residual strain per model and the common pixel set for the errors."""
+    """Image-frame residual strain per model and the common pixel set for the errors.
+
+    `mechanical` maps "M1"/"M2" to their outcomes (model images on rank 0)."""
     residual = {"M0": m0_residual(p, m0)}
     mask = p.data.mask
-    if m1 is not None:
-        maps = m1.images[p.data.name]
+    for model, outcome in mechanical.items():
+        maps = outcome.images[p.data.name]
         mask = mask & (maps["meshed_mask"] > 0)
-        residual["M1"] = {k: p.strain_image[k] - maps[k] for k in ("e_xx", "e_yy", "e_xy")}
+        residual[model] = {k: p.strain_image[k] - maps[k] for k in ("e_xx", "e_yy", "e_xy")}
     return residual, used_pixels(mask, p, edge_px)
 
 
@@ -307,20 +310,29 @@ def _crystal(r: dict[str, np.ndarray], rotation_rad: float) -> dict[str, np.ndar
     return {"aa": c["e_aa"], "cc": c["e_cc"], "ac": c["e_ac"]}
 
 
+def _mechanical(m1: M1Outcome | None, m2) -> dict:
+    """The physics-based model outcomes that ran, by name."""
+    return {name: o for name, o in (("M1", m1), ("M2", m2)) if o is not None}
+
+
 def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: RegressionFit,
-               m1: M1Outcome | None) -> dict:
+               m1: M1Outcome | None, m2=None) -> dict:
     X = np.linspace(0.0, 1.0, CURVE_POINTS)
     level = config.band_level
     m0_coeffs = np.r_[m0.coefficients_a, m0.coefficients_c]
     m0_curve = eigenstrain_band(m0_coeffs, m0.covariance, X, level)
-    if m1 is not None:
+    if m2 is not None:
+        # conditional on the slip fields: M1's covariance scaled by the M2 residual
+        coeffs, degree = m2.fit.coefficients, m2.fit.degree
+        cov = m1.covariance * m2.fit.misfit / max(m1.fit.cost, 1e-300)
+    elif m1 is not None:
         coeffs, cov, degree = m1.fit.coefficients, m1.covariance, m1.fit.degree
     else:
         coeffs, cov, degree = m0_coeffs, m0.covariance, m0.degree
     n = degree + 1
     per_particle, errors = {}, {}
     for p in prepared:
-        residual, used = _residuals(p, m0, m1, config.edge_exclusion_px)
+        residual, used = _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
         entry = {"mean_X": p.data.mean_X, "pixels_used": int(used.sum()),
                  "integration_relative_residual": p.integration_residual}
         for model, r in residual.items():
@@ -333,6 +345,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         entry["residual_incompatibility_rms"] = entry[f"incompatibility_rms_{main}_um2"]
         if m1 is not None:
             entry["J"] = m1.fit.per_particle_cost.get(p.data.name)
+        if m2 is not None:
+            entry["mean_density_um2"] = m2.mean_density_um2.get(p.data.name)
         per_particle[p.data.name] = entry
     model_errors = {m: float(sum(e * w for e, w in v) / max(sum(w for _, w in v), 1))
                     for m, v in errors.items()}
@@ -368,6 +382,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                              "covariance_method": m1.covariance_method}
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
+        if m2 is not None:
+            summary["dislocations"] = m2.summary
         if m1.selection is not None:
             summary["degree_selection"] = {"scheme": m1.selection.scheme,
                                            "rule": m1.selection.rule,
@@ -376,7 +392,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
 
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
-                   m0: RegressionFit, m1: M1Outcome | None, summary: dict) -> None:
+                   m0: RegressionFit, m1: M1Outcome | None, m2, summary: dict) -> None:
     from chemomech.report import (
         plot_curves,
         plot_model_errors,
@@ -389,8 +405,8 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
     fields = {}
     for p in prepared:
         name = p.data.name
-        residual, used = _residuals(p, m0, m1, config.edge_exclusion_px)
-        main = "M1" if "M1" in residual else "M0"
+        residual, used = _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
+        main = config.model if config.model in residual else "M0"
         n = summary["legendre_degree"] + 1
         X = np.clip(p.data.X, 0.0, 1.0)
         f_a = legendre.evaluate(summary["coefficients"]["a"][:n], X)
@@ -412,6 +428,16 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
             maps |= {"elastic_aa": elastic["e_aa"] - maps["eigenstrain_aa"],
                      "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
                      "elastic_ac": elastic["e_ac"]}
+        if m2 is not None:
+            from chemomech.dislocations import plot_density_map
+
+            slip = {k: v for k, v in m2.images[name].items()
+                    if k.startswith(("gamma_", "density_"))}
+            maps |= slip
+            plot_density_map(slip["density_total"], p.data.X, used, p.data.pixel_size_nm,
+                             figures / f"density_{name}.png",
+                             title=f"{name}: GND density, mean "
+                                   f"{m2.mean_density_um2[name]:.3g} um^-2")
         fields[name] = {"pixel_size_nm": p.data.pixel_size_nm, "maps": maps}
         plot_residual_maps(crystal[main], used, p.data.pixel_size_nm,
                            figures / f"residual_{name}.png",
