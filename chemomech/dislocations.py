@@ -50,8 +50,8 @@ Regularisation weight.  ``alpha`` fixed, or chosen from a scan over
   tau * the expected misfit of pure noise (tau = 1); the noise is the strain-noise standard
   deviation (given, or estimated from the maps by `estimate_strain_noise`) propagated to the
   misfit (exactly for the strain misfit, by Monte Carlo through the integration for the
-  displacement misfit), or the M1 fit's sigma^2 (``noise: m1``; an upper bound: it contains
-  the dislocation signal, so it favours large alpha).  When no scanned alpha reaches the
+  displacement misfit), or the M1 fit's sigma^2 (``noise_strain: m1``; an upper bound: it
+  contains the dislocation signal, so it favours large alpha).  When no scanned alpha reaches the
   noise level (model error, or spatially correlated noise that the white-noise estimate
   underrates, dominate the residual, as on the real particle LFP50_P2), the L-curve corner of
   the scan is used and the rule is reported as "discrepancy not reached: lcurve";
