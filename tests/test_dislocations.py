@@ -253,3 +253,6 @@ def test_lcurve_rule_on_the_twin(twin, twin_config):
     meshed = out.images["twin"]["meshed_mask"] > 0
     truth = twin.truth["gnd_density_um2"][meshed]
     assert out.mean_density_um2["twin"] == pytest.approx(truth.mean(), rel=0.2)
+    # the mesh-integral particle mean recorded along the scan agrees with the pixel mean
+    assert curve[corner]["mean_density_um2"] == pytest.approx(out.mean_density_um2["twin"],
+                                                              rel=0.1)
