@@ -658,8 +658,13 @@ class M2Model:
         H0 = PETSc.Mat().createPython(((n_local, PETSc.DECIDE), (n_local, PETSc.DECIDE)),
                                       _InitialHessian(self, pairs, sqrt_w, scale), comm=pcomm)
         H0.setUp()
-        tao.setLMVMH0(H0)
-        h0_ksp = tao.getLMVMH0KSP()
+        if tao_type == "blmvm":
+            tao.setLMVMH0(H0)
+            h0_ksp = tao.getLMVMH0KSP()
+        else:  # bqnls: the quasi-Newton matrix of the BNK solver
+            lmvm = tao.getLMVMMat()
+            lmvm.setLMVMJ0(H0)
+            h0_ksp = lmvm.getLMVMJ0KSP()
         h0_ksp.setType("preonly")
         h0_ksp.getPC().setType("python")
         h0_ksp.getPC().setPythonContext(H0.getPythonContext())

@@ -256,3 +256,11 @@ def test_lcurve_rule_on_the_twin(twin, twin_config):
     # the mesh-integral particle mean recorded along the scan agrees with the pixel mean
     assert curve[corner]["mean_density_um2"] == pytest.approx(out.mean_density_um2["twin"],
                                                               rel=0.1)
+
+
+def test_blmvm_and_bqnls_agree(twin, twin_config):
+    prepared = prepare(twin, twin_config)
+    fits = [run_m2([prepared], twin_config, MPI.COMM_SELF,
+                   settings=M2Settings(alpha=3e3, tao_type=t)).fit for t in ("blmvm", "bqnls")]
+    assert fits[0].cost == pytest.approx(fits[1].cost, rel=1e-8)
+    assert fits[0].iterations < 400 and fits[1].iterations < 400  # preconditioned (H0)
