@@ -284,6 +284,12 @@ class _SlipParticle:
         self._pc_ksp[k].setUp()
         S.destroy()
 
+    def apply_operator(self, k: int, x: np.ndarray) -> np.ndarray:
+        """S_k x for owned values x (collective on the particle's communicator)."""
+        self._pc_rhs.array[:] = x
+        self._pc_ksp[k].getOperators()[0].mult(self._pc_rhs, self._pc_sol)
+        return self._pc_sol.array.copy()
+
     def apply_preconditioner(self, k: int, r: np.ndarray) -> np.ndarray:
         """S_k^-1 r for owned values r (collective on the particle's communicator)."""
         self._pc_rhs.array[:] = r
@@ -771,8 +777,17 @@ class _InitialHessian:
         self.n_c = model.num_coefficients if self.rank0 else 0
 
     def mult(self, mat, x, y):
-        # only the inverse is used by LMVM; the product is the identity-scaled fallback
-        y.setArray(x.getArray(readonly=True))
+        r = x.getArray(readonly=True)
+        out = np.empty_like(r)
+        if self.rank0:
+            out[: self.n_c] = self.scale * self.model._pc_coefficients @ r[: self.n_c]
+        off = self.n_c
+        for (i, s), w in zip(self.pairs, self.sqrt_w, strict=True):
+            p = self.model.particles[i]
+            out[off: off + w.size] = self.scale * p.apply_operator(s, r[off: off + w.size] / w) \
+                / w
+            off += w.size
+        y.setArray(out)
 
     def apply(self, pc, x, y):
         r = x.getArray(readonly=True)

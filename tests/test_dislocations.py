@@ -285,3 +285,28 @@ def test_two_particles_joint_fit_is_rank_independent(twin_config):
         for name in ("p0", "p1"):
             assert world.mean_density_um2[name] == pytest.approx(
                 serial.mean_density_um2[name], rel=1e-4)
+
+
+def test_initial_hessian_is_a_consistent_matrix(twin):
+    """The LMVM H0 shell: apply (H0^-1) inverts mult (H0), and H0 is symmetric positive."""
+    from petsc4py import PETSc
+
+    from chemomech.dislocations import _InitialHessian
+
+    model = _model(twin, MPI.COMM_SELF, alpha=3e3)
+    pairs, sqrt_w, n = model._layout()
+    model._update_preconditioner(pairs)
+    H0 = _InitialHessian(model, pairs, sqrt_w, scale=0.01)
+    rng = np.random.default_rng(5)
+    x = PETSc.Vec().createSeq(n)
+    y, z = x.duplicate(), x.duplicate()
+    x.setArray(rng.normal(size=n))
+    H0.mult(None, x, y)
+    H0.apply(None, y, z)
+    assert np.allclose(z.getArray(), x.getArray(), rtol=1e-8, atol=1e-10)
+    v = x.duplicate()
+    v.setArray(rng.normal(size=n))
+    Hv = v.duplicate()
+    H0.mult(None, v, Hv)
+    assert x.dot(Hv) == pytest.approx(v.dot(y), rel=1e-8)
+    assert x.dot(y) > 0
