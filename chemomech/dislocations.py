@@ -1018,21 +1018,22 @@ def plot_density_map(density: np.ndarray, X: np.ndarray, mask: np.ndarray,
 
     h_um = pixel_size_nm * 1e-3
     nx, ny = density.shape
-    extent = (0, ny * h_um, nx * h_um, 0)  # imshow rows = x (axis 0), columns = y (axis 1)
+    # as chemomech.report.plot_residual_maps: x = axis 0 to the right, y = axis 1 down
+    extent = (0, nx * h_um, ny * h_um, 0)
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     shown = np.where(mask, density, np.nan)
     finite = shown[np.isfinite(shown)]
     vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
-    image = ax.imshow(shown, extent=extent, cmap="magma", vmin=0, vmax=max(vmax, 1e-12))
+    image = ax.imshow(shown.T, extent=extent, cmap="magma", vmin=0, vmax=max(vmax, 1e-12))
     Xs = np.where(mask, X, np.nan)
     if np.nanmin(Xs) < 0.5 < np.nanmax(Xs):
-        yy = (np.arange(ny) + 0.5) * h_um
         xx = (np.arange(nx) + 0.5) * h_um
-        ax.contour(yy, xx, np.nan_to_num(Xs, nan=-1.0), levels=[0.5], colors="red",
+        yy = (np.arange(ny) + 0.5) * h_um
+        ax.contour(xx, yy, np.nan_to_num(Xs, nan=-1.0).T, levels=[0.5], colors="red",
                    linestyles="dashed", linewidths=1.0)
     fig.colorbar(image, ax=ax, label=r"GND density ($\mu$m$^{-2}$)")
-    ax.set_xlabel(r"y ($\mu$m)")
-    ax.set_ylabel(r"x ($\mu$m)")
+    ax.set_xlabel(r"x ($\mu$m)")
+    ax.set_ylabel(r"y ($\mu$m)")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
 
