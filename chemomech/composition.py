@@ -220,13 +220,9 @@ def read_od_stack(path: str | Path, *, dataset: str | None = None,
         data = np.asarray(tifffile.imread(path), dtype=float)
         field = "image stack"
     else:
-        import h5py
+        from chemomech.stack import open_hdf5
 
-        try:
-            h5 = h5py.File(path, "r")
-        except OSError as err:
-            raise InputError(f"not an HDF5/NeXus file ({err})", path=str(path)) from None
-        with h5:
+        with open_hdf5(path) as h5:
             energy_path = None
             if dataset is None:
                 dataset, energy_path = _nexus_signal(h5, str(path))

@@ -88,11 +88,11 @@ from pyadjoint import AdjFloat, Block, Control, ReducedFunctional
 from chemomech.exceptions import InputError, SolverError
 from chemomech.forms import eigenstrain_load_form
 from chemomech.inverse import (
+    GroupSumBlock,
     M1Model,
     ParticleSetup,
     PixelMisfitBlock,
-    _GroupSumBlock,
-    _ReplicateBlock,
+    ReplicateBlock,
     split_coefficients,
 )
 from chemomech.materials import Material
@@ -528,7 +528,7 @@ class M2Model:
         with pyadjoint.set_working_tape(tape):
             a0 = self.coefficients
             controls = [AdjFloat(float(v)) for v in a0]
-            replicate = _ReplicateBlock(controls, self.world, self.group)
+            replicate = ReplicateBlock(controls, self.world, self.group)
             tape.add_block(replicate)
             copies = [AdjFloat(float(v)) for v in a0]
             for c in copies:
@@ -557,7 +557,7 @@ class M2Model:
                     reg_block.add_output(R.block_variable)
                     J_p = J_p + R  # taped AdjFloat sum
                 costs.append(J_p)
-            total = _GroupSumBlock(costs, self.world, self.group)
+            total = GroupSumBlock(costs, self.world, self.group)
             tape.add_block(total)
             J = AdjFloat(total._sum(costs))
             total.add_output(J.block_variable)
@@ -1151,7 +1151,7 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
     for ``auto`` and sigma^2 for ``noise_strain: m1``), or None (M1 by its linear fast path).
     """
     from chemomech.forms import epsilon
-    from chemomech.pipeline import _model_maps, used_pixels
+    from chemomech.pipeline import model_maps, used_pixels
     from chemomech.residual import model_error
 
     t0 = time.perf_counter()
@@ -1198,7 +1198,7 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
     for i, (k, pm) in enumerate(zip(mine, meshes, strict=True)):
         p = prepared[k]
         u = model.displacement(i)
-        maps = _model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        maps = model_maps(u, epsilon(u), pm, p.data.mask.shape)
         maps |= slip_maps(model, i, pm, p.data.mask.shape)
         if group.rank == 0:
             images[p.data.name] = maps

@@ -11,7 +11,7 @@ How it is taped (pyadjoint), and why.
   * Controls are pyadjoint ``AdjFloat`` s, one per coefficient, replicated on every rank.  A
     ``dolfinx_adjoint.Constant`` lives on one mesh (a Real space), but our coefficients are
     shared by particles on different meshes and sub-communicators, so mesh-free scalars are
-    the natural control; a `_ReplicateBlock` hands each rank a copy and its adjoint sums the
+    the natural control; a `ReplicateBlock` hands each rank a copy and its adjoint sums the
     particle groups' sensitivities over COMM_WORLD.
   * `EigenstrainSolveBlock` (coefficients -> u).  The load is linear in a, so the 2(N+1)
     basis loads :math:`b_k = L(v; \varepsilon^*(X; e_k))` are assembled once (dolfinx forms
@@ -26,7 +26,7 @@ How it is taped (pyadjoint), and why.
   * `PixelMisfitBlock` (u -> J_k): forward :math:`\tfrac12|P(Bu - d)|^2`, adjoint
     :math:`B^T P (B u - d)` (a ``dolfinx_adjoint`` dual vector), tangent linear
     :math:`r\cdot B\dot u`.
-  * `_GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
+  * `GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
 Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 
 Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so
@@ -231,7 +231,7 @@ class _Particle:
         return out
 
 
-class _ReplicateBlock(Block):
+class ReplicateBlock(Block):
     """Copies of the replicated controls; the adjoint sums group sensitivities over the world."""
 
     def __init__(self, controls: Sequence[AdjFloat], world: MPI.Comm, group: MPI.Comm):
@@ -349,7 +349,7 @@ class PixelMisfitBlock(Block):
         return out
 
 
-class _GroupSumBlock(Block):
+class GroupSumBlock(Block):
     """J = sum over particle groups of the groups' costs (COMM_WORLD)."""
 
     def __init__(self, costs: Sequence[AdjFloat], world: MPI.Comm, group: MPI.Comm):
@@ -491,7 +491,7 @@ class M1Model:
         tape = pyadjoint.Tape()
         with pyadjoint.set_working_tape(tape):
             controls = [AdjFloat(float(v)) for v in a0]
-            replicate = _ReplicateBlock(controls, self.world, self.group)
+            replicate = ReplicateBlock(controls, self.world, self.group)
             tape.add_block(replicate)
             copies = [AdjFloat(float(v)) for v in a0]
             for c in copies:
@@ -508,7 +508,7 @@ class M1Model:
                 tape.add_block(misfit_block)
                 misfit_block.add_output(J_p.block_variable)
                 costs.append(J_p)
-            total = _GroupSumBlock(costs, self.world, self.group)
+            total = GroupSumBlock(costs, self.world, self.group)
             tape.add_block(total)
             J = AdjFloat(total._sum(costs))
             total.add_output(J.block_variable)

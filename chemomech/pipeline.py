@@ -194,7 +194,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     for k, pm, setup in zip(mine, meshes, setups, strict=True):
         p = prepared[k]
         u = model.displacement(setup.name, fit.coefficients)
-        images_k = _model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        images_k = model_maps(u, epsilon(u), pm, p.data.mask.shape)
         if group.rank == 0:
             images[setup.name] = images_k
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
@@ -203,7 +203,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
 
 
-def _model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
+def model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
     """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
     from chemomech.fields import PixelSampler, sample_expression
 

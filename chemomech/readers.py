@@ -29,6 +29,7 @@ from chemomech.stack import (
     ParticleData,
     is_stack_file,
     largest_component,
+    open_hdf5,
     read_stack,
     write_stack,
 )
@@ -200,14 +201,7 @@ def _find_strain_groups(f: h5py.File) -> list[tuple[str, str]]:
 def read_py4dstem_strain(path: str | Path, *, group: str | None = None) -> StrainMaps:
     """Strain maps from a py4DSTEM file: v0.12 (Rx, Ry, N) with dim3 labels or EMD (N, Rx, Ry)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path=str(path))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"not a readable HDF5 file (truncated or corrupt?): {err}",
-                         path=str(path)) from None
-    with f:
+    with open_hdf5(path) as f:
         candidates = _find_strain_groups(f)
         if group is not None:
             candidates = [c for c in candidates if c[0].rstrip("/").endswith(group.strip("/"))]
@@ -327,12 +321,7 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
                                             threshold)
         raise InputError(f"TIFF must be one X image or two pages (t_LFP, t_FP), got shape "
                          f"{image.shape}", path=str(path), field="X")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"not a readable HDF5, .npz or TIFF file: {err}", path=str(path)) \
-            from None
-    with f:
+    with open_hdf5(path) as f:
         arrays = {k: v[()] for k, v in f.items()
                   if isinstance(v, h5py.Dataset) and v.ndim == 2}
     return _composition_from_arrays(arrays, path, threshold)
@@ -341,18 +330,24 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
 # --------------------------------------------------------------------------- particles
 
 
-def read_particle_npz(path: str | Path, *, name: str | None = None,
-                      pixel_size_nm: float | None = None) -> ParticleData:
-    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys)."""
-    path = Path(path)
+def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; a missing required array is an InputError naming it."""
     try:
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as err:
         raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
-    for key in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask"):
+    for key in required:
         if key not in arrays:
             raise InputError(f"array missing (has {sorted(arrays)})", path=str(path), field=key)
+    return arrays
+
+
+def read_particle_npz(path: str | Path, *, name: str | None = None,
+                      pixel_size_nm: float | None = None) -> ParticleData:
+    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys)."""
+    path = Path(path)
+    arrays = _load_npz(path, ("X", "e_xx", "e_yy", "e_xy", "theta", "mask"))
 
     def scalar(key: str, default: Any) -> Any:
         return arrays[key].item() if key in arrays else default
@@ -370,14 +365,7 @@ def read_particle_npz(path: str | Path, *, name: str | None = None,
 def read_strain_npz(path: str | Path) -> StrainMaps:
     """Strain maps from .npz: e_xx, e_yy, e_xy, theta (+ optional mask, pixel_size_nm)."""
     path = Path(path)
-    try:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
-    for key in ("e_xx", "e_yy", "e_xy", "theta"):
-        if key not in arrays:
-            raise InputError(f"array missing (has {sorted(arrays)})", path=str(path), field=key)
+    arrays = _load_npz(path, ("e_xx", "e_yy", "e_xy", "theta"))
     h = arrays["pixel_size_nm"].item() if "pixel_size_nm" in arrays else None
     return StrainMaps(arrays["e_xx"], arrays["e_yy"], arrays["e_xy"], arrays["theta"],
                       arrays.get("mask"), h, f"{path.name}: strain .npz")
@@ -428,12 +416,8 @@ def _kind(path: Path) -> str:
         return "composition"
     if is_stack_file(path):
         return "stack"
-    try:
-        with h5py.File(path, "r") as f:
-            return "py4dstem" if _find_strain_groups(f) else "composition"
-    except OSError as err:
-        raise InputError(f"not a readable HDF5 file (truncated or corrupt?): {err}",
-                         path=str(path)) from None
+    with open_hdf5(path) as f:
+        return "py4dstem" if _find_strain_groups(f) else "composition"
 
 
 def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,

@@ -363,15 +363,21 @@ def list_particles(path: str | Path) -> list[str]:
         return list(f["particles"].keys())
 
 
-def _open_stack(path: str | Path) -> h5py.File:
+def open_hdf5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading; a missing, truncated or corrupt file is an InputError."""
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=str(path))
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as err:
         raise InputError(f"not a readable HDF5 file (truncated or corrupt?): {err}",
                          path=str(path)) from None
+
+
+def _open_stack(path: str | Path) -> h5py.File:
+    path = Path(path)
+    f = open_hdf5(path)
     fmt = _attr_value(f.attrs.get("format", None))
     version = _attr_value(f.attrs.get("version", None))
     if fmt != STACK_FORMAT or "particles" not in f:

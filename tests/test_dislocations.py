@@ -200,7 +200,7 @@ def test_twin_recovers_slip_and_density(twin, twin_config, tmp_path):
 
 def _m1_error(prepared, config):
     from chemomech.forms import epsilon
-    from chemomech.pipeline import _model_maps, used_pixels
+    from chemomech.pipeline import model_maps, used_pixels
     from chemomech.residual import model_error
 
     pm = mesh_from_mask(prepared.data.mask, prepared.data.pixel_size_nm, MPI.COMM_SELF)
@@ -209,7 +209,7 @@ def _m1_error(prepared, config):
     model = M2Model([setup], ("D",), degree=1, comm=MPI.COMM_SELF)
     fit = model.m1.fit(method="linear", with_normal_matrix=False)
     u = model.m1.displacement(0, fit.coefficients)
-    maps = _model_maps(u, epsilon(u), pm, pm.mask.shape)
+    maps = model_maps(u, epsilon(u), pm, pm.mask.shape)
     used = used_pixels(prepared.data.mask & (maps["meshed_mask"] > 0), prepared, 1)
     return model_error(*(prepared.strain_image[c] - maps[c] for c in ("e_xx", "e_yy", "e_xy")),
                        used)
