@@ -76,34 +76,31 @@ def _split(coefficients: Sequence[float], cov: np.ndarray) -> tuple:
     return n - 1, a[:n], a[n:], cov[:n, :n], cov[n:, n:]
 
 
-def _band(design: np.ndarray, coef: np.ndarray, cov: np.ndarray, z: float):
-    value = design @ coef
-    std = np.sqrt(np.maximum(np.einsum("xi,ij,xj->x", design, cov, design), 0.0))
-    return value, value - z * std, value + z * std
+def _bands(design_matrix, coefficients: Sequence[float], cov: np.ndarray,
+           X: np.ndarray | None, level: float) -> dict[str, np.ndarray]:
+    """Values V c and pointwise bands +- z sqrt(V C V^T) of f_a and f_c for a design V(X, N)."""
+    X = np.linspace(0.0, 1.0, 101) if X is None else np.asarray(X, dtype=float)
+    degree, ca, cc, Ca, Cc = _split(coefficients, cov)
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    V = design_matrix(X, degree)
+    out = {"X": X}
+    for d, coef, C in (("a", ca, Ca), ("c", cc, Cc)):
+        value = V @ coef
+        std = np.sqrt(np.maximum(np.einsum("xi,ij,xj->x", V, C, V), 0.0))
+        out |= {d: value, f"{d}_lo": value - z * std, f"{d}_hi": value + z * std}
+    return out
 
 
 def eigenstrain_band(coefficients: Sequence[float], cov: np.ndarray, X: np.ndarray | None = None,
                      level: float = 0.95) -> dict[str, np.ndarray]:
     """f_a(X), f_c(X) (dimensionless) with pointwise `level` bands f +- z sqrt(V C V^T)."""
-    X = np.linspace(0.0, 1.0, 101) if X is None else np.asarray(X, dtype=float)
-    degree, ca, cc, Ca, Cc = _split(coefficients, cov)
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
-    V = legendre.vandermonde(X, degree)
-    a, a_lo, a_hi = _band(V, ca, Ca, z)
-    c, c_lo, c_hi = _band(V, cc, Cc, z)
-    return {"X": X, "a": a, "c": c, "a_lo": a_lo, "a_hi": a_hi, "c_lo": c_lo, "c_hi": c_hi}
+    return _bands(legendre.vandermonde, coefficients, cov, X, level)
 
 
 def derivative_band(coefficients: Sequence[float], cov: np.ndarray,
                     X: np.ndarray | None = None, level: float = 0.95) -> dict[str, np.ndarray]:
     """df_a/dX, df_c/dX (chemical expansion coefficients, per unit X) with pointwise bands."""
-    X = np.linspace(0.0, 1.0, 101) if X is None else np.asarray(X, dtype=float)
-    degree, ca, cc, Ca, Cc = _split(coefficients, cov)
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
-    D = legendre.vandermonde_derivative(X, degree)
-    a, a_lo, a_hi = _band(D, ca, Ca, z)
-    c, c_lo, c_hi = _band(D, cc, Cc, z)
-    return {"X": X, "a": a, "c": c, "a_lo": a_lo, "a_hi": a_hi, "c_lo": c_lo, "c_hi": c_hi}
+    return _bands(legendre.vandermonde_derivative, coefficients, cov, X, level)
 
 
 def band_to_lists(band: dict[str, np.ndarray]) -> dict[str, list[float]]:
