@@ -42,7 +42,7 @@ from chemomech.materials import Material
 from chemomech.readers import read_data
 from chemomech.regression import RegressionFit, fit_m0
 from chemomech.residual import incompatibility_rms, model_error
-from chemomech.results import versions, write_json_atomic
+from chemomech.results import versions, write_json_atomic, write_text_atomic
 from chemomech.stack import ParticleData, interior_pixels
 from chemomech.uncertainty import band_to_lists, derivative_band, eigenstrain_band
 
@@ -401,7 +401,7 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
     )
 
     figures = out / "figures"
-    (out / "config.yaml").write_text(dump_config(config))
+    write_text_atomic(out / "config.yaml", dump_config(config))
     fields = {}
     for p in prepared:
         name = p.data.name

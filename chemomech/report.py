@@ -9,8 +9,6 @@ ParaView opens them directly.  Every file is written atomically (temp file + ren
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,27 +19,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from chemomech.results import atomic_path, write_text_atomic  # noqa: E402
+
 COLORS = {"a": "tab:purple", "c": "tab:green"}
-
-
-def _atomic_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    return Path(tmp)
 
 
 def save_figure(fig, path: str | Path) -> Path:
     """Save a figure as PNG atomically and close it."""
-    path = Path(path)
-    tmp = _atomic_path(path)
     try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_curves(curve: Mapping, path: str | Path, *, baseline: Mapping | None = None,
@@ -121,40 +111,32 @@ def write_pixel_fields(h5_path: str | Path, particles: Mapping[str, Mapping],
     """
     h5_path = Path(h5_path)
     xdmf_path = h5_path.with_suffix(".xdmf")
-    tmp = _atomic_path(h5_path)
     grids = []
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "chemomech-fields"
-            for name, entry in particles.items():
-                group = f.create_group(name)
-                group.attrs["pixel_size_nm"] = entry["pixel_size_nm"]
-                attributes = []
-                for key, image in entry["maps"].items():
-                    image = np.asarray(image, dtype=np.float64)
-                    group.create_dataset(key, data=image, compression="gzip")
-                    # stored [i, j]; XDMF lists dimensions slowest first with x fastest
-                    attributes.append(
-                        f'      <Attribute Name="{key}" AttributeType="Scalar" Center="Node">\n'
-                        f'        <DataItem Dimensions="{image.shape[0]} {image.shape[1]}" '
-                        f'NumberType="Float" Precision="8" Format="HDF">'
-                        f'{h5_path.name}:/{name}/{key}</DataItem>\n      </Attribute>')
-                nx, ny = next(iter(entry["maps"].values())).shape
-                h = entry["pixel_size_nm"]
-                grids.append(
-                    f'    <Grid Name="{name}" GridType="Uniform">\n'
-                    f'      <Topology TopologyType="2DCoRectMesh" Dimensions="{nx} {ny}"/>\n'
-                    f'      <Geometry GeometryType="ORIGIN_DXDY">\n'
-                    f'        <DataItem Dimensions="2" Format="XML">0 0</DataItem>\n'
-                    f'        <DataItem Dimensions="2" Format="XML">{h} {h}</DataItem>\n'
-                    f'      </Geometry>\n' + "\n".join(attributes) + "\n    </Grid>")
-        os.replace(tmp, h5_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "chemomech-fields"
+        for name, entry in particles.items():
+            group = f.create_group(name)
+            group.attrs["pixel_size_nm"] = entry["pixel_size_nm"]
+            attributes = []
+            for key, image in entry["maps"].items():
+                image = np.asarray(image, dtype=np.float64)
+                group.create_dataset(key, data=image, compression="gzip")
+                # stored [i, j]; XDMF lists dimensions slowest first with x fastest
+                attributes.append(
+                    f'      <Attribute Name="{key}" AttributeType="Scalar" Center="Node">\n'
+                    f'        <DataItem Dimensions="{image.shape[0]} {image.shape[1]}" '
+                    f'NumberType="Float" Precision="8" Format="HDF">'
+                    f'{h5_path.name}:/{name}/{key}</DataItem>\n      </Attribute>')
+            nx, ny = next(iter(entry["maps"].values())).shape
+            h = entry["pixel_size_nm"]
+            grids.append(
+                f'    <Grid Name="{name}" GridType="Uniform">\n'
+                f'      <Topology TopologyType="2DCoRectMesh" Dimensions="{nx} {ny}"/>\n'
+                f'      <Geometry GeometryType="ORIGIN_DXDY">\n'
+                f'        <DataItem Dimensions="2" Format="XML">0 0</DataItem>\n'
+                f'        <DataItem Dimensions="2" Format="XML">{h} {h}</DataItem>\n'
+                f'      </Geometry>\n' + "\n".join(attributes) + "\n    </Grid>")
     xml = ('<?xml version="1.0"?>\n<Xdmf Version="3.0">\n  <Domain>\n'
            '  <Grid Name="particles" GridType="Collection" CollectionType="Spatial">\n'
            + "\n".join(grids) + "\n  </Grid>\n  </Domain>\n</Xdmf>\n")
-    tmp = _atomic_path(xdmf_path)
-    tmp.write_text(xml)
-    os.replace(tmp, xdmf_path)
-    return h5_path, xdmf_path
+    return h5_path, write_text_atomic(xdmf_path, xml)

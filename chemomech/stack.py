@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from chemomech.exceptions import InputError
+from chemomech.results import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -270,23 +269,12 @@ def _write_particle(group: h5py.Group, p: ParticleData) -> None:
 
 def _write_stack_file(path: Path, particles: list[ParticleData]) -> None:
     """Write to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = STACK_FORMAT
-            f.attrs["version"] = STACK_VERSION
-            root = f.create_group("particles")
-            for p in particles:
-                _write_particle(root.create_group(p.name), p)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file is as readable as any
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = STACK_FORMAT
+        f.attrs["version"] = STACK_VERSION
+        root = f.create_group("particles")
+        for p in particles:
+            _write_particle(root.create_group(p.name), p)
 
 
 def write_stack(path: str | Path, particles: ParticleData | Iterable[ParticleData],

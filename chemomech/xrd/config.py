@@ -9,8 +9,6 @@ file.  Every key and default is documented on the fields below; unknown keys are
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chemomech.exceptions import ConfigError, InputError
 from chemomech.materials import LATTICE_ANGSTROM, voigt_stiffness
-from chemomech.results import versions, write_json_atomic
+from chemomech.results import versions, write_json_atomic, write_text_atomic
 from chemomech.xrd.contrast import average_contrast_factors
 from chemomech.xrd.fit import (
     best_combinations,
@@ -205,25 +203,13 @@ def run_xrd(config_path: str | Path, output_dir: str | Path) -> Path:
                                                    cfg.combinations.top),
             "contrast_factors": cbar}
     plot_effective_density(series, out / "figures" / "effective_density.png")
-    _write_text_atomic(out / "table1.md",
+    write_text_atomic(out / "table1.md",
                        density_table(fits, systems, _lattice(cfg.samples[0].phase)))
-    _write_text_atomic(out / "config.yaml", Path(config_path).read_text())
+    write_text_atomic(out / "config.yaml", Path(config_path).read_text())
     summary["timings_s"] = {"total": time.perf_counter() - t0}
     summary["versions"] = versions()
     path = write_json_atomic(out / "summary.json", summary)
     logger.info("xrd summary written to %s", path)
     return path
 
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write text via a temporary file and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 

@@ -11,31 +11,17 @@ Figures are written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from chemomech.report import save_figure
 from chemomech.xrd.fit import DensityFit
 from chemomech.xrd.slip import SlipSystem
 from chemomech.xrd.variance import VarianceResult
 
 logger = logging.getLogger(__name__)
-
-
-def _save_atomic(fig, path: Path) -> Path:
-    """fig.savefig to a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def plot_effective_density(series: Mapping[str, dict], path: str | Path) -> Path:
@@ -57,9 +43,7 @@ def plot_effective_density(series: Mapping[str, dict], path: str | Path) -> Path
     ax.set_xlabel("reflection")
     ax.legend(fontsize=8)
     ax.set_title("Dislocation-induced broadening per reflection")
-    out = _save_atomic(fig, Path(path))
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_variance_fits(results: Sequence[VarianceResult], path: str | Path) -> Path:
@@ -82,9 +66,7 @@ def plot_variance_fits(results: Sequence[VarianceResult], path: str | Path) -> P
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
     fig.tight_layout()
-    out = _save_atomic(fig, Path(path))
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def density_table(fits: Mapping[str, DensityFit], systems: Sequence[SlipSystem],
