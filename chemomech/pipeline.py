@@ -279,9 +279,11 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         return None
 
     t = time.perf_counter()
-    summary = _summarise(config, prepared, m0, m1, m2)
+    residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
+                 for p in prepared}
+    summary = _summarise(config, prepared, m0, m1, m2, residuals)
     summary["timings_s"] = timings | {"report": 0.0, "total": time.perf_counter() - t_start}
-    _write_outputs(config, out, prepared, m0, m1, m2, summary)
+    _write_outputs(config, out, prepared, m1, m2, residuals, summary)
     summary["timings_s"]["report"] = time.perf_counter() - t
     summary["timings_s"]["total"] = time.perf_counter() - t_start
     write_json_atomic(out / "summary.json", summary)
@@ -316,7 +318,7 @@ def _mechanical(m1: M1Outcome | None, m2) -> dict:
 
 
 def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: RegressionFit,
-               m1: M1Outcome | None, m2=None) -> dict:
+               m1: M1Outcome | None, m2, residuals: dict) -> dict:
     X = np.linspace(0.0, 1.0, CURVE_POINTS)
     level = config.band_level
     m0_coeffs = np.r_[m0.coefficients_a, m0.coefficients_c]
@@ -332,7 +334,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
     n = degree + 1
     per_particle, errors = {}, {}
     for p in prepared:
-        residual, used = _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
+        residual, used = residuals[p.data.name]
         entry = {"mean_X": p.data.mean_X, "pixels_used": int(used.sum()),
                  "integration_relative_residual": p.integration_residual}
         for model, r in residual.items():
@@ -392,7 +394,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
 
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
-                   m0: RegressionFit, m1: M1Outcome | None, m2, summary: dict) -> None:
+                   m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
     from chemomech.report import (
         plot_curves,
         plot_model_errors,
@@ -405,7 +407,7 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
     fields = {}
     for p in prepared:
         name = p.data.name
-        residual, used = _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
+        residual, used = residuals[name]
         main = config.model if config.model in residual else "M0"
         n = summary["legendre_degree"] + 1
         X = np.clip(p.data.X, 0.0, 1.0)
