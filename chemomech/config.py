@@ -57,6 +57,11 @@ class UncertaintyConfig(_Strict):
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
+    evaluation: Literal["exact", "monte_carlo"] = Field(
+        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
+        "Monte Carlo (n_draws)")
+    n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
+                          "noise-level trace")
 
 
 class RegularisationConfig(_Strict):

@@ -101,6 +101,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
     from chemomech.inverse.selection import select_degree
     from chemomech.inverse.uncertainty import (
+        IntegratedStrainNoise,
+        exact_integrated_noise_covariance,
         fit_covariance,
         integrated_noise_covariance,
         strain_noise_sampler,
@@ -158,7 +160,13 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     method = config.uncertainty.method
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    if method == "integrated_noise":
+    if method == "integrated_noise" and config.uncertainty.evaluation == "exact":
+        operators = {s.name: IntegratedStrainNoise(prepared[k].data, pm.pixel_indices(),
+                                                   s.misfit)
+                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
+                                                        n_probes=config.uncertainty.n_probes)
+    elif method == "integrated_noise":
         samplers = {s.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(), s.misfit)
                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = integrated_noise_covariance(model, fit, samplers,
