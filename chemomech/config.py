@@ -40,7 +40,12 @@ class OptimiserConfig(_Strict):
     """The optimiser of the adjoint path (PETSc TAO) or the linear fast path."""
 
     method: Literal["tao", "linear"] = Field("tao", description="adjoint+TAO or normal equations")
-    tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = "blmvm"
+    tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = Field(
+        "bqnls", description="bqnls/blmvm (quasi-Newton), nls (Newton, second-order-adjoint "
+        "Hessian action), lmvm")
+    initial_hessian: Literal["exact", "identity"] = Field(
+        "exact", description="H0 of bqnls/blmvm: the exact Hessian G^T G (first step = Newton "
+        "step) or the identity")
     gatol: float = Field(0.0, ge=0, description="absolute gradient tolerance (scaled J)")
     grtol: float = Field(0.0, ge=0, description="gradient tolerance relative to J")
     gttol: float = Field(1e-9, ge=0, description="gradient reduction |g|/|g0|")

@@ -147,7 +147,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     opt = config.optimiser
     gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
-                    gttol=opt.gttol, max_it=opt.max_it)
+                    gttol=opt.gttol, max_it=opt.max_it, initial_hessian=opt.initial_hessian)
     if opt.method == "tao" and opt.cross_check:
         fast = model.fit(method="linear", with_normal_matrix=False)
         scale = max(np.abs(fast.coefficients).max(), 1e-30)

@@ -87,6 +87,9 @@ TAO_TYPES = ("blmvm", "bqnls", "lmvm", "nls")
 #: tighter than the default 0.9 makes the line search near-exact on the quadratic M1
 #: objective, so the quasi-Newton methods terminate in ~2(N+1) steps instead of ~70.
 LINE_SEARCH_DEFAULTS = {"tao_ls_gtol": 0.1}
+#: Newton (NLS): solve the Newton system to rounding (CG on the exact Hessian action of the
+#: 2(N+1) coefficients ends in at most 2(N+1) steps), so that one Newton step is exact.
+NEWTON_DEFAULTS = {"ksp_rtol": 1e-14, "ksp_atol": 0.0}
 
 
 def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, list[int]]:
@@ -430,11 +433,12 @@ class M1Model:
     def fit(self, method: str = "tao", tao_type: str = "blmvm", gatol: float = 1e-12,
             grtol: float = 0.0, gttol: float = 1e-12, max_it: int = 500,
             bounds: tuple[Sequence[float], Sequence[float]] | None = None,
-            initial: Sequence[float] | None = None, with_normal_matrix: bool = True
-            ) -> FitResult:
+            initial: Sequence[float] | None = None, with_normal_matrix: bool = True,
+            initial_hessian: str = "identity") -> FitResult:
         """Minimise J(a): adjoint gradients + PETSc TAO ("tao") or the normal equations ("linear").
 
         TAO tolerances apply to the objective scaled by J(0); `bounds` = (lower, upper) on a.
+        `initial_hessian`: "identity" or "exact" (H0 = G^T G for blmvm/bqnls).
         `with_normal_matrix` also returns G^T G (2(N+1) extra back-substitutions on the TAO
         path) for the Gauss-Newton covariance.
         """
@@ -446,7 +450,7 @@ class M1Model:
             iterations, converged, reason = 0, True, "normal equations"
         elif method == "tao":
             a, J, iterations, converged, reason = self._fit_tao(
-                tao_type, gatol, grtol, gttol, max_it, bounds, initial)
+                tao_type, gatol, grtol, gttol, max_it, bounds, initial, initial_hessian)
             N = r = c = None
         else:
             raise InputError(f"method must be 'tao' or 'linear', got {method!r}",
@@ -478,9 +482,12 @@ class M1Model:
         gathered = self.world.allgather(local if self.group.rank == 0 else {})
         return {k: v for d in gathered for k, v in d.items()}
 
-    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial):
+    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial,
+                 initial_hessian="identity"):
         """TAO (`chemomech.inverse.optimise.minimise`) on world rank 0; the other ranks serve
-        its evaluations (collective solves)."""
+        its evaluations (collective solves).  ``initial_hessian="exact"`` gives BLMVM/BQNLS
+        the exact Hessian G^T G (from the normal equations, 2(N+1) back-substitutions) as H0,
+        so that their first step is the Newton step."""
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -490,13 +497,18 @@ class M1Model:
         a0 = np.zeros(self.num_coefficients) if initial is None else np.asarray(initial, float)
         self.reduced_functional(a0)
         J_ref, _ = self.cost_and_gradient(a0)
+        scale = 1.0 / J_ref if J_ref > 0 else 1.0
+        H0 = None
+        if tao_type in ("blmvm", "bqnls") and initial_hessian == "exact":
+            H0 = _ExactHessian(self.normal_equations()[0], scale)
+        defaults = LINE_SEARCH_DEFAULTS | (NEWTON_DEFAULTS if tao_type == "nls" else {})
 
         def driver(calls):
             out = minimise(calls["gradient"], a0, tao_type=tao_type, prefix="chemomech_m1_",
                            J0=J_ref, gatol=gatol, grtol=grtol, gttol=gttol, max_it=max_it,
                            bounds=bounds,
                            hessian_action=calls["hessian"] if tao_type == "nls" else None,
-                           option_defaults=LINE_SEARCH_DEFAULTS, label="M1 TAO")
+                           initial_hessian=H0, option_defaults=defaults, label="M1 TAO")
             return out.x, out.J, out.iterations, out.converged, out.text, out.evaluation_time_s
 
         a, J, iterations, converged, text, t_eval = serve_on_rank0(
@@ -504,6 +516,21 @@ class M1Model:
             driver)
         self.timings_s["tao_evaluations"] = t_eval
         return a, J, iterations, converged, text
+
+
+class _ExactHessian:
+    """PETSc shell context of the LMVM initial Hessian H0 = scale * G^T G (the exact Hessian
+    of the scaled quadratic objective): `mult` H0 x, `apply` H0^-1 x."""
+
+    def __init__(self, normal_matrix: np.ndarray, scale: float):
+        self.H = scale * np.asarray(normal_matrix, float)
+        self.H_inv = np.linalg.pinv(self.H, rcond=1e-14, hermitian=True)
+
+    def mult(self, mat, x, y):
+        y.setArray(self.H @ x.getArray(readonly=True))
+
+    def apply(self, pc, x, y):
+        y.setArray(self.H_inv @ x.getArray(readonly=True))
 
 
 def _solve_normal(N: np.ndarray, r: np.ndarray) -> np.ndarray:
