@@ -178,7 +178,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     for k, pm, setup in zip(mine, meshes, setups, strict=True):
         p = prepared[k]
         u = model.displacement(setup.name, fit.coefficients)
-        images_k = model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        images_k = model_maps(u, epsilon(u), pm, p.data.mask.shape, sampler=setup.sampler)
         if group.rank == 0:
             images[setup.name] = images_k
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)

@@ -124,6 +124,7 @@ class ParticleSetup:
     rotation_rad: float
     misfit: PixelMisfit
     fe_degree: int = 1
+    sampler: object | None = None  #: the PixelSampler at all meshed pixels (for model maps)
 
     @property
     def mesh(self):
@@ -165,7 +166,7 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
         e = np.asarray(strain, float)[idx[:, 0], idx[:, 1]]
         used &= np.all(np.isfinite(e), axis=1)
         misfit = StrainMisfit.from_sampler(sampler, np.nan_to_num(e), used, name=name)
-    return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree)
+    return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree, sampler=sampler)
 
 
 def coefficient_count(degree: int) -> int:
@@ -208,10 +209,11 @@ class _Particle:
                                [unit[degree + 1 + n] for n in range(degree + 1)],
                                setup.rotation_rad)
         self.loads: list[PETSc.Vec] = []
+        load_form = self.problem.load_form(eps_star)  # compiled once, assembled 2(N+1) times
         for k in range(n_c):
             unit.value[:] = 0.0
             unit.value[k] = 1.0
-            self.loads.append(self.problem.load_vector(eps_star))
+            self.loads.append(self.problem.assemble_load(load_form))
         self.load_time = time.perf_counter() - t0
         self._rhs = self.loads[0].duplicate()
 

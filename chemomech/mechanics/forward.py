@@ -132,7 +132,15 @@ class ElasticityProblem:
 
     def load_vector(self, eps_star) -> PETSc.Vec:
         """Assemble b = L(v) for the eigenstrain `eps_star` (a UFL 2x2 tensor)."""
-        L = fem.form(eigenstrain_load_form(eps_star, self._v, self.C))
+        return self.assemble_load(self.load_form(eps_star))
+
+    def load_form(self, eps_star) -> fem.Form:
+        """The compiled load form L(v) of `eps_star` (reassemble it after changing its
+        constants with `assemble_load`)."""
+        return fem.form(eigenstrain_load_form(eps_star, self._v, self.C))
+
+    def assemble_load(self, L: fem.Form) -> PETSc.Vec:
+        """b = L(v) with the Dirichlet lifting and values applied (a new PETSc vector)."""
         b = fem_petsc.assemble_vector(L)
         fem_petsc.apply_lifting(b, [self.a], bcs=[self.bcs])
         b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
