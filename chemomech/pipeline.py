@@ -61,6 +61,37 @@ def prepare(particle: ParticleData, config: RunConfig) -> PreparedParticle:
                             adopt_frame=config.frame.adopt)
 
 
+def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: MPI.Comm
+                        ) -> list[PreparedParticle | None]:
+    """`prepare` (frame check, integration) of each particle on the ranks that hold it in the
+    M1 stage (`chemomech.inverse.problem.particles_of_rank`); world rank 0, which writes the
+    report, receives every particle from the lowest rank holding it.  Entries this rank
+    neither holds nor reports are None.  An error on any rank is raised on every rank."""
+    from chemomech.exceptions import InputError
+    from chemomech.inverse.problem import particles_of_rank
+
+    n, size = len(particles), comm.size
+    held = [set(particles_of_rank(r, size, n)) for r in range(size)]
+    first = {k: min(r for r in range(size) if k in held[r]) for k in range(n)}
+    local, failure = {}, None
+    try:
+        local = {k: prepare(particles[k], config) for k in sorted(held[comm.rank])}
+    except Exception as exc:  # reported on every rank below, never a hang
+        failure = exc
+    errors = comm.allgather(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if any(errors):
+        raise InputError(f"preparing the particles failed on another rank: "
+                         f"{next(e for e in errors if e)}")
+    parts = comm.gather({k: v for k, v in local.items() if first[k] == comm.rank}, root=0)
+    out: list[PreparedParticle | None] = [local.get(k) for k in range(n)]
+    for part in parts or []:
+        for k, v in part.items():
+            out[k] = v
+    return out
+
+
 def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
                           edge_exclusion_px: int) -> RegressionFit:
     """M0 over the used pixels of all particles."""
@@ -221,11 +252,12 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                     len(particles), ", ".join(p.name for p in particles), config.model,
                     config.legendre_degree, config.misfit, comm.size)
-    prepared = [prepare(p, config) for p in particles]
+    prepared = prepare_distributed(particles, config, comm)
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px)
+    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
+        if rank0 else None  # needs every particle; used by the report only
     timings["m0"] = time.perf_counter() - t
 
     m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None

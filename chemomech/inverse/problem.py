@@ -102,12 +102,16 @@ def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, lis
     if n_particles < 1:
         raise InputError(f"need at least one particle, got {n_particles}")
     size, rank = comm.size, comm.rank
-    if n_particles >= size:
-        color, mine = rank, list(range(rank, n_particles, size))
-    else:
-        color = rank * n_particles // size
-        mine = [color]
+    mine = particles_of_rank(rank, size, n_particles)
+    color = rank if n_particles >= size else mine[0]
     return comm.Split(color=color, key=rank), mine
+
+
+def particles_of_rank(rank: int, size: int, n_particles: int) -> list[int]:
+    """The particle indices rank `rank` of `size` holds in `split_for_particles`."""
+    if n_particles >= size:
+        return list(range(rank, n_particles, size))
+    return [rank * n_particles // size]
 
 
 @dataclass
