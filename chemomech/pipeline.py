@@ -376,6 +376,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
                                              "misfit": config.misfit,
                                              "covariance_method": m1.covariance_method}
+        if m1.covariance_method == "integrated_noise":
+            summary["fit"]["covariance_evaluation"] = config.uncertainty.evaluation
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
         if m2 is not None:

@@ -33,14 +33,16 @@ Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so
 ``ReducedFunctional.hessian`` gives the exact Hessian action (used by TAO's NLS).
 
-Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the second-order-adjoint
-Hessian action) on COMM_SELF of world rank 0, the other ranks serving its evaluations (every
-evaluation is collective; J and gradient are allreduced, so the coefficients are the same on
-every rank and, to rounding, for every rank count).  The objective is scaled by :math:`J(0)` so that
-tolerances are relative, and the line search uses a curvature tolerance of 0.1
-(`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
-iterations instead of ~70.  The stopping rules are those of the one TAO
-driver, `chemomech.inverse.optimise.minimise`.
+Optimisation: PETSc TAO (BLMVM, BQNLS, LMVM, or NLS with the second-order-adjoint
+Hessian action; the pipeline's default is Newton: BQNLS with the exact Hessian
+:math:`G^T G` as its initial quasi-Newton matrix, ``initial_hessian="exact"``, which stops after
+one step with two evaluations) on COMM_SELF of world rank 0, the other ranks serving its
+evaluations (every evaluation is collective; J and gradient are allreduced, so the
+coefficients are the same on every rank and, to rounding, for every rank count).  The
+objective is scaled by :math:`J(0)` so that tolerances are relative, and the line search
+uses a curvature tolerance of 0.1 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix
+``chemomech_m1_``) so that BLMVM needs ~8 iterations instead of ~70.  The stopping rules
+are those of the one TAO driver, `chemomech.inverse.optimise.minimise`.
 
 Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
 with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
