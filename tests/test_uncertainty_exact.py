@@ -106,3 +106,20 @@ def test_exact_covariance_is_rank_independent(noisy):
     (cov_serial, s2_serial), (cov_dist, s2_dist) = results
     assert s2_dist == pytest.approx(s2_serial, rel=1e-8)
     assert np.allclose(cov_dist, cov_serial, rtol=1e-8, atol=0)
+
+
+def test_config_selects_the_evaluation_and_rejects_unknown_ones():
+    from pydantic import ValidationError
+
+    from chemomech.config import RunConfig
+
+    config = RunConfig(data=["x.h5"])
+    assert (config.uncertainty.evaluation, config.uncertainty.n_probes) == ("exact", 20)
+    assert config.optimiser.tao_type == "bqnls" and config.optimiser.initial_hessian == "exact"
+    assert RunConfig(data=["x.h5"], uncertainty={"evaluation": "monte_carlo"}
+                     ).uncertainty.evaluation == "monte_carlo"
+    for bad in ({"evaluation": "sampled"}, {"n_probes": 1}):
+        with pytest.raises(ValidationError, match="evaluation|n_probes"):
+            RunConfig(data=["x.h5"], uncertainty=bad)
+    with pytest.raises(ValidationError, match="initial_hessian"):
+        RunConfig(data=["x.h5"], optimiser={"initial_hessian": "bfgs"})
