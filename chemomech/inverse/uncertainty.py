@@ -63,7 +63,11 @@ def fit_covariance(fit) -> tuple[np.ndarray, float]:
     """`covariance` of a `chemomech.inverse.FitResult` (needs its normal matrix)."""
     if fit.normal_matrix is None:
         raise InputError("the fit has no normal matrix (fit(..., with_normal_matrix=True))")
-    return covariance(fit.normal_matrix, fit.cost, fit.num_observations, fit.num_nuisance)
+    if getattr(fit, "transform", None) is None:
+        return covariance(fit.normal_matrix, fit.cost, fit.num_observations, fit.num_nuisance)
+    sigma2 = noise_variance(fit.cost, fit.num_observations, fit.num_parameters,
+                            fit.num_nuisance)  # under a gauge: in the free coefficients
+    return sigma2 * fit.normal_inverse(), sigma2
 
 
 def _split(coefficients: Sequence[float], cov: np.ndarray) -> tuple:
@@ -149,7 +153,7 @@ def integrated_noise_covariance(model, fit, samplers: Mapping[str, Callable],
     systems = model.linear_system()
     names = sorted({n for part in world.allgather([s.name for s in systems] if leader else [])
                     for n in part})
-    N_inv = np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+    N_inv = fit.normal_inverse()  # T (T^T N T)^-1 T^T under a gauge
     projected = [s.misfit.project(s.columns) for s in systems]
     p = N_inv.shape[0]
     moments = np.zeros((p, p))
