@@ -97,7 +97,7 @@ def _words(null: np.ndarray, labels: list[str]) -> list[str]:
     if null.shape[1] == 0:
         return []
     weight = np.sum(null**2, axis=1)  # |P_null e_i|^2
-    single = [i for i in np.argsort(-weight) if weight[i] > 0.9][: null.shape[1]]
+    single = sorted([i for i in np.argsort(-weight) if weight[i] > 0.9][: null.shape[1]])
     words = [labels[i] for i in single]
     rest = null.copy()
     for i in single:  # remove the named coordinates from the subspace

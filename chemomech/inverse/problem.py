@@ -306,7 +306,7 @@ class _Particle:
             self.loads.append(self.problem.load_vector(eps_star, homogeneous=True))
         self.offset = self.problem.boundary_load()
         B = material.b_coupling(setup.rotation_rad, setup.X)
-        if B is not None:
+        if B is not None and np.any(material.b_coefficients):
             f_b = shifted_legendre_series(setup.X, material.b_coefficients)
             b_law = self.problem.assemble_load(
                 out_of_plane_load_form(f_b, B, self.problem.test_function), homogeneous=True)

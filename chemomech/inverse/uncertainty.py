@@ -153,7 +153,9 @@ def integrated_noise_covariance(model, fit, samplers: Mapping[str, Callable],
     systems = model.linear_system()
     names = sorted({n for part in world.allgather([s.name for s in systems] if leader else [])
                     for n in part})
-    N_inv = fit.normal_inverse()  # T (T^T N T)^-1 T^T under a gauge
+    N_inv = (np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+             if getattr(fit, "transform", None) is None
+             else fit.normal_inverse())  # T (T^T N T)^-1 T^T under a gauge
     projected = [s.misfit.project(s.columns) for s in systems]
     p = N_inv.shape[0]
     moments = np.zeros((p, p))

@@ -86,7 +86,8 @@ def _matrix(B):
 def out_of_plane_load_form(f_b, B, v):
     r"""Plane-strain load of the b-eigenstrain :math:`L_b(v) = \int f_b(X)\,B : \varepsilon(v)\,dx`
     (B = C_{ij bb}, image frame, numpy or UFL)."""
-    return f_b * ufl.inner(_matrix(B), epsilon(v)) * ufl.dx
+    dx = ufl.dx(domain=ufl.domain.extract_unique_domain(v))  # f_b, B may be constants
+    return f_b * ufl.inner(_matrix(B), epsilon(v)) * dx
 
 
 def in_plane_stress(u, eps_star, C, f_b=None, B=None):
