@@ -396,3 +396,18 @@ def test_distributed_dirichlet_fit_equals_serial(clean_twin, method):
                      comm=MPI.COMM_SELF).fit(method)
     dist = M1Model([_dirichlet_setup(clean_twin, MPI.COMM_WORLD, u)], degree=2).fit(method)
     assert np.allclose(dist.coefficients, serial.coefficients, rtol=1e-7, atol=1e-12)
+
+
+def test_pipeline_refuses_bad_dirichlet_data_before_meshing(clean_twin):
+    """check_inversion_data runs right after reading (before M0 and meshing)."""
+    from chemomech.config import RunConfig
+    from chemomech.correlative.prepared import prepare_particle
+    from chemomech.io.stack import interior_pixels
+    from chemomech.pipeline import check_inversion_data
+
+    prepared = prepare_particle(clean_twin, check_frame=False)
+    config = RunConfig(data=["x.h5"], boundary_condition="dirichlet")
+    check_inversion_data([prepared], config)  # good data pass
+    prepared.displacement[~interior_pixels(clean_twin.mask, 1)] = np.nan
+    with pytest.raises(InputError, match="boundary pixels are NaN"):
+        check_inversion_data([prepared], config)
