@@ -411,3 +411,29 @@ def test_pipeline_refuses_bad_dirichlet_data_before_meshing(clean_twin):
     prepared.displacement[~interior_pixels(clean_twin.mask, 1)] = np.nan
     with pytest.raises(InputError, match="boundary pixels are NaN"):
         check_inversion_data([prepared], config)
+
+
+def test_real_particle_dirichlet_n1_reproduces_the_study_setting(real_particle_path, tmp_path):
+    """LFP50_P2, N = 1, the study's boundary condition (Dirichlet), through the pipeline:
+    the chemical misfits and the model error relative to M0 (README, docs/notes-study.md)."""
+    import json
+
+    from chemomech.config import RunConfig
+    from chemomech.pipeline import run
+
+    config = RunConfig(data=[real_particle_path], legendre_degree=1,
+                       boundary_condition="dirichlet", output=tmp_path,
+                       optimiser={"method": "linear"}, uncertainty={"method": "gauss_newton"})
+    summary = run(config, MPI.COMM_SELF)
+    at = summary["eigenstrain_at"]
+    assert at["1.0"]["a"] == 0.0 and at["1.0"]["c"] == 0.0  # the gauge
+    assert at["0.0"]["a"] - at["1.0"]["a"] == pytest.approx(-0.0484, abs=1e-3)
+    assert at["0.0"]["c"] - at["1.0"]["c"] == pytest.approx(0.0171, abs=1e-3)
+    errors = summary["model_errors"]
+    assert 100 * (errors["M1"] / errors["M0"] - 1) == pytest.approx(-25.4, abs=1.0)
+    ident = json.loads((tmp_path / "summary.json").read_text())["identifiability"]
+    assert ident["unidentified"] == ["constant part of f_a", "constant part of f_c"]
+    assert ident["condition_number_gauged"] < 10 and ident["warning"] is None
+    band = summary["eigenstrain_curve"]
+    assert band["a_hi"][-1] - band["a_lo"][-1] < 1e-12  # f(1) fixed: zero width at X = 1
+    assert band["a_hi"][0] - band["a_lo"][0] > 0
