@@ -437,3 +437,15 @@ def test_real_particle_dirichlet_n1_reproduces_the_study_setting(real_particle_p
     band = summary["eigenstrain_curve"]
     assert band["a_hi"][-1] - band["a_lo"][-1] < 1e-12  # f(1) fixed: zero width at X = 1
     assert band["a_hi"][0] - band["a_lo"][0] > 0
+
+
+def test_degree_selection_under_the_gauge_skips_degree_zero(clean_twin):
+    from chemomech.inverse.selection import select_degree
+
+    u = _truth_u(clean_twin)
+    model = M1Model([_dirichlet_setup(clean_twin, MPI.COMM_SELF, u)], degree=3)
+    selection = select_degree(model, 3)
+    assert [row["degree"] for row in selection.table] == [1, 2, 3]
+    heldout = {row["degree"]: row["heldout"] for row in selection.table}
+    assert heldout[2] < 0.5 * heldout[1]  # the true law is quadratic
+    assert selection.chosen >= 2
