@@ -124,8 +124,9 @@ class RunConfig(_Strict):
         "interior (what the study's code did; M1 only)")
     gauge: Literal["auto", "none", "LiFePO4"] | GaugeConfig = Field(
         "auto", description="fixes the constant parts of f_a, f_c, undetermined under "
-        "dirichlet with a constant stiffness: auto = LiFePO4 (f(1) = 0) there and none "
-        "otherwise; or {X, f_a, f_c}: f_a(X) = f_a, f_c(X) = f_c; dirichlet only")
+        "dirichlet with a constant stiffness (weakly determined with stiffness mixed): "
+        "auto = LiFePO4 (f(1) = 0) under dirichlet, none otherwise; none (dirichlet with "
+        "mixed only); or {X, f_a, f_c}: f_a(X) = f_a, f_c(X) = f_c; dirichlet only")
     fragmented_data: Literal["per_piece", "refuse"] = Field(
         "per_piece", description="valid displacement data in several connected pieces: each "
         "piece gets its own rigid modes in the misfit, or the run is refused (dirichlet "

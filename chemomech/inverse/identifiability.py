@@ -6,9 +6,9 @@ Scaled Gauss-Newton matrix.  The coefficients :math:`a_{n,i}` of
 :math:`L^2(0,1)` norm of a change of :math:`(f_a, f_c)`), and
 :math:`S = D N D`, :math:`D = \mathrm{diag}(\sqrt{2n+1})`, N = G^T G (`M1Model.normal_equations`).
 Its singular values s_1 >= ... are reported relative to s_1; the condition number is
-s_1 / s_min.  A direction with s_k / s_1 < 1 / `CONDITION_THRESHOLD` is *unidentified*: a
-change of the law along it of unit L2 norm changes the misfit by less than 1e-8 of the
-best-determined one (i.e. by nothing measurable).  Directions are named in words
+s_1 / s_min.  A direction with s_k / s_1 < 1 / `CONDITION_THRESHOLD` (1e-6) is
+*unidentified*: a change of the law along it of unit L2 norm changes the misfit by less than
+1e-6 of the best-determined one, so its standard deviation is more than 1000 times larger.  Directions are named in words
 ("constant part of f_a") when one coefficient spans them, as combinations otherwise.
 
 Gauge.  With the whole boundary prescribed (``boundary_condition: dirichlet``) and a constant
@@ -32,9 +32,11 @@ from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
 
-#: Warn when the condition number of the fitted parameterisation exceeds this; directions
-#: with relative singular value below its inverse are reported as unidentified.
-CONDITION_THRESHOLD = 1e8
+#: Warn when the condition number of the fitted parameterisation exceeds this (some
+#: direction's standard deviation is then > 1000x that of the best-determined one, for unit
+#: L2 changes of the law); directions with relative singular value below its inverse are
+#: reported as unidentified.
+CONDITION_THRESHOLD = 1e6
 
 _PART = {0: "constant", 1: "linear", 2: "quadratic", 3: "cubic"}
 

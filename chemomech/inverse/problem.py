@@ -438,9 +438,9 @@ class M1Model:
 
     `setups`: this rank's particles (meshes on the group communicator from
     `split_for_particles`); `degree`: highest Legendre degree N; `comm`: the world;
-    `gauge`: "auto" (the default `Gauge` f(1) = 0 when the configuration has a null space,
-    `has_null_space`, else none), None, or a `Gauge` (refused when every particle is
-    traction-free: the constants are then determined).
+    `gauge`: "auto" (the default `Gauge` f(1) = 0 when every particle has Dirichlet data,
+    else none; `resolve_gauge`), None (refused if `has_null_space`), or a `Gauge` (refused
+    unless every particle has Dirichlet data).
     """
 
     def __init__(self, setups: Sequence[ParticleSetup], degree: int = 2,
@@ -687,14 +687,18 @@ def has_null_space(all_dirichlet: bool, stiffness: str) -> bool:
 
 def resolve_gauge(gauge: Gauge | str | None, all_dirichlet: bool, stiffness: str
                   ) -> Gauge | None:
-    """The gauge to use: "auto" -> `Gauge()` if `has_null_space`, else None; a given `Gauge`
-    is refused when some particle is traction-free (nothing to fix); None is refused when the
-    configuration has a null space."""
+    """The gauge to use: "auto" -> `Gauge()` (f(1) = 0) when every particle has Dirichlet
+    data, else None; a given `Gauge` is refused when some particle is traction-free (the data
+    then fix the constants); None is refused when the configuration has a null space.
+
+    With C(X) and Dirichlet data the constants are identifiable only through the stiffness
+    contrast; on LFP50_P2 that fit gives f_c(1) = -0.15 (a 15 % strain of the reference
+    phase), so "auto" fixes them there too; ``gauge=None`` fits them."""
     null = has_null_space(all_dirichlet, stiffness)
     if isinstance(gauge, str):
         if gauge != "auto":
             raise InputError(f"must be 'auto', None or a Gauge, got {gauge!r}", field="gauge")
-        return Gauge() if null else None
+        return Gauge() if all_dirichlet else None
     if gauge is not None and not all_dirichlet:
         raise InputError("a gauge applies only with boundary_condition dirichlet: with a "
                          "traction-free boundary the constant parts of f_a and f_c are "
