@@ -65,7 +65,8 @@ def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_pa
     assert summary["fit"]["covariance_method"] == "integrated_noise"
     ident = on_disk["identifiability"]  # every run: the scaled Gauss-Newton spectrum
     assert ident["model"] == "M1" and ident["unidentified"] == [] and ident["gauge"] is None
-    assert len(ident["singular_values_relative"]) == 6 and ident["condition_number"] < ident["threshold"]
+    assert len(ident["singular_values_relative"]) == 6
+    assert ident["condition_number"] < ident["threshold"]
 
 
 def test_m0_only_and_cli_errors(twins, tmp_path, caplog):

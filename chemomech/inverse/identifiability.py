@@ -8,8 +8,9 @@ Scaled Gauss-Newton matrix.  The coefficients :math:`a_{n,i}` of
 Its singular values s_1 >= ... are reported relative to s_1; the condition number is
 s_1 / s_min.  A direction with s_k / s_1 < 1 / `CONDITION_THRESHOLD` (1e-6) is
 *unidentified*: a change of the law along it of unit L2 norm changes the misfit by less than
-1e-6 of the best-determined one, so its standard deviation is more than 1000 times larger.  Directions are named in words
-("constant part of f_a") when one coefficient spans them, as combinations otherwise.
+1e-6 of the best-determined one, so its standard deviation is more than 1000 times larger.
+Directions are named in words ("constant part of f_a") when one coefficient spans them, as
+combinations otherwise.
 
 Gauge.  With the whole boundary prescribed (``boundary_condition: dirichlet``) and a constant
 stiffness, a uniform eigenstrain loads no interior DOF (its stress is divergence-free), so the
