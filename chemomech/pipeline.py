@@ -184,8 +184,10 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
     if method == "integrated_noise":
-        samplers = {s.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(), s.misfit)
-                    for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        samplers = {s.name: strain_noise_sampler(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model.boundary_response(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = integrated_noise_covariance(model, fit, samplers,
                                                   n_draws=config.uncertainty.n_draws)
     else:

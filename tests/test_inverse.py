@@ -455,3 +455,22 @@ def test_degree_selection_under_the_gauge_skips_degree_zero(clean_twin):
     heldout = {row["degree"]: row["heldout"] for row in selection.table}
     assert heldout[2] < 0.5 * heldout[1]  # the true law is quadratic
     assert selection.chosen >= 2
+
+
+def test_boundary_response_reproduces_affine_data_and_restores_the_data(clean_twin):
+    """Noise on the measured displacement moves the Dirichlet data too; the response to an
+    affine image imposed on the boundary is that affine field (exact elastic extension)."""
+    u = _truth_u(clean_twin)
+    setup = _dirichlet_setup(clean_twin, MPI.COMM_SELF, u)
+    model = M1Model([setup], degree=1)
+    a = np.array([0.0, -0.02, 0.0, 0.01])
+    before = model.cost(a)
+    h = clean_twin.pixel_size_nm
+    i, j = np.meshgrid(*map(np.arange, clean_twin.mask.shape), indexing="ij")
+    G = np.array([[0.01, -0.02], [0.015, 0.004]])
+    image = np.stack([i * h, j * h], -1) @ G.T + np.array([3.0, -1.0])
+    response = model.boundary_response(0)(np.where(clean_twin.mask[..., None], image, np.nan))
+    pts = setup.misfit.points
+    expected = (pts @ G.T + np.array([3.0, -1.0])).ravel()
+    assert np.abs(response - expected).max() < 1e-9 * np.abs(expected).max()
+    assert model.cost(a) == before  # the Dirichlet data were restored

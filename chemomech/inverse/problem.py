@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dolfinx_adjoint as dxa
@@ -132,6 +132,8 @@ class ParticleSetup:
     fe_degree: int = 1
     u_boundary: fem.Function | None = None  # Dirichlet data on misfit.V (None: traction-free)
     pieces: int = 1  # connected pieces of the valid data (each with its own rigid modes)
+    misfit_mask: np.ndarray | None = None  # the meshed pixel mask (for boundary images)
+    pixel_size_nm: float | None = None
 
     @property
     def boundary_condition(self) -> str:
@@ -226,7 +228,8 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
         u_boundary = image_to_function(np.asarray(u_data, float), h, V, "bilinear", mask=mask,
                                        name="u_boundary", fill="linear")
     return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree,
-                         u_boundary=u_boundary, pieces=n_pieces)
+                         u_boundary=u_boundary, pieces=n_pieces, misfit_mask=mask,
+                         pixel_size_nm=h)
 
 
 def check_boundary_data(name: str, mask: np.ndarray, displacement: np.ndarray) -> None:
@@ -346,6 +349,28 @@ class _Particle:
             self._rhs.axpy(1.0, b)
             out.append(self.problem.solve_vector(self._rhs, fem.Function(self.V)))
         return out
+
+    def boundary_response(self, displacement: np.ndarray) -> np.ndarray:
+        """B A^-1 b_0(n): the observed response to a displacement image n (nx, ny, 2) nm
+        imposed as Dirichlet data (eigenstrain zero); the data themselves are restored.
+        Collective on the particle's communicator."""
+        from chemomech.mechanics.fields import image_to_function
+
+        g = self.setup.u_boundary
+        if g is None:
+            raise InputError(f"particle {self.setup.name!r} has no Dirichlet data",
+                             field="boundary_condition")
+        saved = g.x.array.copy()
+        mask = self.setup.misfit_mask
+        g.x.array[:] = image_to_function(displacement, self.setup.pixel_size_nm, self.V,
+                                         "bilinear", mask=mask, fill="linear").x.array
+        try:
+            b = self.problem.boundary_load()
+            u = self.problem.solve_vector(b, fem.Function(self.V))
+            b.destroy()
+        finally:
+            g.x.array[:] = saved
+        return self.misfit.observe(u)
 
     def offset_response(self) -> fem.Function | None:
         """u_0 = A^-1 b_0, the response at a = 0 (None when b_0 = 0)."""
@@ -486,6 +511,11 @@ class M1Model:
                     return p
             raise InputError(f"no particle named {key!r} on this rank")
         return self.particles[key]
+
+    def boundary_response(self, particle: int | str) -> Callable[[np.ndarray], np.ndarray]:
+        """n -> B A^-1 b_0(n) for one particle with Dirichlet data (`_Particle`), e.g. for
+        `chemomech.inverse.uncertainty.strain_noise_sampler`."""
+        return self._particle(particle).boundary_response
 
     def cost(self, coefficients: Sequence[float]) -> float:
         """J(a) = sum over all particles of the misfits (plain evaluation, no tape)."""

@@ -112,12 +112,16 @@ def band_to_lists(band: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: np.asarray(v, dtype=float).tolist() for k, v in band.items()}
 
 
-def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
+def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit,
+                         boundary_response: Callable[[np.ndarray], np.ndarray] | None = None
                          ) -> Callable[[np.random.Generator], np.ndarray]:
     """Draws of unit-variance i.i.d. noise on the stored strain maps (e_xx, e_yy, e_xy, theta of
     `particle`, a `chemomech.io.stack.ParticleData`), integrated to displacement like the data and
     returned at `misfit`'s local rows; `pixel_ij` (n_points, 2) are the image indices of the
-    misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once."""
+    misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once.
+    With Dirichlet data the same noise also moves the boundary values: pass
+    `boundary_response` (the observed response B u_0(n) to a displacement image n imposed on
+    the boundary, `M1Model.boundary_response`), which is subtracted from the draw."""
     from chemomech.correlative.displacement import GradientIntegrator
     from chemomech.correlative.frames import gradient_crystal, rotate_tensor_field
 
@@ -131,7 +135,8 @@ def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
         noise = [rng.normal(0.0, 1.0, valid.shape) for _ in fields]
         H = rotate_tensor_field(gradient_crystal(*noise, particle.theta_sign), rotation)
         u, _ = integrate(H)
-        return u[ij[:, 0], ij[:, 1]].ravel()
+        draw_rows = u[ij[:, 0], ij[:, 1]].ravel()
+        return draw_rows if boundary_response is None else draw_rows - boundary_response(u)
 
     return draw
 
