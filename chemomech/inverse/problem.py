@@ -195,8 +195,11 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
         check_boundary_data(name, mask, u_data)
     n_pieces, labels = 1, None
     if displacement is not None or dirichlet:
-        valid = mask & np.all(np.isfinite(np.asarray(u_data, float)), axis=-1)
-        n_pieces = check_fragments(valid, mask, name, fragmented_data, boundary_condition)
+        # the pieces of the integration (finite data), not of the meshed mask: removing a
+        # one-pixel bridge in meshing does not split consistently integrated data
+        valid = np.all(np.isfinite(np.asarray(u_data, float)), axis=-1)
+        n_pieces = check_fragments(valid, mask | valid, name, fragmented_data,
+                                   boundary_condition)
         labels = connected_pieces(valid)[0] if n_pieces > 1 else None
     mesh, h = particle_mesh.mesh, particle_mesh.pixel_size_nm
     X = image_to_function(X_image, h, fem.functionspace(mesh, ("Lagrange", 1)), X_method,
