@@ -313,15 +313,24 @@ def _fit_with(particle, u, material, degree=2):
     return M1Model([setup], degree=degree, material=material).fit("linear")
 
 
-def test_mixed_stiffness_at_uniform_composition_is_the_pure_phase(clean_twin):
+@pytest.mark.parametrize("reduction", ["plane_stress", "plane_strain"])
+def test_mixed_stiffness_at_uniform_composition_is_the_pure_phase(clean_twin, reduction):
+    """Basis responses and (plane strain) the b-law response of C(X) at X = 1 and X = 0
+    equal those of LiFePO4 and FePO4."""
     p = clean_twin
     for X, phase in ((1.0, "LiFePO4"), (0.0, "FePO4")):
         pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_SELF)
         setup = particle_setup(p.name, pm, np.where(p.mask, X, np.nan), p.rotation_rad,
                                displacement=_truth_u(p), edge_exclusion_px=0)
-        models = [M1Model([setup], degree=1, material=Material(s)) for s in ("mixed", phase)]
-        cols = [m.linear_system()[0].columns for m in models]
-        assert np.abs(cols[0] - cols[1]).max() < 1e-10 * np.abs(cols[1]).max()
+        b_law = (0.01, -0.02) if reduction == "plane_strain" else None
+        models = [M1Model([setup], degree=1, material=Material(s, reduction, b_law))
+                  for s in ("mixed", phase)]
+        systems = [m.linear_system()[0] for m in models]
+        for key in ("columns", "data"):
+            x, y = (getattr(s, key) for s in systems)
+            assert np.abs(x - y).max() < 1e-10 * np.abs(y).max()
+        if reduction == "plane_strain":  # the b-law load is there and matters
+            assert np.abs(systems[1].data - setup.misfit.d).max() > 1.0
 
 
 def test_mixed_stiffness_twin_is_recovered_and_the_average_is_biased(clean_twin):
