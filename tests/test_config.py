@@ -95,3 +95,9 @@ def test_study_options_validate_and_round_trip(tmp_path):
     assert default.gauge_object() == "auto" and default.material_options()["b_law"] is None
     strain = load_config(_write(tmp_path, "data: s.h5\nreduction: plane_strain\n"))
     assert strain.material_options()["b_law"] is None  # Vegard in Material
+
+
+def test_the_study_example_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "examples" / "lfp50_p2_study.yaml"
+    cfg = load_config(path)
+    assert cfg.boundary_condition == "dirichlet" and cfg.gauge == "LiFePO4"
