@@ -159,7 +159,7 @@ class FrameCheckResult:
 
     @property
     def best(self) -> FrameCandidate:
-        """The most compatible frame (the stated one first among equal curls)."""
+        """The most compatible frame; the stated one when no frame beats it by the margin."""
         return self.table[0]
 
     def same_as_stated(self, frame: FrameCandidate,
@@ -281,8 +281,9 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
                        "(mod pi), "
                        "theta_sign %+d, mirror %s (curl RMS %.3e vs %.3e 1/nm)%s",
                        particle.name, stated.rotation_rad, stated.theta_sign,
-                       100 * margin, best.rotation_rad, best.theta_sign, best.mirror, best.curl_rms_per_nm,
-                       stated.curl_rms_per_nm, "; adopting it" if adopt else "")
+                       100 * margin, best.rotation_rad, best.theta_sign, best.mirror,
+                       best.curl_rms_per_nm, stated.curl_rms_per_nm,
+                       "; adopting it" if adopt else "")
     if adopt and not result.stated_is_best():
         result.particle = adopt_frame(particle, best)
         result.adopted = True
