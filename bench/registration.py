@@ -17,6 +17,8 @@ Pairs:
   an affine by itself (an ellipse maps onto itself under a one-parameter family of affine
   maps), so here the morphology metric leans on the thickness texture.
 
+Metrics: auto (the default), morphology (outline only), morphology_haadf (outline + the HAADF
+image term, image_weight 1), joint (strain weight 0.5), strain.
 Accuracy = RMS over the 4D-STEM particle pixels of |recovered - true| X-ray coordinates (px).
 ECC and SimpleITK start where a user would: centroids matched, area scale, no rotation; they
 are run on the same two image pairs as chemomech's metrics (strain: e_aa vs X inside the
@@ -38,6 +40,7 @@ import scipy.io
 import SimpleITK as sitk
 
 from chemomech.correlative.registration import (
+    DEFAULT_METRIC,
     fill_outside,
     interior_pixels,
     outline_band,
@@ -53,6 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "registration.json"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "LFP50_P2.mat"
 METRICS = {"chemomech_auto": dict(metric="auto"),
            "chemomech_morphology": dict(metric="morphology"),
+           "chemomech_morphology_haadf": dict(metric="morphology", image_weight=1.0),
            "chemomech_joint": dict(metric="joint", strain_weight=0.5),
            "chemomech_strain": dict(metric="strain")}
 BLUR_PX, NOISE = 1.2, 0.01
@@ -222,6 +226,7 @@ def main() -> dict:
                          | run_pair(e_aa, mask, None, X, xmask, thickness, warp))
     result = {"summary": {"real_LFP50_P2": summarise(real) if real else None,
                           "synthetic": summarise(synthetic)},
+              "default_metric": DEFAULT_METRIC,
               "own_optimum_px": own if real else None,
               "settings": {"blur_px": BLUR_PX, "noise_per_thickness": NOISE,
                            "joint_strain_weight": 0.5, "band_px": 8.0},

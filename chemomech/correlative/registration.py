@@ -1,10 +1,20 @@
-"""Affine registration of X-ray maps onto the 4D-STEM grid by maximum Pearson correlation.
+"""Affine registration of X-ray maps onto the 4D-STEM grid.
 
 The transform is 6 numbers, ``u = A q + t``: it maps a 4D-STEM pixel q = (i, j) (x = axis 0,
-y = axis 1, pixel centres at integers) to X-ray pixel coordinates u.  The score is the
-Pearson correlation r between a fixed 4D-STEM channel (lattice parameter a or e_aa) and the
-warped X-ray map X(A q + t), over the 4D-STEM pixels more than `margin_px` pixels inside the
-particle (Euclidean distance transform of the mask), as in the reference study.
+y = axis 1, pixel centres at integers) to X-ray pixel coordinates u.  What is matched
+(`metric`, `register_affine`):
+
+- morphology: the particle's shape, independent of the composition-strain law: the 4D-STEM
+  particle mask (blurred to the X-ray's resolution) against the X-ray thickness or OD within
+  `band_px` of the outline, optionally plus a 4D-STEM virtual image (DF, HAADF) against the
+  thickness;
+- strain: the study's score, a 4D-STEM strain channel (e_aa) against the warped X over the
+  pixels more than `margin_px` inside the particle.  It uses the very correlation the law is
+  learned from, and on the real particle its optimum is ~0.8 px off (the strain is not a
+  linear function of X), see bench/registration.py;
+- joint: S = (1 - w) S_morphology + w S_strain, w = `strain_weight` (0.5);
+- auto (default): morphology, unless the outline cannot fix the map (an ellipse maps onto
+  itself under a family of affine maps; detected by the curvature of the score), then joint.
 
 Sign: Li-rich LiFePO4 (X = 1) is the strain reference (e_aa = 0) and FePO4 has e_aa = -4.9 %,
 so a (or e_aa) and X are positively correlated: the default ``sign=+1`` maximises +r; use
@@ -23,7 +33,8 @@ on the coarsest level, the best few carried to the next finer level.
 
 `registration.json` (DESIGN §3) stores
 ``{"matrix": [[a00, a01, t0], [a10, a11, t1]], "flip": bool, "score": r, "iterations": n}``;
-with a mirror the matrix itself has det < 0 and ``flip`` is true.
+with a mirror the matrix itself has det < 0 and ``flip`` is true; `score` is the strain-X
+Pearson r at the result whatever the metric.
 """
 
 from __future__ import annotations
@@ -874,8 +885,8 @@ def add_register_arguments(parser: argparse.ArgumentParser) -> None:
                              "S_strain (0.5)")
     parser.add_argument("--image-weight", type=float, default=0.0,
                         help="morphology: weight of the 4D-STEM dark-field/HAADF image "
-                             "against the thickness, relative to the outline (default 0: on "
-                             "LFP50_P2 its optimum is 1.3 px off the published registration)")
+                             "against the thickness, relative to the outline (default 0: with "
+                             "it, LFP50_P2 warps register worse, bench/registration.py)")
     parser.add_argument("--band-px", type=float, default=8.0,
                         help="morphology: score the outline within this distance of the "
                              "4D-STEM mask boundary, both sides (8)")
