@@ -526,7 +526,10 @@ def _checked_result(matrix: np.ndarray, iterations: int, fixed: np.ndarray,
     return RegistrationResult(matrix, det < 0, r, iterations)
 
 
-def _checked_inputs(fixed, fixed_mask, moving, moving_mask, sign):
+def _checked_inputs(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray,
+                    moving_mask: np.ndarray | None, sign: int,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Float images and boolean masks (finite pixels only), checked for shape and content."""
     if sign not in (1, -1):
         raise InputError(f"sign must be +1 or -1, got {sign}", field="sign")
     fixed = np.asarray(fixed, dtype=float)
