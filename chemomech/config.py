@@ -20,6 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from chemomech.dislocations.settings import DislocationsConfig
 from chemomech.exceptions import ConfigError
 
 
@@ -57,31 +58,6 @@ class UncertaintyConfig(_Strict):
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
-
-
-class RegularisationConfig(_Strict):
-    """Regularisation of the M2 slip fields."""
-
-    kind: Literal["h1", "tv"] = Field("h1", description="H1 seminorm or smoothed TV")
-    alpha: float | Literal["auto"] = Field("auto", description="weight, or chosen by `rule`")
-    rule: Literal["discrepancy", "lcurve"] = "discrepancy"
-    tv_epsilon_per_nm: float = Field(1e-6, gt=0, description="TV smoothing (1/nm)")
-
-
-class DislocationsConfig(_Strict):
-    """Model M2 (chemomech.dislocations.model): slip fields of in-plane systems."""
-
-    slip_systems: list[str] = Field(["D"], description="labels of chemomech.mechanics.slip systems")
-    regularisation: RegularisationConfig = RegularisationConfig()
-    noise_strain: float | Literal["auto", "m1"] = Field(
-        "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
-        "the M1 residual, or a number")
-    discrepancy_tau: float = Field(1.0, gt=0)
-    alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
-    noise_draws: int = Field(4, ge=1, description="Monte Carlo draws of the noise level")
-    tao_type: Literal["blmvm", "bqnls"] = "blmvm"
-    max_it: int = Field(2000, ge=1)
-    grtol: float = Field(1e-7, ge=0)
 
 
 class FrameConfig(_Strict):

@@ -94,6 +94,9 @@ class M1Outcome:
     selection: object | None  # chemomech.inverse.selection.DegreeSelection
     images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
     timings_s: dict[str, float]
+    model: object | None = None  # the M1Model (factorised operators; reused by M2)
+    meshes: list | None = None  # this rank's ParticleMesh es
+    particle_indices: list[int] | None = None  # their indices in `prepared`
 
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
@@ -176,7 +179,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
     images = {k: v for d in (gathered or []) for k, v in d.items()}
     timings = {"mesh": t_mesh, "m1_total": time.perf_counter() - t0}
-    return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
+    return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings,
+                     model, meshes, mine)
 
 
 def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
@@ -225,9 +229,10 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         timings |= m1.timings_s
     m2 = None
     if config.model == "M2":
-        from chemomech.dislocations.run import run_m2
+        from chemomech.dislocations.run import M1Stage, run_m2
 
-        m2 = run_m2(prepared, config, comm, m1_result=m1)
+        stage = M1Stage(m1.particle_indices, m1.meshes, m1.model, m1.fit.coefficients)
+        m2 = run_m2(prepared, config, comm, m1=stage)
         timings |= m2.timings_s
     if not rank0:
         return None

@@ -22,10 +22,11 @@ A twin is made in four steps, each a function of this module:
    (b = [001], plane (100): s = crystal c, n = crystal a) with a Gaussian band of slip
    :math:`\gamma = \gamma_0 \exp(-s^2 / 2\ell^2)` along the phase boundary.  The clean X
    (and gamma) images are carried onto P1 as the inversion carries measured X
-   (chemomech.mechanics.fields.image_to_function, L2 projection).  The displacement gradient
-   is sampled
-   at the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
-   :math:`H_{cr} = R^T \nabla u\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
+   (chemomech.mechanics.fields.image_to_function, L2 projection).  What 4D-STEM measures is
+   the lattice distortion :math:`H = \nabla u - \gamma\,\hat s\otimes\hat n` (slip moves
+   material without distorting the lattice; without slip :math:`H = \nabla u`), sampled at
+   the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
+   :math:`H_{cr} = R^T H\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
    (DESIGN §2, chemomech.io.stack): :math:`\theta = (\partial_c u_a - \partial_a u_c)/2
    = -(\partial_x u_y - \partial_y u_x)/2`, the clockwise lattice rotation.  The frame check
    (chemomech.correlative.frames.frame_check) finds exactly this frame as the most compatible.
@@ -338,11 +339,16 @@ def _to_image(values: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -
     return image
 
 
-def _slip_tensor(rotation_rad: float) -> np.ndarray:
-    """sym(s (x) n) in the image frame for system D: s = crystal c, n = crystal a."""
+def _slip_distortion(rotation_rad: float) -> np.ndarray:
+    """beta_p / gamma = s (x) n in the image frame for system D: s = crystal c, n = crystal a."""
     R = rotation_matrix(rotation_rad)
-    s, n = R[:, 1], R[:, 0]
-    return 0.5 * (np.outer(s, n) + np.outer(n, s))
+    return np.outer(R[:, 1], R[:, 0])
+
+
+def _slip_tensor(rotation_rad: float) -> np.ndarray:
+    """sym(s (x) n) in the image frame for system D (the plastic strain per unit slip)."""
+    beta = _slip_distortion(rotation_rad)
+    return 0.5 * (beta + beta.T)
 
 
 def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> ParticleData:
@@ -389,7 +395,11 @@ def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> Parti
     indices = particle_mesh.pixel_indices()
     sampler = PixelSampler(problem.V, particle_mesh.pixel_points_nm())
     u_px = sampler.gather(sampler(u))
-    grad_px = sampler.gather(sample_expression(ufl.grad(u), sampler).reshape(-1, 4))
+    lattice = ufl.grad(u)
+    if has_slip:  # what 4D-STEM measures: the lattice distortion grad u - gamma s (x) n
+        lattice = lattice - gamma_fn * ufl.as_matrix(_slip_distortion(spec.rotation_rad).tolist())
+    degree = max(spec.fe_degree - 1, 1) if has_slip else None  # exact for P1 gamma
+    grad_px = sampler.gather(sample_expression(lattice, sampler, degree).reshape(-1, 4))
     u_px, grad_px = comm.bcast((u_px, grad_px), root=0)
     clean = _decompose_crystal(grad_px.reshape(-1, 2, 2), spec.rotation_rad, theta_sign=1)
     clean = {name: _to_image(values, indices, mask.shape) for name, values in clean.items()}
