@@ -282,10 +282,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
     level = config.band_level
     m0_coeffs = np.r_[m0.coefficients_a, m0.coefficients_c]
     m0_curve = eigenstrain_band(m0_coeffs, m0.covariance, X, level)
-    if m2 is not None:
-        # conditional on the slip fields: M1's covariance scaled by the M2 residual
-        coeffs, degree = m2.fit.coefficients, m2.fit.degree
-        cov = m1.covariance * m2.fit.misfit / max(m1.fit.cost, 1e-300)
+    if m2 is not None:  # joint (a, gamma) Gauss-Newton covariance, or None: no M2 band
+        coeffs, degree, cov = m2.fit.coefficients, m2.fit.degree, m2.covariance
     elif m1 is not None:
         coeffs, cov, degree = m1.fit.coefficients, m1.covariance, m1.fit.degree
     else:
@@ -317,9 +315,9 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         "legendre_degree": int(degree),
         "reference": "LiFePO4",
         "coefficients": {"a": list(map(float, coeffs[:n])), "c": list(map(float, coeffs[n:]))},
-        "covariance": np.asarray(cov).tolist(),
-        "eigenstrain_curve": band_to_lists(eigenstrain_band(coeffs, cov, X, level)),
-        "derivative_curve": band_to_lists(derivative_band(coeffs, cov, X, level)),
+        "covariance": None if cov is None else np.asarray(cov).tolist(),
+        "eigenstrain_curve": _curve(eigenstrain_band, coeffs, cov, X, level),
+        "derivative_curve": _curve(derivative_band, coeffs, cov, X, level),
         "model_error": model_errors[main],
         "model_errors": model_errors,
         "residual_incompatibility_rms": float(np.nanmean(
@@ -350,6 +348,14 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                            "rule": m1.selection.rule,
                                            "table": m1.selection.table}
     return summary
+
+
+def _curve(band, coeffs, cov, X, level) -> dict[str, list[float]]:
+    """The curve with its band, or without band keys when there is no covariance."""
+    if cov is None:
+        values = band(coeffs, np.zeros((len(coeffs), len(coeffs))), X, level)
+        return band_to_lists({k: values[k] for k in ("X", "a", "c")})
+    return band_to_lists(band(coeffs, cov, X, level))
 
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
@@ -389,11 +395,20 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
             maps |= {"elastic_aa": elastic["e_aa"] - maps["eigenstrain_aa"],
                      "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
                      "elastic_ac": elastic["e_ac"]}
-        if m2 is not None:
+        if m2 is not None:  # M2's fields in its lattice convention: measured lattice strain
+            # = eigenstrain + elastic + residual; total strain = lattice + plastic
             from chemomech.analysis.report import plot_density_map
 
-            slip = {k: v for k, v in m2.images[name].items()
-                    if k.startswith(("gamma_", "density_"))}
+            m2_maps = m2.images[name]
+            maps |= {"u_x": m2_maps["u_x"], "u_y": m2_maps["u_y"]}
+            for kind, prefix in (("lattice", "e"), ("plastic", "plastic")):
+                c = strain_crystal_from_image(m2_maps[f"{prefix}_xx"], m2_maps[f"{prefix}_yy"],
+                                              m2_maps[f"{prefix}_xy"], p.data.rotation_rad)
+                maps |= {f"{kind}_{k[2:]}": v for k, v in c.items()}
+            maps |= {"elastic_aa": maps["lattice_aa"] - maps["eigenstrain_aa"],
+                     "elastic_cc": maps["lattice_cc"] - maps["eigenstrain_cc"],
+                     "elastic_ac": maps["lattice_ac"]}
+            slip = {k: v for k, v in m2_maps.items() if k.startswith(("gamma_", "density_"))}
             maps |= slip
             plot_density_map(slip["density_total"], p.data.X, used, p.data.pixel_size_nm,
                              figures / f"density_{name}.png",

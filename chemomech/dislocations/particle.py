@@ -71,6 +71,8 @@ class SlipParticle:
         self.R = fem.form(R)
         self.dR = fem.form(ufl.derivative(R, self.g, ufl.TestFunction(self.Q)))
         self.dR_dir = fem.form(ufl.derivative(R, self.g, self.dg))
+        self.d2R_dir = fem.form(ufl.derivative(ufl.derivative(R, self.g, ufl.TestFunction(
+            self.Q)), self.g, self.dg))
         self._work = self.K[0].createVecRight() if self.K else None
         # H1-type preconditioner S = alpha_eff L + beta M of the slip block (set by M2Model)
         self.pc_alpha = fem.Constant(mesh, 1.0)
@@ -165,4 +167,31 @@ class SlipParticle:
         self.dg.x.scatter_forward()
         return self.comm.allreduce(fem.assemble_scalar(self.dR_dir))
 
+    def regularisation_hessian(self, gamma, direction: np.ndarray) -> np.ndarray:
+        """d2R/dgamma2 [direction] at gamma, owned entries (direction: owned values)."""
+        self._load(gamma)
+        self.dg.x.array[: self.n_owned] = direction
+        self.dg.x.scatter_forward()
+        b = fem.assemble_vector(self.d2R_dir)
+        b.scatter_reverse(la.InsertMode.add)
+        return b.array[: self.n_owned].copy()
+
+    def slip_jacobian(self, directions: Sequence[np.ndarray]) -> np.ndarray:
+        """J_gamma dgamma = P(B A^+ sum_s K_s dgamma_s - sum_s G_s dgamma_s): the misfit rows
+        (local) of slip directions (owned values per system)."""
+        fns = []
+        for d in directions:
+            f = fem.Function(self.Q)
+            f.x.array[: self.n_owned] = d
+            f.x.scatter_forward()
+            fns.append(f)
+        u = self.solve(np.zeros(len(self.base.loads)), fns)
+        return self.misfit.project(self.misfit.observe(u, fns))
+
+    def slip_jacobian_transpose(self, rows: np.ndarray) -> list[np.ndarray]:
+        """J_gamma^T v = K_s^T A^+ B^T v - G_s^T v per system (owned entries), v projected."""
+        lam = self.base.solve_adjoint(self.misfit.gradient_u(rows))
+        return [self.slip_gradient(k, lam).array[: self.n_owned]
+                + self.misfit.gradient_gamma(k, rows).array[: self.n_owned]
+                for k in range(len(self.systems))]
 

@@ -18,6 +18,7 @@ from chemomech.dislocations.alpha import (
     estimate_strain_noise,
     noise_misfit,
 )
+from chemomech.dislocations.bands import m2_covariance
 from chemomech.dislocations.density import mean_density, slip_maps
 from chemomech.dislocations.lattice import lattice_data, lattice_maps
 from chemomech.dislocations.model import M2FitResult, M2Model
@@ -43,6 +44,8 @@ class M2Outcome:
     mean_density_um2: dict[str, float]  # name -> particle mean of density_total
     summary: dict  # the summary.json block "dislocations"
     timings_s: dict[str, float]
+    covariance: np.ndarray | None = None  # Cov(a) of `chemomech.dislocations.bands` or None
+    sigma2: float | None = None
 
 
 @dataclass
@@ -149,6 +152,12 @@ def run_m2(prepared: Sequence, config: RunConfig, comm: MPI.Comm = MPI.COMM_WORL
         fit = model.fit(**fit_options)
     t_fit = time.perf_counter() - t1
     t_forward = model.forward_solve_time()
+    cov = sigma2 = None
+    band = {"method": "none (dislocations.bands: false)"}
+    if settings.bands:
+        cov, sigma2, info = m2_covariance(model)
+        band = {"method": "joint Gauss-Newton over (a, gamma), marginalised on a",
+                "noise_sigma": float(np.sqrt(sigma2)), **info}
 
     images: dict[str, dict[str, np.ndarray]] = {}
     for i, (k, pm) in enumerate(zip(mine, stage.meshes, strict=True)):
@@ -174,16 +183,17 @@ def run_m2(prepared: Sequence, config: RunConfig, comm: MPI.Comm = MPI.COMM_WORL
                "per_particle_mean_density_um2": densities,
                "regularisation": {"kind": reg.kind, "alpha": model.reg.alpha,
                                   "rule": choice.rule if choice else "fixed"},
-               "fit": fit.summary()}
+               "fit": fit.summary(), "band": band}
     if choice is not None:
         summary["regularisation"] |= {"target_misfit": choice.target_misfit,
                                       "noise_strain": choice.noise_strain,
                                       "curve": choice.curve}
     iterations = sum(c["iterations"] for c in choice.curve) if choice else fit.iterations
     timings = {"m2_m1_stage": t_m1, "m2_fit": t_fit, "m2_forward_solve": t_forward,
+               "m2_band": band.get("time_s", 0.0),
                "m2_iterations": float(iterations), "m2_total": time.perf_counter() - t0}
     if comm.rank == 0:
         logger.info("M2 (%s): alpha %.3g (%s), mean density %.4g um^-2, %.1f s",
                     ", ".join(labels), model.reg.alpha, summary["regularisation"]["rule"],
                     mean_all, timings["m2_total"])
-    return M2Outcome(fit, choice, images, densities, summary, timings)
+    return M2Outcome(fit, choice, images, densities, summary, timings, cov, sigma2)

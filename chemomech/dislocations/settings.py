@@ -70,6 +70,9 @@ class DislocationsConfig(_Strict):
     tao_type: Literal["blmvm", "bqnls"] = "blmvm"
     max_it: int = Field(2000, ge=1)
     grtol: float = Field(1e-7, ge=0)
+    bands: bool = Field(True, description="joint Gauss-Newton covariance of the law over "
+                        "(a, gamma), marginalised on a (chemomech.dislocations.bands); "
+                        "false: no M2 band is published")
 
     @field_validator("slip_systems")
     @classmethod
