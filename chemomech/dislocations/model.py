@@ -20,8 +20,8 @@ reported with zero particle mean).  The slip fields are regularised by
 * ``h1`` (default): :math:`R(\gamma) = \tfrac{\alpha}{2}\int|\nabla\gamma|^2\,dx`, or
 * ``tv``: :math:`R(\gamma) = \alpha\int(|\nabla\gamma|^2 + \epsilon^2)^{1/2}\,dx` (smoothed),
 
-so :math:`J = \sum_k J_k(u_k, \gamma_k) + \sum_{k,s} R(\gamma_{k,s})` (J dimensionless, alpha
-in nm^2 for h1 and nm for tv).
+so :math:`J = \sum_k J_k(u_k, \gamma_k) + \sum_{k,s} R(\gamma_{k,s})` (J dimensionless, so
+alpha is dimensionless for h1 and in 1/nm for tv; mesh coordinates in nm).
 
 Adjoint.  The state is linear in all controls: :math:`u = A^+(\sum_k a_k b_k + \sum_s K_s
 \gamma_s)` with M1's basis loads :math:`b_k` and factorised traction-free operator (the M1

@@ -37,7 +37,8 @@ class RegularisationConfig(_Strict):
     """Regularisation of the M2 slip fields."""
 
     kind: RegularisationKind = Field("h1", description="H1 seminorm or smoothed TV")
-    alpha: float | Literal["auto"] = Field("auto", description="weight, or chosen by `rule`")
+    alpha: float | Literal["auto"] = Field("auto", description="weight (dimensionless for h1, "
+                                           "1/nm for tv), or chosen by `rule`")
     rule: AlphaRule = Field("discrepancy", description="alpha rule for alpha: auto")
     tv_epsilon_per_nm: float = Field(1e-6, gt=0, description="TV smoothing (1/nm)")
 
