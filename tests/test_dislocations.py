@@ -393,6 +393,8 @@ def test_one_and_two_ranks_agree(twin_config):
     parallel = run_m2([prepared], config, world)
     assert parallel.fit.misfit == pytest.approx(serial.fit.misfit, rel=1e-5)
     assert np.allclose(parallel.fit.coefficients, serial.fit.coefficients, rtol=0, atol=1e-8)
+    assert np.allclose(parallel.covariance, serial.covariance, rtol=1e-4,
+                       atol=1e-4 * np.abs(serial.covariance).max())
     if world.rank == 0:
         assert parallel.mean_density_um2["twin"] == pytest.approx(
             serial.mean_density_um2["twin"], rel=1e-4)
@@ -441,6 +443,8 @@ def test_two_particles_joint_fit_is_rank_independent(twin_config):
         assert world.fit.per_particle_misfit[name] == pytest.approx(
             serial.fit.per_particle_misfit[name], rel=1e-5)
     assert np.allclose(world.fit.coefficients, serial.fit.coefficients, rtol=0, atol=1e-8)
+    assert np.allclose(world.covariance, serial.covariance, rtol=1e-4,
+                       atol=1e-4 * np.abs(serial.covariance).max())
     if MPI.COMM_WORLD.rank == 0:
         for name in ("p0", "p1"):
             assert world.mean_density_um2[name] == pytest.approx(
@@ -509,12 +513,15 @@ def test_m2_band_is_the_dense_joint_gauss_newton_marginal():
     assert max(info["cg_iterations"]) < 200
 
 
-def test_m2_run_writes_consistent_fields(tmp_path):
+def test_m2_run_writes_consistent_fields(tmp_path, monkeypatch):
     """fields.h5 of an M2 run, pixel by pixel in M2's lattice convention: measured = eigenstrain
     + elastic + residual; lattice = measured - residual is M2's (not M1's); the elastic strain
-    has zero mean (traction-free, uniform stiffness); the summary carries the M2 band."""
+    has zero mean (traction-free, uniform stiffness); the summary carries the M2 band; M2
+    reuses M1's mesh and factorised model (one mesh, one M1Model per run)."""
     import h5py
 
+    import chemomech.inverse.problem
+    import chemomech.mechanics.mesh
     from chemomech.io.stack import write_stack
     from chemomech.pipeline import run
 
@@ -522,7 +529,22 @@ def test_m2_run_writes_consistent_fields(tmp_path):
     write_stack(data, [_twin()])
     config = RunConfig(data=[data], model="M2", legendre_degree=1, edge_exclusion_px=1,
                        output=tmp_path / "out", dislocations={"regularisation": {"alpha": 3.0}})
+    calls = {"mesh": 0, "M1Model": 0}
+    mesh_from_mask = chemomech.mechanics.mesh.mesh_from_mask
+    m1_init = chemomech.inverse.problem.M1Model.__init__
+
+    def counted_mesh(*args, **kwargs):
+        calls["mesh"] += 1
+        return mesh_from_mask(*args, **kwargs)
+
+    def counted_init(self, *args, **kwargs):
+        calls["M1Model"] += 1
+        m1_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(chemomech.mechanics.mesh, "mesh_from_mask", counted_mesh)
+    monkeypatch.setattr(chemomech.inverse.problem.M1Model, "__init__", counted_init)
     summary = run(config, MPI.COMM_SELF)
+    assert calls == {"mesh": 1, "M1Model": 1}
     assert summary["dislocations"]["band"]["method"].startswith("joint Gauss-Newton")
     assert "a_lo" in summary["eigenstrain_curve"]
     assert np.shape(summary["covariance"]) == (4, 4)
