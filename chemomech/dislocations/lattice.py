@@ -37,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import dolfinx_adjoint as dxa
 import numpy as np
 import scipy.sparse
 import ufl
@@ -51,10 +52,6 @@ from chemomech.mechanics.forms import epsilon
 from chemomech.mechanics.slip import InPlaneSlipSystem
 
 logger = logging.getLogger(__name__)
-
-#: Names of the measured lattice-distortion components, in row-block order.
-COMPONENTS = ("e_xx", "e_yy", "e_xy", "theta")
-
 
 def distortion_tensor(system: InPlaneSlipSystem, rotation_rad: float) -> np.ndarray:
     r""":math:`\hat s\otimes\hat n` in the image frame (R s, R n; 2x2, dimensionless)."""
@@ -103,8 +100,6 @@ def lattice_data(prepared, particle_mesh, edge_exclusion_px: int) -> LatticeData
 
 def _scatter_add(space, values: np.ndarray):
     """A ghost-consistent dolfinx vector on `space` from local (owned + ghost) contributions."""
-    import dolfinx_adjoint as dxa
-
     out = dxa.Function(space).x  # a dolfinx_adjoint dual vector (supports +=)
     out.array[:] = values
     out.scatter_reverse(la.InsertMode.add)

@@ -103,8 +103,8 @@ class DislocationsConfig(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Regularisation:
-    """Slip regularisation of a model: kind (h1 | tv), weight alpha (units of the misfit), TV
-    smoothing eps (1/nm)."""
+    """Slip regularisation of a model: kind (h1 | tv), weight alpha (dimensionless for h1, 1/nm
+    for tv), TV smoothing eps (1/nm)."""
 
     kind: RegularisationKind = "h1"
     alpha: float = 1.0
