@@ -297,6 +297,39 @@ def test_synth_slip_data_are_the_lattice_distortion():
     assert np.abs(maps["plastic_xy"][meshed]).max() > 3e-3
 
 
+def test_slip_varying_across_the_glide_plane_is_invisible():
+    """gamma = k (x . n): a compatible plastic distortion (glide planes sliding over each other,
+    no GND: grad gamma . s = 0): no lattice strain, no lattice rotation change, zero density.
+    Such fields are fixed by the regulariser alone (P2 displacements, exact)."""
+    from chemomech.dislocations.density import slip_maps
+    from chemomech.io.stack import ParticleData
+    from chemomech.mechanics.mesh import mesh_from_mask
+
+    nx, ny, h, phi = 24, 16, 20.0, -0.7
+    mask = np.zeros((nx, ny), bool)
+    mask[2:-2, 2:-2] = True
+    zero = np.where(mask, 0.0, np.nan)
+    particle = ParticleData("block", np.where(mask, 0.5, np.nan), zero, zero, zero, zero, mask,
+                            h, phi, "crystal", 1, "LiFePO4", "test")
+    model = _model(particle, MPI.COMM_SELF, fe_degree=2)
+    from chemomech.correlative.frames import rotation_matrix
+
+    n = rotation_matrix(phi) @ np.asarray(slip_system("D").plane_normal)
+    model.coefficients = np.zeros(4)
+    _set_gamma(model, lambda x: 2e-4 * (x[0] * n[0] + x[1] * n[1]))
+    pm = mesh_from_mask(mask, h, MPI.COMM_SELF)
+    maps = lattice_maps(model.displacement(0), model.gammas[0], model.particles[0].tensors, pm,
+                        mask.shape)
+    meshed = maps["meshed_mask"] > 0
+    for key in ("e_xx", "e_yy", "e_xy"):
+        assert np.abs(maps[key][meshed]).max() < 1e-10
+    assert np.ptp(maps["theta"][meshed]) < 1e-10
+    plastic = np.sqrt(maps["plastic_xx"] ** 2 + maps["plastic_yy"] ** 2
+                      + 2 * maps["plastic_xy"] ** 2)[meshed]
+    assert plastic.max() > 1e-2  # the slip is there
+    assert np.abs(slip_maps(model, 0, pm, mask.shape)["density_D"][meshed]).max() < 1e-6
+
+
 @pytest.mark.mpi
 def test_taylor_rate_two_with_strain_only_and_two_systems(twin):
     model = _model(twin, MPI.COMM_WORLD, alpha=3.0, systems=("D", "ac+"), theta_weight=0.5)
