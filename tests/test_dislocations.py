@@ -438,7 +438,8 @@ def test_one_and_two_ranks_agree(twin_config):
 
 def test_lcurve_rule_on_the_twin(twin, twin_config):
     prepared = prepare(twin, twin_config)
-    out = run_m2([prepared], _config(regularisation={"rule": "lcurve"}, alpha_decades=(2, -2)),
+    out = run_m2([prepared], _config(regularisation={"rule": "lcurve"}, alpha_decades=(2, -2),
+                                     bands=False),
                  MPI.COMM_SELF)
     curve = out.alpha.curve
     corner = lcurve_corner([c["misfit"] for c in curve], [c["seminorm"] for c in curve])
@@ -455,7 +456,7 @@ def test_lcurve_rule_on_the_twin(twin, twin_config):
 
 def test_blmvm_and_bqnls_agree(twin, twin_config):
     prepared = prepare(twin, twin_config)
-    fits = [run_m2([prepared], _config(regularisation={"alpha": 3.0}, tao_type=t),
+    fits = [run_m2([prepared], _config(regularisation={"alpha": 3.0}, tao_type=t, bands=False),
                    MPI.COMM_SELF).fit for t in ("blmvm", "bqnls")]
     assert fits[0].cost == pytest.approx(fits[1].cost, rel=1e-8)
     assert fits[0].iterations < 400 and fits[1].iterations < 400  # preconditioned (H0)

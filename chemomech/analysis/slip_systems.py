@@ -23,9 +23,9 @@ def compare_slip_systems(prepared: Sequence, config: RunConfig,
     Fig. 14): rows {system, notation, alpha, rule, misfit, model_error (mean over particles),
     mean_density_um2}, sorted by model error (the same list on every rank).
 
-    The config's ``dislocations`` block applies to every system.  With ``alpha: auto`` the
-    weight is chosen by the configured rule for the first system (default order: D, a, ac+,
-    ac-) and then used for all: equal regularisation of the slip fields, so that the model
+    The config's ``dislocations`` block applies to every system (no bands are computed).  With
+    ``alpha: auto`` the weight is chosen by the configured rule for the first system (default
+    order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip fields, so that the model
     errors compare the systems and not the alpha choices.  `m1`: as for `run_m2` (the M1
     meshes and factorisations are shared by all systems).
     """
@@ -36,7 +36,7 @@ def compare_slip_systems(prepared: Sequence, config: RunConfig,
     for label in labels:
         reg = block.regularisation.model_copy(update={"alpha": alpha})
         run_config = config.model_copy(update={"dislocations": block.model_copy(
-            update={"slip_systems": [label], "regularisation": reg})})
+            update={"slip_systems": [label], "regularisation": reg, "bands": False})})
         out = run_m2(prepared, run_config, comm, m1=stage)
         if alpha == "auto":
             alpha, rule = out.fit.regularisation.alpha, out.summary["regularisation"]["rule"]
