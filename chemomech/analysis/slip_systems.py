@@ -25,9 +25,9 @@ def compare_slip_systems(prepared: Sequence, config: RunConfig,
 
     The config's ``dislocations`` block applies to every system (no bands are computed).  With
     ``alpha: auto`` the weight is chosen by the configured rule for the first system (default
-    order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip fields, so that the model
-    errors compare the systems and not the alpha choices.  `m1`: as for `run_m2` (the M1
-    meshes and factorisations are shared by all systems).
+    order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip fields, so
+    that the model errors compare the systems and not the alpha choices.  `m1`: as for
+    `run_m2` (the M1 meshes and factorisations are shared by all systems).
     """
     stage = m1 if m1 is not None else build_m1_stage(prepared, config, comm)
     block = config.dislocations
