@@ -404,6 +404,15 @@ def _m1_error(prepared, config):
                        used)
 
 
+def test_noise_from_the_m1_residual_is_an_upper_bound(twin):
+    """noise_strain: m1 takes the M1 law's lattice residual as noise: it contains the slip
+    signal, so it exceeds the true noise and the discrepancy rule stops at the first alpha."""
+    prepared = prepare(twin, _config())
+    out = run_m2([prepared], _config(noise_strain="m1", bands=False), MPI.COMM_SELF)
+    assert out.alpha.noise_strain > 1.2 * NOISE
+    assert out.alpha.rule == "discrepancy" and len(out.alpha.curve) == 1
+
+
 def test_compare_systems_prefers_the_true_one(twin, twin_config):
     prepared = prepare(twin, twin_config)
     table = compare_slip_systems([prepared], _config(regularisation={"alpha": 3.0}),

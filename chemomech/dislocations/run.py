@@ -106,10 +106,10 @@ def _noise_target(model: M2Model, config: RunConfig, prepared, mine
                   ) -> tuple[float, float]:
     """(target misfit of the discrepancy rule, strain-noise std)."""
     noise = config.dislocations.noise_strain
-    if noise == "m1":  # the M1 law's lattice misfit taken as noise (an upper bound)
-        n_obs = model._world_sum(sum(p.misfit.num_observations for p in model.particles))
+    if noise == "m1":  # the M1 law's lattice misfit (no slip) taken as noise: an upper bound
         J_m1 = sum(model.misfits().values())
-        sigma = float(np.sqrt(2.0 * J_m1 / max(n_obs - model.num_coefficients, 1)))
+        unit = noise_misfit(model, 1.0) - 0.5 * model.num_coefficients  # E J / sigma^2
+        sigma = float(np.sqrt(J_m1 / max(unit, 1e-300)))
     elif noise == "auto":
         local = [estimate_strain_noise(prepared[k].data) for k in mine]
         sigma = float(np.median([e for part in model.world.allgather(local) for e in part]))
