@@ -31,7 +31,8 @@ class MeshConfig(_Strict):
     """Meshing of the particle masks (units: pixels)."""
 
     size_px: float = Field(1.0, gt=0, description="target element size")
-    simplify_tol_px: float = Field(0.25, ge=0, le=1, description="contour simplification")
+    simplify_tol_px: float = Field(0.25, ge=0, lt=0.5, description="contour simplification "
+                                   "(< 0.5 px; every pixel centre stays inside below 0.35)")
     min_island_px: int = Field(50, ge=1, description="drop particles smaller than this")
     fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
 
@@ -94,7 +95,7 @@ class FrameConfig(_Strict):
 class RunConfig(_Strict):
     """A chemomech run: data, model and options; every default documented here."""
 
-    data: list[Path | list[Path]]  # files, or [strain, composition] pairs
+    data: list[Path | list[Path]] = Field(min_length=1)  # files, or [strain, composition] pairs
     particles: Literal["all"] | list[str] = "all"
     model: Literal["M0", "M1", "M2"] = "M1"
     legendre_degree: int | Literal["auto"] = 2

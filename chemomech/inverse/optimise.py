@@ -14,25 +14,42 @@ defaults, e.g. ``-chemomech_m1_tao_monitor``.
 `serve_on_rank0` runs a driver on world rank 0 while the other ranks serve its collective
 evaluations: one TAO, not one per rank, because replicated TAOs may round differently and then
 disagree on the number of (collective) evaluations.
+
+`checkpointing(folder)` makes every `minimise` call inside it resumable (``chemomech invert
+--resume``): each call keeps an `EvaluationLog` of its evaluations (x, J, dJ/dx) and its
+outcome.  A rerun replays the log: TAO is deterministic, so it asks for the same x, gets the
+recorded J and gradient without a PDE solve, and continues from where the killed run stopped;
+the answer is the uninterrupted one to the last bit.  A finished call returns its recorded
+outcome at once (per alpha of the M2 scan).  The first evaluation is always recomputed and
+compared with the record, so a log of a different problem is discarded, not replayed.
+Problems with more than `REPLAY_MAX_SIZE` unknowns (M2 slip fields) log only the first
+evaluation and the outcome: a killed call restarts, finished calls are skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
 from chemomech.exceptions import SolverError
+from chemomech.io.results import atomic_path
 
 logger = logging.getLogger(__name__)
 
 #: A TAO line-search failure is accepted once |grad J| / |grad J_0| fell below this.
 STALL_GRADIENT_REDUCTION = 1e-5
+#: Largest number of unknowns (on one rank) whose every evaluation is checkpointed.
+REPLAY_MAX_SIZE = 4096
+#: Relative agreement of the recomputed first evaluation with the record.
+REPLAY_RTOL = 1e-12
 
 
 @dataclass
@@ -77,6 +94,12 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     types (blmvm, bqnls).  `option_defaults` are set under `prefix` unless the user gave them.
     """
     x0 = np.asarray(x0, float)
+    log = _CHECKPOINTS[-1].log(f"{prefix}{label}", comm, x0.size) if _CHECKPOINTS else None
+    if log is not None:
+        objective_gradient = log.wrap(objective_gradient)
+        done = log.finished(x0, objective_gradient)
+        if done is not None:
+            return done
     if J0 is None:
         J0 = objective_gradient(x0)[0]
     scale = 1.0 / J0 if J0 > 0 else 1.0
@@ -178,8 +201,139 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     if comm.rank == 0:
         logger.info("%s %s: reason %d, %d iterations, %d evaluations (%.3f s)", label,
                     tao_type, reason, iterations, counters["evaluations"], counters["time"])
-    return TaoOutcome(solution, J, iterations, counters["evaluations"], reason, ratio,
-                      converged, text, counters["time"])
+    outcome = TaoOutcome(solution, J, iterations, counters["evaluations"], reason, ratio,
+                         converged, text, counters["time"])
+    if log is not None:
+        log.finish(outcome)
+    return outcome
+
+
+class EvaluationLog:
+    """The checkpoint of one `minimise` call on one rank: its evaluations and its outcome.
+
+    Saved atomically (npz) after every evaluation; `wrap` replays it (module docstring)."""
+
+    def __init__(self, path: Path, comm: MPI.Comm, size: int):
+        self.path, self.comm = path, comm
+        self.every = size <= REPLAY_MAX_SIZE
+        self.xs: list[np.ndarray] = []
+        self.Js: list[float] = []
+        self.gs: list[np.ndarray] = []
+        self.outcome: dict | None = None
+        self.calls = self.replayed = 0
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                self.xs, self.Js, self.gs = list(z["xs"]), list(z["Js"]), list(z["gs"])
+                if "outcome_x" in z.files:
+                    self.outcome = {k[len("outcome_"):]: z[k][()] for k in z.files
+                                    if k.startswith("outcome_")}
+
+    def _all(self, flag: bool) -> bool:
+        return bool(self.comm.allreduce(bool(flag), op=MPI.LAND))
+
+    def _save(self) -> None:
+        arrays = {"xs": np.array(self.xs), "Js": np.array(self.Js), "gs": np.array(self.gs)}
+        if self.outcome is not None:
+            arrays |= {f"outcome_{k}": np.asarray(v) for k, v in self.outcome.items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            np.savez(tmp, **arrays)
+
+    def _discard(self, keep: int) -> None:
+        del self.xs[keep:], self.Js[keep:], self.gs[keep:]
+        self.outcome = None
+
+    def wrap(self, objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]]
+             ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        """`objective_gradient` answering recorded evaluations from the log (collective)."""
+        def replaying(x):
+            i = self.calls
+            self.calls += 1
+            recorded = i < len(self.xs) and np.array_equal(x, self.xs[i])
+            if self._all(recorded) and i > 0:
+                self.replayed += 1
+                return self.Js[i], self.gs[i].copy()
+            J, g = objective_gradient(x)
+            g = np.asarray(g, float)
+            if recorded and i == 0:
+                scale = max(abs(self.Js[0]), 1e-300)
+                same = abs(J - self.Js[0]) <= REPLAY_RTOL * scale and np.allclose(
+                    g, self.gs[0], rtol=REPLAY_RTOL, atol=REPLAY_RTOL * np.abs(g).max(
+                        initial=0.0))
+                if self._all(same):  # the same problem: answer as the killed run did
+                    self.replayed += 1
+                    return self.Js[0], self.gs[0].copy()
+                if self.comm.rank == 0:
+                    logger.warning("checkpoint %s is of another problem: not replayed",
+                                   self.path.name)
+            self._discard(i)
+            if self.every or i == 0:
+                self.xs.append(np.array(x, float))
+                self.Js.append(float(J))
+                self.gs.append(g.copy())
+                self._save()
+            return J, g
+        return replaying
+
+    def finished(self, x0: np.ndarray, objective_gradient) -> TaoOutcome | None:
+        """The recorded outcome if this call finished before and its problem is the same:
+        `objective_gradient` (the `wrap` ped one) checks the first evaluation (collective)."""
+        if not self._all(self.outcome is not None and len(self.xs) > 0
+                         and np.array_equal(x0, self.xs[0])):
+            return None
+        objective_gradient(x0)  # recomputed and compared; a mismatch discards the outcome
+        if self.outcome is None:
+            return None
+        fields = {k: (np.array(v) if k == "x" else v.item()) for k, v in self.outcome.items()}
+        if self.comm.rank == 0:
+            logger.info("%s: finished before, outcome taken from the checkpoint", self.path.name)
+        return TaoOutcome(**fields)
+
+    def finish(self, outcome: TaoOutcome) -> None:
+        """Record the outcome of the call."""
+        self.outcome = asdict(outcome)
+        self._save()
+
+
+class Checkpoints:
+    """The `EvaluationLog` s of the `minimise` calls of a run, named by the call's label and
+    its position among the calls with that label (the order of calls is deterministic)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.counts: dict[str, int] = {}
+        self.logs: list[EvaluationLog] = []
+
+    def log(self, label: str, comm: MPI.Comm, size: int) -> EvaluationLog:
+        n = self.counts.get(label, 0)
+        self.counts[label] = n + 1
+        name = "".join(c if c.isalnum() else "_" for c in label)
+        suffix = f".rank{comm.rank}" if comm.size > 1 else ""
+        log = EvaluationLog(self.folder / f"{name}-{n:03d}{suffix}.npz", comm, size)
+        self.logs.append(log)
+        return log
+
+    @property
+    def replayed(self) -> int:
+        """Number of evaluations answered from the checkpoints so far."""
+        return sum(log.replayed for log in self.logs)
+
+
+_CHECKPOINTS: list[Checkpoints] = []
+
+
+@contextmanager
+def checkpointing(folder: str | Path | None) -> Iterator[Checkpoints | None]:
+    """Make the `minimise` calls in the block resumable from `folder` (None: a no-op)."""
+    if folder is None:
+        yield None
+        return
+    store = Checkpoints(folder)
+    _CHECKPOINTS.append(store)
+    try:
+        yield store
+    finally:
+        _CHECKPOINTS.remove(store)
 
 
 def serve_on_rank0(world: MPI.Comm, commands: Mapping[str, Callable], driver: Callable):
