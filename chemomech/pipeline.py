@@ -230,8 +230,10 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
             package_logger.setLevel(logging.INFO)
         _resume_note(folder, config, work)
     try:
-        with checkpointing(work / CHECKPOINTS):
+        with checkpointing(work / CHECKPOINTS) as store:
             summary = _run(config, comm, work, t_start)
+        if store.replayed and comm.rank == 0:
+            logger.info("%d TAO evaluation(s) taken from the checkpoints", store.replayed)
         with stage("replacing the output folder", comm):
             if folder is not None:
                 logger.info("results in %s", folder.output)

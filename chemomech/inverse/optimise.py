@@ -40,6 +40,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from chemomech.exceptions import SolverError
+from chemomech.io.parallel import raise_if_interrupted
 from chemomech.io.results import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -103,11 +104,15 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     if J0 is None:
         J0 = objective_gradient(x0)[0]
     scale = 1.0 / J0 if J0 > 0 else 1.0
-    counters = {"evaluations": 0, "time": 0.0, "g0": None}
+    counters = {"evaluations": 0, "time": 0.0, "g0": None, "error": None}
 
     def tao_objective_gradient(tao, x, g):
         t0 = time.perf_counter()
-        J, dJ = objective_gradient(x.getArray(readonly=True).copy())
+        try:
+            J, dJ = objective_gradient(x.getArray(readonly=True).copy())
+        except BaseException as exc:  # PETSc turns it into error 101: re-raised after solve
+            counters["error"] = exc
+            raise
         g.setArray(scale * np.asarray(dJ, float))
         counters["evaluations"] += 1
         counters["time"] += time.perf_counter() - t0
@@ -174,7 +179,16 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     finally:
         for key in defaults:
             options.delValue(key)
-    tao.solve()
+    try:
+        tao.solve()
+    except PETSc.Error:
+        tao.destroy()
+        for obj in objects:
+            obj.destroy()
+        if counters["error"] is not None:  # the objective's own exception, not PETSc's
+            raise counters["error"] from None
+        raise_if_interrupted()  # a signal handled inside another callback
+        raise
     reason = tao.getConvergedReason()
     solution = tao.getSolution().getArray().copy()
     J = tao.getObjectiveValue() / scale
@@ -261,7 +275,6 @@ class EvaluationLog:
                     g, self.gs[0], rtol=REPLAY_RTOL, atol=REPLAY_RTOL * np.abs(g).max(
                         initial=0.0))
                 if self._all(same):  # the same problem: answer as the killed run did
-                    self.replayed += 1
                     return self.Js[0], self.gs[0].copy()
                 if self.comm.rank == 0:
                     logger.warning("checkpoint %s is of another problem: not replayed",
@@ -315,7 +328,8 @@ class Checkpoints:
 
     @property
     def replayed(self) -> int:
-        """Number of evaluations answered from the checkpoints so far."""
+        """Number of evaluations answered from the checkpoints without a solve (the first
+        evaluation of each call is recomputed to check the checkpoint and does not count)."""
         return sum(log.replayed for log in self.logs)
 
 

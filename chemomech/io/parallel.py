@@ -144,8 +144,19 @@ def exit_on_error(main: Callable[[], int], comm: MPI.Comm = MPI.COMM_WORLD) -> i
         return status
 
 
+_received: list[int] = []
+
+
 def _raise_interrupted(signum: int, frame) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` again if a signal arrived (for C libraries, such as PETSc, that
+    turn the exception raised in their Python callback into an error code of their own)."""
+    if _received:
+        raise Interrupted(_received[-1])
 
 
 def install_signal_handlers() -> None:
