@@ -39,7 +39,7 @@ from chemomech.correlative.frames import (
 from chemomech.correlative.prepared import PreparedParticle, prepare_particle, used_pixels
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
-from chemomech.io.parallel import describe, stage
+from chemomech.io.parallel import describe, signals_deferred, stage
 from chemomech.io.readers import read_data
 from chemomech.io.results import (
     CHECKPOINTS,
@@ -234,7 +234,7 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
             summary = _run(config, comm, work, t_start)
         if store.replayed and comm.rank == 0:
             logger.info("%d TAO evaluation(s) taken from the checkpoints", store.replayed)
-        with stage("replacing the output folder", comm):
+        with stage("replacing the output folder", comm), signals_deferred():
             if folder is not None:
                 logger.info("results in %s", folder.output)
                 _close_log(package_logger, handler)

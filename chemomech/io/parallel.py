@@ -145,17 +145,33 @@ def exit_on_error(main: Callable[[], int], comm: MPI.Comm = MPI.COMM_WORLD) -> i
 
 
 _received: list[int] = []
+_deferring: list[bool] = []
 
 
 def _raise_interrupted(signum: int, frame) -> None:
     _received.append(signum)
-    raise Interrupted(signum)
+    if not _deferring:
+        raise Interrupted(signum)
 
 
 def raise_if_interrupted() -> None:
     """Raise `Interrupted` again if a signal arrived (for C libraries, such as PETSc, that
     turn the exception raised in their Python callback into an error code of their own)."""
     if _received:
+        raise Interrupted(_received[-1])
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back during the block (raised when it ends), so that steps
+    that must not be cut in two, such as replacing the output folder, finish first."""
+    before = len(_received)
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    if not _deferring and len(_received) > before:
         raise Interrupted(_received[-1])
 
 
