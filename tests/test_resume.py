@@ -124,3 +124,39 @@ def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["coefficients"] == resumed["coefficients"]
     assert not (out / "checkpoints").exists() and not failed.exists()
+
+
+def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    options = dict(data=[tiny], model="M2", legendre_degree=1,
+                   uncertainty={"method": "gauss_newton"}, optimiser={"cross_check": False},
+                   dislocations={"noise_draws": 1})
+    reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
+    out = tmp_path / "killed"
+    save = EvaluationLog._save
+
+    def save_then_die(self):
+        save(self)
+        if self.path.name.startswith("chemomech_m2_M2_TAO-001") and self.outcome is None \
+                and len(self.xs) == 10:  # the second alpha of the scan, 10 evaluations in
+            raise Interrupted()
+
+    monkeypatch.setattr(EvaluationLog, "_save", save_then_die)
+    with pytest.raises(Interrupted):
+        run(RunConfig(output=out, **options), MPI.COMM_SELF)
+    monkeypatch.setattr(EvaluationLog, "_save", save)
+    done = {p.name for p in (out.with_name("killed.failed") / "checkpoints").glob("*.npz")}
+    assert {"chemomech_m1_M1_TAO-000.npz", "chemomech_m2_M2_TAO-000.npz",
+            "chemomech_m2_M2_TAO-001.npz"} == done, done
+    resumed = run(RunConfig(output=out, **options), MPI.COMM_SELF, resume=True)
+    log = (out / "log.txt").read_text()
+    assert "chemomech_m2_M2_TAO-000.npz: finished before" in log
+    assert "9 TAO evaluation(s) taken from the checkpoints" in log
+    a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
+    b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]
+    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))
+    m2, m2_ref = resumed["dislocations"], reference["dislocations"]
+    assert m2["regularisation"]["alpha"] == pytest.approx(m2_ref["regularisation"]["alpha"],
+                                                          rel=1e-10)
+    for key in ("misfit", "seminorm", "iterations"):
+        assert m2["fit"][key] == pytest.approx(m2_ref["fit"][key], rel=1e-10), key
+    assert m2["mean_density_um2"] == pytest.approx(m2_ref["mean_density_um2"], rel=1e-10)

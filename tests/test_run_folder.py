@@ -121,7 +121,7 @@ def test_cli_errors_are_one_line_and_the_log_ends_with_the_error(tiny, tmp_path,
     assert not (tmp_path / "out").exists()
     last = (tmp_path / "out.failed" / "log.txt").read_text().splitlines()[-1]
     assert " ERROR " in last and "twin00_X50" in last and "tiny.h5" in last
-    for text, key in ((f"data: []\n", "data"),
+    for text, key in (("data: []\n", "data"),
                       (f"data: {tiny / 'tiny.h5'}\nmesh: {{simplify_tol_px: 0.7}}\n",
                        "mesh.simplify_tol_px"),
                       (f"data: {tiny / 'tiny.h5'}\noutput: {config}/out\n",
