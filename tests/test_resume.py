@@ -109,7 +109,7 @@ def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(EvaluationLog, "_save", save)
     assert not out.exists()
     failed = out.with_name("killed.failed")
-    assert len(list((failed / "checkpoints").glob("*M1_TAO-000.npz"))) == 1
+    assert len(list((failed / "checkpoints").glob("*M1_TAO-000"))) == 1
     assert "interrupted by SIGINT" in (failed / "log.txt").read_text().splitlines()[-1]
 
     resumed = run(RunConfig(output=out, **options), MPI.COMM_SELF, resume=True)
@@ -144,12 +144,12 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
     with pytest.raises(Interrupted):
         run(RunConfig(output=out, **options), MPI.COMM_SELF)
     monkeypatch.setattr(EvaluationLog, "_save", save)
-    done = {p.name for p in (out.with_name("killed.failed") / "checkpoints").glob("*.npz")}
-    assert {"chemomech_m1_M1_TAO-000.npz", "chemomech_m2_M2_TAO-000.npz",
-            "chemomech_m2_M2_TAO-001.npz"} == done, done
+    done = {p.name for p in (out.with_name("killed.failed") / "checkpoints").glob("*TAO*")}
+    assert {"chemomech_m1_M1_TAO-000", "chemomech_m2_M2_TAO-000",
+            "chemomech_m2_M2_TAO-001"} == done, done
     resumed = run(RunConfig(output=out, **options), MPI.COMM_SELF, resume=True)
     log = (out / "log.txt").read_text()
-    assert "chemomech_m2_M2_TAO-000.npz: finished before" in log
+    assert "chemomech_m2_M2_TAO-000: finished before" in log
     assert "9 TAO evaluation(s) taken from the checkpoints" in log
     a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
     b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]

@@ -232,7 +232,9 @@ def _same_point(x: np.ndarray, recorded: np.ndarray) -> bool:
 class EvaluationLog:
     """The checkpoint of one `minimise` call on one rank: its evaluations and its outcome.
 
-    Saved atomically (npz) after every evaluation; `wrap` replays it (module docstring)."""
+    A folder with one small npz per evaluation (``eval-00012.npz``: x, J, dJ/dx, each written
+    atomically as it is made) and ``outcome.npz`` when the call finished, when only the first
+    evaluation is kept (to check the problem on resume).  `wrap` replays it."""
 
     def __init__(self, path: Path, comm: MPI.Comm, size: int):
         self.path, self.comm = path, comm
@@ -242,25 +244,40 @@ class EvaluationLog:
         self.gs: list[np.ndarray] = []
         self.outcome: dict | None = None
         self.calls = self.replayed = 0
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                self.xs, self.Js, self.gs = list(z["xs"]), list(z["Js"]), list(z["gs"])
-                if "outcome_x" in z.files:
-                    self.outcome = {k[len("outcome_"):]: z[k][()] for k in z.files
-                                    if k.startswith("outcome_")}
+        while (path / self._name(len(self.xs))).exists():
+            with np.load(path / self._name(len(self.xs)), allow_pickle=False) as z:
+                self.xs.append(z["x"])
+                self.Js.append(float(z["J"]))
+                self.gs.append(z["g"])
+        if self.xs and (path / "outcome.npz").exists():
+            with np.load(path / "outcome.npz", allow_pickle=False) as z:
+                self.outcome = {k: z[k][()] for k in z.files}
+
+    @staticmethod
+    def _name(i: int) -> str:
+        return f"eval-{i:05d}.npz"
 
     def _all(self, flag: bool) -> bool:
         return bool(self.comm.allreduce(bool(flag), op=MPI.LAND))
 
     def _save(self) -> None:
-        arrays = {"xs": np.array(self.xs), "Js": np.array(self.Js), "gs": np.array(self.gs)}
+        """Write the newest evaluation, or the outcome once there is one."""
+        self.path.mkdir(parents=True, exist_ok=True)
         if self.outcome is not None:
-            arrays |= {f"outcome_{k}": np.asarray(v) for k, v in self.outcome.items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            np.savez(tmp, **arrays)
+            with atomic_path(self.path / "outcome.npz") as tmp:
+                np.savez(tmp, **{k: np.asarray(v) for k, v in self.outcome.items()})
+            for i in range(1, len(self.xs)):  # a finished call needs only its first one
+                (self.path / self._name(i)).unlink(missing_ok=True)
+            return
+        i = len(self.xs) - 1
+        with atomic_path(self.path / self._name(i)) as tmp:
+            np.savez(tmp, x=self.xs[i], J=self.Js[i], g=self.gs[i])
 
     def _discard(self, keep: int) -> None:
+        """Forget the evaluations from `keep` on (and the outcome), on disk too."""
+        for i in range(keep, len(self.xs)):
+            (self.path / self._name(i)).unlink(missing_ok=True)
+        (self.path / "outcome.npz").unlink(missing_ok=True)
         del self.xs[keep:], self.Js[keep:], self.gs[keep:]
         self.outcome = None
 
@@ -329,7 +346,7 @@ class Checkpoints:
         self.counts[label] = n + 1
         name = "".join(c if c.isalnum() else "_" for c in label)
         suffix = f".rank{comm.rank}" if comm.size > 1 else ""
-        log = EvaluationLog(self.folder / f"{name}-{n:03d}{suffix}.npz", comm, size)
+        log = EvaluationLog(self.folder / f"{name}-{n:03d}{suffix}", comm, size)
         self.logs.append(log)
         return log
 

@@ -114,6 +114,8 @@ class RunFolder:
 
     def _check_target(self) -> None:
         out = self.output
+        if out == out.parent:
+            raise ConfigError(f"output {out}: a run needs a folder of its own, not the root")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"output {out} exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and \
