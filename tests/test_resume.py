@@ -88,6 +88,32 @@ def tiny(tmp_path_factory):
                                 length_nm=700.0, width_nm=450.0, pixel_size_nm=25.0)
 
 
+def killed_run(config: RunConfig, when, monkeypatch) -> None:
+    """Run `config`, interrupted right after the checkpoint for which `when(log)` holds."""
+    save = EvaluationLog._save
+
+    def save_then_die(log):
+        save(log)
+        if log.outcome is None and when(log):
+            raise Interrupted()
+
+    monkeypatch.setattr(EvaluationLog, "_save", save_then_die)
+    with pytest.raises(Interrupted):
+        run(config, MPI.COMM_SELF)
+    monkeypatch.setattr(EvaluationLog, "_save", save)
+
+
+def resume_and_compare(config: RunConfig, reference: dict, replayed: int) -> tuple[dict, str]:
+    """Resume `config`; its coefficients equal the uninterrupted `reference` to 1e-10."""
+    resumed = run(config, MPI.COMM_SELF, resume=True)
+    log = (config.output / "log.txt").read_text()
+    assert f"{replayed} TAO evaluation(s) taken from the checkpoints" in log
+    a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
+    b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]
+    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))
+    return resumed, log
+
+
 def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     options = dict(data=[tiny], model="M1", legendre_degree=2,
                    uncertainty={"method": "gauss_newton"},
@@ -95,31 +121,20 @@ def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
     out = tmp_path / "killed"
     saves = {"n": 0}
-    save = EvaluationLog._save
 
-    def save_then_die(self):
-        save(self)
+    def fourth(log):  # killed right after the 4th TAO checkpoint
         saves["n"] += 1
-        if saves["n"] == 4:  # killed right after the 4th TAO checkpoint
-            raise Interrupted()
+        return saves["n"] == 4
 
-    monkeypatch.setattr(EvaluationLog, "_save", save_then_die)
-    with pytest.raises(Interrupted):
-        run(RunConfig(output=out, **options), MPI.COMM_SELF)
-    monkeypatch.setattr(EvaluationLog, "_save", save)
+    killed_run(RunConfig(output=out, **options), fourth, monkeypatch)
     assert not out.exists()
     failed = out.with_name("killed.failed")
     assert len(list((failed / "checkpoints").glob("*M1_TAO-000"))) == 1
     assert "interrupted by SIGINT" in (failed / "log.txt").read_text().splitlines()[-1]
 
-    resumed = run(RunConfig(output=out, **options), MPI.COMM_SELF, resume=True)
-    log = (out / "log.txt").read_text()
-    assert "resuming from the checkpoints" in log
     # evaluations 2-4 replayed (the first one is recomputed to check the checkpoint)
-    assert "3 TAO evaluation(s) taken from the checkpoints" in log
-    a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
-    b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]
-    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))
+    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 3)
+    assert "resuming from the checkpoints" in log
     assert resumed["fit"]["iterations"] == reference["fit"]["iterations"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["coefficients"] == resumed["coefficients"]
@@ -132,31 +147,21 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
                    dislocations={"noise_draws": 1})
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
     out = tmp_path / "killed"
-    save = EvaluationLog._save
 
-    def save_then_die(self):
-        save(self)
-        if self.path.name.startswith("chemomech_m2_M2_TAO-001") and self.outcome is None \
-                and len(self.xs) == 10:  # the second alpha of the scan, 10 evaluations in
-            raise Interrupted()
+    def second_alpha(log):  # the second alpha of the scan, 10 evaluations in
+        return log.path.name == "chemomech_m2_M2_TAO-001" and len(log.xs) == 10
 
-    monkeypatch.setattr(EvaluationLog, "_save", save_then_die)
-    with pytest.raises(Interrupted):
-        run(RunConfig(output=out, **options), MPI.COMM_SELF)
-    monkeypatch.setattr(EvaluationLog, "_save", save)
+    killed_run(RunConfig(output=out, **options), second_alpha, monkeypatch)
     done = {p.name for p in (out.with_name("killed.failed") / "checkpoints").glob("*TAO*")}
     assert {"chemomech_m1_M1_TAO-000", "chemomech_m2_M2_TAO-000",
             "chemomech_m2_M2_TAO-001"} == done, done
-    resumed = run(RunConfig(output=out, **options), MPI.COMM_SELF, resume=True)
-    log = (out / "log.txt").read_text()
+    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 9)
     assert "chemomech_m2_M2_TAO-000: finished before" in log
-    assert "9 TAO evaluation(s) taken from the checkpoints" in log
-    a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
-    b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]
-    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))
     m2, m2_ref = resumed["dislocations"], reference["dislocations"]
     assert m2["regularisation"]["alpha"] == pytest.approx(m2_ref["regularisation"]["alpha"],
                                                           rel=1e-10)
-    for key in ("misfit", "seminorm", "iterations"):
+    # (not the iteration count of the calls after the resumed one: like two uninterrupted
+    # runs, which MUMPS makes equal only to the last bit, TAO may stop one iteration apart)
+    for key in ("misfit", "seminorm"):
         assert m2["fit"][key] == pytest.approx(m2_ref["fit"][key], rel=1e-10), key
     assert m2["mean_density_um2"] == pytest.approx(m2_ref["mean_density_um2"], rel=1e-10)
