@@ -37,6 +37,7 @@ from chemomech.correlative.frames import (
     strain_crystal_from_image,
 )
 from chemomech.correlative.prepared import PreparedParticle, prepare_particle, used_pixels
+from chemomech.exceptions import ConfigError
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
 from chemomech.io.parallel import describe, signals_deferred, stage
@@ -212,6 +213,11 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
     from chemomech.inverse.optimise import checkpointing
 
     t_start = time.perf_counter()
+    with stage("checking the inputs", comm):  # before the output folder is touched
+        for entry in config.data:
+            for path in entry if isinstance(entry, list) else [entry]:
+                if not Path(path).exists():
+                    raise ConfigError(f"data: no such file {path}")
     folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
     with stage("opening the output folder", comm):
         if folder is not None:

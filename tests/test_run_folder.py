@@ -115,6 +115,10 @@ def tiny(tmp_path_factory):
 
 def test_cli_errors_are_one_line_and_the_log_ends_with_the_error(tiny, tmp_path, caplog):
     config = tmp_path / "bad.yaml"
+    config.write_text("data: missing.h5\nmodel: M1\noutput: out\n")
+    assert main(["invert", str(config)]) == 2
+    assert "data: no such file" in caplog.text and "missing.h5" in caplog.text
+    assert list(tmp_path.iterdir()) == [config]  # checked before the folder is touched
     config.write_text(f"data: {tiny / 'tiny.h5'}\nmodel: M1\noutput: out\n"
                       "mesh: {min_island_px: 100000}\n")
     assert main(["invert", str(config)]) == 2
