@@ -137,9 +137,16 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `chemomech STEP: error: ...`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `chemomech`, one subparser per entry of COMMANDS."""
-    parser = argparse.ArgumentParser(prog="chemomech", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="chemomech", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add, cmd, text) in COMMANDS.items():
@@ -156,12 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     Errors are one line on stderr (`chemomech.io.parallel.exit_on_error`): domain and
     file-system errors exit 2, SIGINT 130 and SIGTERM 143 (both clean up temporaries first),
     bugs 1 with a traceback; under MPI an error on one rank ends every rank."""
-    from chemomech.io.parallel import exit_on_error, install_signal_handlers
+    from chemomech.io.parallel import (
+        exit_on_error,
+        install_signal_handlers,
+        restore_signal_handlers,
+    )
 
     def command() -> int:
         args = build_parser().parse_args(argv)
         _setup_logging(args.verbose)
         return args.func(args)
 
-    install_signal_handlers()
-    return exit_on_error(command)
+    previous = install_signal_handlers()
+    try:
+        return exit_on_error(command)
+    finally:
+        restore_signal_handlers(previous)

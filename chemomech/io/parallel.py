@@ -175,10 +175,20 @@ def signals_deferred() -> Iterator[None]:
         raise Interrupted(_received[-1])
 
 
-def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM raise `Interrupted` (main thread only; elsewhere a no-op)."""
+def install_signal_handlers() -> dict:
+    """SIGINT and SIGTERM raise `Interrupted`; returns the previous handlers (main thread
+    only; elsewhere a no-op returning {})."""
+    previous = {}
+    _received.clear()
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _raise_interrupted)
+            previous[signum] = signal.signal(signum, _raise_interrupted)
     except ValueError:  # not the main thread
         pass
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    """Put back the handlers `install_signal_handlers` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
