@@ -91,6 +91,14 @@ class DislocationsConfig(_Strict):
     max_it: int = Field(2000, ge=1)
     grtol: float = Field(1e-7, ge=0)
 
+    @field_validator("alpha_decades")
+    @classmethod
+    def _descending(cls, value):
+        if value[0] < value[1]:
+            raise ValueError("the scan runs from alpha_0 10^k0 down to alpha_0 10^k1: "
+                             f"need k0 >= k1, got {list(value)}")
+        return value
+
 
 class GaugeConfig(_Strict):
     """A user-set gauge of the law: f_a(X) = f_a and f_c(X) = f_c."""

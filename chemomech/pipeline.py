@@ -245,6 +245,10 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
             for path in entry if isinstance(entry, list) else [entry]:
                 if not Path(path).exists():
                     raise ConfigError(f"data: no such file {path}")
+        if config.model == "M2":  # slip-system labels and M2 options, before M1 runs
+            from chemomech.dislocations.settings import M2Settings
+
+            M2Settings.from_config(config)
     folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
     with stage("opening the output folder", comm):
         if folder is not None:

@@ -119,6 +119,11 @@ def test_cli_errors_are_one_line_and_the_log_ends_with_the_error(tiny, tmp_path,
     assert main(["invert", str(config)]) == 2
     assert "data: no such file" in caplog.text and "missing.h5" in caplog.text
     assert list(tmp_path.iterdir()) == [config]  # checked before the folder is touched
+    config.write_text(f"data: {tiny / 'tiny.h5'}\nmodel: M2\noutput: out\n"
+                      "dislocations: {slip_systems: [Z9]}\n")
+    assert main(["invert", str(config)]) == 2
+    assert "Z9" in caplog.text.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == [config]
     config.write_text(f"data: {tiny / 'tiny.h5'}\nmodel: M1\noutput: out\n"
                       "mesh: {min_island_px: 100000}\n")
     assert main(["invert", str(config)]) == 2
@@ -128,6 +133,8 @@ def test_cli_errors_are_one_line_and_the_log_ends_with_the_error(tiny, tmp_path,
     for text, key in (("data: []\n", "data"),
                       (f"data: {tiny / 'tiny.h5'}\nmesh: {{simplify_tol_px: 0.7}}\n",
                        "mesh.simplify_tol_px"),
+                      (f"data: {tiny / 'tiny.h5'}\ndislocations: {{alpha_decades: [-3, 2]}}\n",
+                       "dislocations.alpha_decades"),
                       (f"data: {tiny / 'tiny.h5'}\noutput: {config}/out\n",
                        "cannot create its parent folder")):
         caplog.clear()
