@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-pyadjoint = pytest.importorskip("pyadjoint")
+import dolfinx  # noqa: E402
+import pyadjoint  # noqa: E402
 
 from chemomech.analysis.report import plot_density_map  # noqa: E402
 from chemomech.analysis.residual import m2_model_errors  # noqa: E402

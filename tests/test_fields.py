@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
+import dolfinx  # noqa: E402
 
 import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
+import dolfinx  # noqa: E402
 
 from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
 from chemomech.exceptions import InputError  # noqa: E402

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-pytest.importorskip("dolfinx")
 
 from chemomech.cli import main  # noqa: E402
 from chemomech.config import RunConfig  # noqa: E402

@@ -28,7 +28,6 @@ from chemomech.synth import (
     vegard_coefficients,
 )
 
-pytest.importorskip("dolfinx")
 
 from chemomech.correlative.frames import (  # noqa: E402
     curl_field,

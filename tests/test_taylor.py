@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-pyadjoint = pytest.importorskip("pyadjoint")
+import dolfinx  # noqa: E402
+import pyadjoint  # noqa: E402
 
 from pyadjoint import AdjFloat, taylor_test  # noqa: E402
 
