@@ -280,7 +280,7 @@ def interface_distance(mask: np.ndarray, spec: ParticleSpec) -> np.ndarray:
 
 
 def signed_distance(x, y, point: np.ndarray, normal: np.ndarray):
-    """s = n . ((x, y) - point) (nm): signed distance to the plane through `point` (numpy or UFL)."""
+    """s = n . ((x, y) - point) (nm): signed distance to the plane through `point` (numpy, UFL)."""
     return (x - point[0]) * normal[0] + (y - point[1]) * normal[1]
 
 

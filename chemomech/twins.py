@@ -396,3 +396,69 @@ def observed_composition(X_law, shape: tuple[int, int], h: float, blur_px: float
     gi, gj = np.meshgrid((np.arange(shape[0]) + di + pad) * s, (np.arange(shape[1]) + dj + pad)
                          * s, indexing="ij")
     return ndimage.map_coordinates(blurred, [gi, gj], order=3, mode="nearest")
+
+
+# --------------------------------------------------------------------------- verification helpers
+
+#: X range over which the law is checked (the study's particles hold 0.03 ... 0.97).
+CHECK_X = np.linspace(0.05, 0.95, 19)
+
+
+def verification_spec(seed: int, noise_composition: float = 0.0, **kw) -> ParticleSpec:
+    """A small two-phase twin (900 x 550 nm, 16.6 nm px) with a quadratic law, drawn by seed:
+    rotation U(-pi/2, pi/2), mean X U(0.35, 0.65), interface normal (101) + U(-0.25, 0.25)."""
+    from chemomech.synth import INTERFACE_101_RAD, vegard_coefficients
+
+    rng = np.random.default_rng([seed, 15])
+    a, c = vegard_coefficients(quadratic_a=0.004, quadratic_c=-0.002)
+    args = dict(rotation_rad=float(rng.uniform(-np.pi / 2, np.pi / 2)), length_nm=900.0,
+                width_nm=550.0, noise_strain=1e-3, noise_composition=noise_composition,
+                interface_normal_rad=float(INTERFACE_101_RAD + rng.uniform(-0.25, 0.25)),
+                coefficients_a=tuple(a), coefficients_c=tuple(c), seed=seed) | kw
+    return ParticleSpec(f"twin{seed}", float(rng.uniform(0.35, 0.65)), **args)
+
+
+def strain_model_builder(particle, fe_degree: int = 1, edge_exclusion_px: int = 2):
+    """build(X_image, mesh_size_px) -> M1Model (degree 2, strain misfit, COMM_SELF) of `particle`
+    as the pipeline builds it (mesh of the pixel mask, measured image-frame strain)."""
+    from mpi4py import MPI
+
+    from chemomech.correlative.displacement import measured_strain
+    from chemomech.inverse.problem import M1Model, particle_setup
+    from chemomech.mechanics.mesh import mesh_from_mask
+
+    e = measured_strain(particle)
+    strain = np.stack([e["e_xx"], e["e_yy"], e["e_xy"]], axis=-1)
+    meshes: dict[float, object] = {}
+
+    def build(X_image: np.ndarray, mesh_size_px: float):
+        if mesh_size_px not in meshes:
+            meshes[mesh_size_px] = mesh_from_mask(particle.mask, particle.pixel_size_nm,
+                                                  MPI.COMM_SELF, mesh_size_px=mesh_size_px)
+        setup = particle_setup(particle.name, meshes[mesh_size_px], X_image,
+                               particle.rotation_rad, edge_exclusion_px=edge_exclusion_px,
+                               fe_degree=fe_degree, strain=strain)
+        return M1Model([setup], degree=2, comm=MPI.COMM_SELF)
+    return build
+
+
+def law_error(coefficients, truth: dict, X: np.ndarray = CHECK_X) -> tuple[float, float]:
+    """max_X |f - f_true| / range(f_true) for f_a and f_c (numpy Legendre, not the package's)."""
+    leg = np.polynomial.legendre.legval
+    a, c = np.split(np.asarray(coefficients, dtype=float), 2)
+    out = []
+    for est, key in ((a, "coefficients_a"), (c, "coefficients_c")):
+        true = leg(2 * X - 1, truth[key])
+        out.append(float(np.abs(leg(2 * X - 1, est) - true).max() / np.ptp(true)))
+    return out[0], out[1]
+
+
+def band_covers(band: dict, truth: dict) -> np.ndarray:
+    """Boolean (2, len(X)): does the band of f_a (row 0) and f_c (row 1) hold the true law?"""
+    leg = np.polynomial.legendre.legval
+    X = np.asarray(band["X"])
+    rows = []
+    for d, key in (("a", "coefficients_a"), ("c", "coefficients_c")):
+        true = leg(2 * X - 1, truth[key])
+        rows.append((band[f"{d}_lo"] <= true) & (true <= band[f"{d}_hi"]))
+    return np.array(rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-
 from chemomech.cli import COMMANDS, build_parser, main  # noqa: E402
 from chemomech.io.stack import read_stack  # noqa: E402
 

@@ -3,12 +3,11 @@ twin recovery of a known slip field and GND density, alpha rules, 1 vs 2 ranks."
 
 from __future__ import annotations
 
+import dolfinx  # noqa: E402
 import numpy as np
+import pyadjoint  # noqa: E402
 import pytest
 from mpi4py import MPI
-
-import dolfinx  # noqa: E402
-import pyadjoint  # noqa: E402
 
 from chemomech.analysis.report import plot_density_map  # noqa: E402
 from chemomech.analysis.residual import m2_model_errors  # noqa: E402
@@ -224,6 +223,7 @@ def test_compare_systems_prefers_the_true_one(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_one_and_two_ranks_agree(twin_config):
     world = MPI.COMM_WORLD
     particle = _twin()
@@ -266,6 +266,7 @@ def test_blmvm_and_bqnls_agree(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_two_particles_joint_fit_is_rank_independent(twin_config):
     spec = {"length_nm": 900, "width_nm": 600, "pixel_size_nm": 25, "slip_amplitude": 0.01,
             "slip_width_nm": 120, "noise_strain": NOISE, "noise_composition": 0.01}

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mpi4py import MPI
-
-import dolfinx  # noqa: E402
-
 import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
+from mpi4py import MPI
 
 from chemomech.exceptions import InputError  # noqa: E402
 from chemomech.mechanics.fields import PixelSampler, image_to_function, sample_expression  # noqa: E402

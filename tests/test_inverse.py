@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import dolfinx  # noqa: E402
-
 from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
 from chemomech.exceptions import InputError  # noqa: E402
 from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles  # noqa: E402
@@ -112,6 +110,7 @@ def test_zero_tolerances_stop_at_rounding_level(twin):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 @pytest.mark.parametrize("method", ["linear", "tao"])
 def test_distributed_fit_equals_serial(twin, method):
     world = MPI.COMM_WORLD

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import dolfinx  # noqa: E402
 import numpy as np
 import pytest
-from mpi4py import MPI
-
-import dolfinx  # noqa: E402
-
 import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
+from mpi4py import MPI
 
 from chemomech.exceptions import InputError  # noqa: E402
 from chemomech.mechanics.mesh import (  # noqa: E402

@@ -9,10 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-import dolfinx  # noqa: E402
-import pyadjoint  # noqa: E402
-
 from pyadjoint import AdjFloat, taylor_test  # noqa: E402
 
 from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import dolfinx  # noqa: E402
-
 from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
 from chemomech.exceptions import InputError  # noqa: E402
 from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
@@ -185,6 +183,7 @@ def test_leave_one_particle_out():
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_integrated_noise_covariance_is_rank_independent(clean):
     particle, _ = clean
     noisy = _noisy(particle, 3)
