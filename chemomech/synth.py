@@ -640,7 +640,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'model': the inversion's own discretisation (mesh of the pixel "
                              "mask, P1 X); 'independent': chemomech.twins (smooth outline, "
                              "P2 on h/k, pointwise X, pixel-averaged strain) (default model)")
-    parser.add_argument("--supersample", type=int, default=3,
+    parser.add_argument("--supersample", type=float, default=3.0,
                         help="independent: element size pixel/k (default 3)")
     parser.add_argument("--blur", type=float, default=0.0,
                         help="independent: Gaussian std of the X blur in px (default 0)")

@@ -56,7 +56,7 @@ class TwinOptions:
     "average" (mean of the two phases' 3-D tensors) or "mixed" (C(X)).
     """
 
-    supersample: int = 3
+    supersample: float = 3.0
     degree: int = 2
     n_sub: int = 4
     blur_px: float = 0.0
@@ -64,7 +64,7 @@ class TwinOptions:
     stiffness: str = "average"
 
     def __post_init__(self) -> None:
-        checks = {"supersample": self.supersample >= 1, "degree": self.degree in (1, 2, 3),
+        checks = {"supersample": self.supersample >= 1.0, "degree": self.degree in (1, 2, 3),
                   "n_sub": self.n_sub >= 1, "blur_px": self.blur_px >= 0,
                   "shift_px": len(self.shift_px) == 2,
                   "stiffness": self.stiffness in ("average", "mixed")}

@@ -8,17 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dolfinx  # noqa: E402
+import dolfinx
 import numpy as np
 import pytest
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-from dolfinx import mesh as dmesh  # noqa: E402
+import ufl
+from dolfinx import fem
+from dolfinx import mesh as dmesh
 from mpi4py import MPI
 
-from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem  # noqa: E402
-from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem
+from chemomech.mechanics.materials import Material
 
 ROOT = Path(__file__).resolve().parents[1]
 UFL_FILE = ROOT / "forms" / "elasticity.py"

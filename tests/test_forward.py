@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-from dolfinx import mesh as dmesh  # noqa: E402
+import ufl
+from dolfinx import fem
+from dolfinx import mesh as dmesh
 from mpi4py import MPI
 
-from chemomech.mechanics.fields import image_to_function  # noqa: E402
-from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
-from chemomech.mechanics.materials import (  # noqa: E402
+from chemomech.mechanics.fields import image_to_function
+from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm
+from chemomech.mechanics.materials import (
     Material,
     isotropic_plane_tensor,
     rotation_matrix,
 )
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask
 
 H = 4.0  # nm per pixel
 

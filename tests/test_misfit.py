@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dolfinx import fem, mesh  # noqa: E402
+from dolfinx import fem, mesh
 from mpi4py import MPI
 
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse.misfit import (  # noqa: E402
+from chemomech.exceptions import InputError
+from chemomech.inverse.misfit import (
     DisplacementMisfit,
     StrainMisfit,
     rigid_mode_basis,
     strain_observation_matrix,
 )
-from chemomech.io.stack import interior_pixels  # noqa: E402
-from chemomech.mechanics.fields import PixelSampler  # noqa: E402
+from chemomech.io.stack import interior_pixels
+from chemomech.mechanics.fields import PixelSampler
 
 H = 10.0  # pixel size, nm
 NX, NY = 16, 10

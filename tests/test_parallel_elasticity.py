@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dolfinx import fem, mesh  # noqa: E402
+from dolfinx import fem, mesh
 from mpi4py import MPI
 
-from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem, l2_norm  # noqa: E402
-from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem, l2_norm
+from chemomech.mechanics.materials import Material
 
 
 def _displacement_norm(comm: MPI.Comm, solver: str) -> float:

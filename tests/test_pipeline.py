@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from chemomech.cli import main  # noqa: E402
-from chemomech.config import RunConfig  # noqa: E402
-from chemomech.demo import truth_error  # noqa: E402
-from chemomech.pipeline import run  # noqa: E402
-from chemomech.synth import make_default_dataset  # noqa: E402
+from chemomech.cli import main
+from chemomech.config import RunConfig
+from chemomech.demo import truth_error
+from chemomech.pipeline import run
+from chemomech.synth import make_default_dataset
 
 STABLE_KEYS = {"model", "legendre_degree", "reference", "coefficients", "covariance",
                "eigenstrain_curve", "model_error", "residual_incompatibility_rms",

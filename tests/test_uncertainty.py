@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
-from chemomech.inverse.selection import select_degree  # noqa: E402
-from chemomech.inverse.uncertainty import (  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain
+from chemomech.exceptions import InputError
+from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.selection import select_degree
+from chemomech.inverse.uncertainty import (
     covariance,
     derivative_band,
     eigenstrain_band,
@@ -21,9 +21,9 @@ from chemomech.inverse.uncertainty import (  # noqa: E402
     noise_variance,
     strain_noise_sampler,
 )
-from chemomech.mechanics import legendre  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
-from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
+from chemomech.mechanics import legendre
+from chemomech.mechanics.mesh import mesh_from_mask
+from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients
 
 logger = logging.getLogger(__name__)
 
