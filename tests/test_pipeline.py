@@ -14,6 +14,7 @@ from chemomech.config import RunConfig
 from chemomech.demo import truth_error
 from chemomech.pipeline import run
 from chemomech.synth import make_default_dataset
+from chemomech.twins import TwinOptions
 
 STABLE_KEYS = {"model", "legendre_degree", "reference", "coefficients", "covariance",
                "eigenstrain_curve", "model_error", "residual_incompatibility_rms",
@@ -22,10 +23,12 @@ STABLE_KEYS = {"model", "legendre_degree", "reference", "coefficients", "covaria
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
-    """Three small twin particles (FP, LxFP, LFP) with strain noise 1e-3, shared by the tests."""
+    """Three small twin particles (FP, LxFP, LFP) with strain noise 1e-3, shared by the tests;
+    made by the independent generator (chemomech.twins), not the inversion's discretisation."""
     path = tmp_path_factory.mktemp("twins") / "twins.h5"
     make_default_dataset(path, seed=3, n_particles=3, comm=MPI.COMM_SELF, length_nm=1200.0,
-                         width_nm=700.0, pixel_size_nm=25.0)
+                         width_nm=700.0, pixel_size_nm=25.0,
+                         independent=TwinOptions(supersample=2))
     return path
 
 
