@@ -10,7 +10,8 @@ noise 0.05, blur 1 px and registration uncertainty 0.5 px).  Writes
 bench/results/calibrated_bands.json: pointwise coverage per X, per-dataset covered
 fractions, law errors (max |f - f_true| / range).
 
-  scripts/in-env python3 bench/calibrated_bands.py [N_SEEDS]
+  scripts/in-env python3 bench/calibrated_bands.py [N_SEEDS [CASES [OUT]]]
+  (CASES: comma-separated of clean, dirty, dirty_no_bias_correction)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from chemomech.twins import (  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results" / "calibrated_bands.json"
 
 
-def run_case(seed: int, dirty: bool) -> dict:
+def run_case(seed: int, dirty: bool, bias_correction: bool = True) -> dict:
     rng = np.random.default_rng([seed, 99])
     angle = rng.uniform(0.0, 2.0 * np.pi)
     options = TwinOptions(supersample=2, blur_px=1.0 if dirty else 0.0,
@@ -60,7 +61,8 @@ def run_case(seed: int, dirty: bool) -> dict:
                          block_nm=8 * particle.pixel_size_nm,
                          noise_composition=0.05 if dirty else 0.0,
                          registration_px=0.5 if dirty else 0.0,
-                         blur_px=1.0 if dirty else 0.0, n_draws=12, seed=seed)
+                         blur_px=1.0 if dirty else 0.0, n_draws=12, seed=seed,
+                         bias_correction=bias_correction)
     band = calibrated_band(cal["coefficients"], cal["covariance"], cal["dof"], CHECK_X)
     covers = band_covers(band, particle.truth)
     plain = band_covers(eigenstrain_band(fit.coefficients, gn, CHECK_X), particle.truth)
@@ -72,10 +74,15 @@ def run_case(seed: int, dirty: bool) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def main(n_seeds: int = 12) -> None:
+CASES = {"clean": (False, True), "dirty": (True, True), "dirty_no_bias_correction": (True, False)}
+
+
+def main(n_seeds: int = 12, cases: tuple[str, ...] = ("clean", "dirty"),
+         out: Path = OUT) -> None:
     results = {"X": CHECK_X.tolist(), "level": 0.95, "cases": {}}
-    for case in ("clean", "dirty"):
-        rows = [run_case(seed, case == "dirty") for seed in range(n_seeds)]
+    for case in cases:
+        dirty, bias_correction = CASES[case]
+        rows = [run_case(seed, dirty, bias_correction) for seed in range(n_seeds)]
         covers = np.array([r["covers"] for r in rows])  # (seeds, 2, X)
         results["cases"][case] = {
             "n_seeds": n_seeds,
@@ -90,9 +97,11 @@ def main(n_seeds: int = 12) -> None:
             "runs": rows}
         print(case, {k: v for k, v in results["cases"][case].items() if k != "runs"},
               flush=True)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1))
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 12)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 12,
+         tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("clean", "dirty"),
+         Path(sys.argv[3]) if len(sys.argv) > 3 else OUT)

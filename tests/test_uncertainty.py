@@ -1,4 +1,10 @@
-"""Uncertainty bands (formulas and coverage over repeated noise seeds) and degree selection."""
+"""Uncertainty bands (formulas and coverage over repeated noise seeds) and degree selection.
+
+The twins here come from the inversion's own discretisation (chemomech.synth) on purpose:
+these tests check the noise model alone, so the data must be the exact discrete model plus
+noise.  Coverage on independent twins (model error, composition errors) is in
+tests/test_twins.py and bench/calibrated_bands.py.
+"""
 
 from __future__ import annotations
 

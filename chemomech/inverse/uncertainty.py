@@ -188,10 +188,13 @@ def integrated_noise_covariance(model, fit, samplers: Mapping[str, Callable],
 #     N^-1 (sum_B s_B s_B^T) N^-1 over square pixel blocks B, s_B = G_B^T r_B the block score
 #     of the projected residual r = P d - G a (CR1 factor g / (g - 1), g blocks); residuals
 #     correlated within a block, whatever their cause, enter at their actual size;
-#   * `errors_in_variables`: Monte Carlo over X draws (extra noise of the stated std and a
-#     random registration offset of the stated std), refitting each draw: the spread is the
-#     X-error covariance, the mean shift the noise-attenuation bias, removed by linear SIMEX
-#     extrapolation (lambda = 1 -> -1);
+#   * `noise_floor`: the sandwich, never below the Gauss-Newton covariance;
+#   * `calibrated_fit`: the mesh-refinement estimate of the discretisation error (fit on the
+#     mesh refined once; the change enters as delta delta^T);
+#   * `errors_in_variables`: Monte Carlo over X draws (a parametric bootstrap: noise of the
+#     stated std on a smoothed X, and a random registration offset of the stated std),
+#     refitting each draw: the spread is the X-error covariance, the mean shift the noise
+#     bias; a stated blur enters by the change of the fit when blurred once more;
 #   * `calibrated_band`: the band with Student-t quantile on g - p degrees of freedom.
 
 
@@ -263,65 +266,71 @@ def noise_floor(sandwich: np.ndarray, gauss_newton: np.ndarray) -> np.ndarray:
 
 
 def shifted_image(image: np.ndarray, shift_px: Sequence[float]) -> np.ndarray:
-    """image(i + di, j + dj) by bilinear interpolation (edge values beyond the border)."""
+    """image(i + di, j + dj) by bilinear interpolation, NaN pixels filled by the nearest value."""
     from scipy import ndimage
 
-    filled = np.where(np.isfinite(image), image, np.nanmean(image))
+    from chemomech.mechanics.mesh import fill_nearest
+
     i, j = np.meshgrid(np.arange(image.shape[0]) + float(shift_px[0]),
                        np.arange(image.shape[1]) + float(shift_px[1]), indexing="ij")
-    return ndimage.map_coordinates(filled, [i, j], order=1, mode="nearest")
+    return ndimage.map_coordinates(fill_nearest(image), [i, j], order=1, mode="nearest")
 
 
 def errors_in_variables(refit: Callable[[np.ndarray], np.ndarray], X: np.ndarray,
                         mask: np.ndarray, noise_composition: float, registration_px: float,
                         blur_px: float = 0.0, n_draws: int = 12, seed: int = 0,
-                        ) -> dict[str, np.ndarray]:
-    r"""Monte Carlo over composition maps: bias-corrected coefficients and the X covariance.
+                        bias_correction: bool = True) -> dict[str, np.ndarray]:
+    r"""Monte Carlo over composition maps: coefficients and the covariance of X errors.
 
-    `refit(X_image)` returns the coefficient vector; :math:`a_0 = \mathrm{refit}(X)`.
-      * Noise bias (linear SIMEX): refits of :math:`X + e_k`,
-        :math:`e_k \sim N(0, \sigma_X^2)` per pixel (clipped to [0, 1]), carry twice the data's
-        noise, so :math:`b_X = ar a_e - a_0` estimates the attenuation bias.
-      * Blur bias (SIMEX on the variance of a Gaussian blur): :math:`b_B = a(G_{\sigma_B} * X)
-        - a_0` for the stated blur std :math:`\sigma_B` (px) of the X map.
-      * Covariance: the spread of refits of :math:`X(\cdot + \delta_k) + e_k`,
-        :math:`\delta_k \sim N(0, \sigma_r^2 I)` px (registration), plus the Monte Carlo
-        error of :math:`b_X`.
-    Returns ``coefficients`` :math:`a_0 - b_X - b_B`, ``covariance``, ``bias`` and ``draws``.
+    `refit(X_image)` returns the coefficient vector; :math:`a_0 = \mathrm{refit}(X)`.  X is
+    extended beyond the mask by its nearest value before it is shifted or blurred.
+      * Noise (parametric bootstrap): :math:`\hat X` = X smoothed (Gaussian, 1 px) stands for
+        the noise-free map; refits of :math:`\mathrm{clip}(\hat X + e_k)`,
+        :math:`e_k \sim N(0, \sigma_X^2)` per pixel, give the noise bias
+        :math:`b_X = \bar a_e - a(\hat X)` (removed when `bias_correction`) and spread.
+      * Registration: refits of :math:`\mathrm{clip}(\hat X(\cdot + \delta_k) + e_k)`,
+        :math:`\delta_k \sim N(0, \sigma_r^2 I)` px: their covariance (it contains the noise).
+      * Blur: :math:`d_B = a(G_{\sigma_B} * X) - a_0`, the change when the map is blurred once
+        more by the stated std (px), enters as :math:`d_B d_B^T` (not removed).
+    Returns ``coefficients`` (:math:`a_0 - b_X`), ``covariance``, ``bias``, ``draws``.
     """
     if min(noise_composition, registration_px, blur_px) < 0 or n_draws < 2:
         raise InputError("need noise_composition, registration_px, blur_px >= 0 and "
                          "n_draws >= 2", field="errors_in_variables")
     from scipy import ndimage
 
+    from chemomech.mechanics.mesh import fill_nearest
+
     mask = np.asarray(mask, dtype=bool)
     a0 = np.asarray(refit(X), dtype=float)
     rng = np.random.default_rng(seed)
+    filled = fill_nearest(X, mask)
+
+    def fit(image):
+        return np.asarray(refit(np.where(mask, image, np.nan)), dtype=float)
 
     def noisy(image):
         if noise_composition == 0:
             return image
         return np.clip(image + rng.normal(0.0, noise_composition, image.shape), 0.0, 1.0)
 
-    def fit(image):
-        return np.asarray(refit(np.where(mask, image, np.nan)), dtype=float)
-
-    filled = np.where(np.isfinite(X), X, np.nanmean(X))
+    smooth = ndimage.gaussian_filter(filled, 1.0, mode="nearest") if noise_composition else filled
     bias = np.zeros_like(a0)
     cov = np.zeros((a0.size, a0.size))
-    noise_draws = None
+    draws = None
     if noise_composition > 0:
-        noise_draws = np.array([fit(noisy(filled)) for _ in range(n_draws)])
-        bias += noise_draws.mean(axis=0) - a0
-        cov += np.cov(noise_draws, rowvar=False) / n_draws
-    if blur_px > 0:
-        bias += fit(ndimage.gaussian_filter(filled, blur_px, mode="nearest")) - a0
-    draws = noise_draws
+        draws = np.array([fit(noisy(smooth)) for _ in range(n_draws)])
+        if bias_correction:
+            bias = draws.mean(axis=0) - fit(smooth)
+            cov += np.cov(draws, rowvar=False) / n_draws
     if registration_px > 0:
-        draws = np.array([fit(noisy(shifted_image(filled, rng.normal(0.0, registration_px, 2))))
+        draws = np.array([fit(noisy(shifted_image(smooth, rng.normal(0.0, registration_px, 2))))
                           for _ in range(n_draws)])
     if draws is not None:
         cov += np.cov(draws, rowvar=False)
+    if blur_px > 0:
+        d = fit(ndimage.gaussian_filter(filled, blur_px, mode="nearest")) - a0
+        cov += np.outer(d, d)
     return {"coefficients": a0 - bias, "covariance": cov, "bias": bias,
             "draws": np.zeros((0, a0.size)) if draws is None else draws}
 
@@ -341,7 +350,8 @@ def calibrated_band(coefficients: Sequence[float], cov: np.ndarray, dof: int,
 def calibrated_fit(build_model: Callable[[np.ndarray, float], object], X: np.ndarray,
                    mask: np.ndarray, *, mesh_size_px: float = 1.0, block_nm: float,
                    noise_composition: float = 0.0, registration_px: float = 0.0,
-                   blur_px: float = 0.0, n_draws: int = 12, seed: int = 0) -> dict:
+                   blur_px: float = 0.0, n_draws: int = 12, seed: int = 0,
+                   bias_correction: bool = True) -> dict:
     r"""Coefficients and a calibrated covariance: noise, discretisation and X errors.
 
     `build_model(X_image, mesh_size_px)` returns an M1Model (linear fits).  The fit is made on
@@ -366,7 +376,8 @@ def calibrated_fit(build_model: Callable[[np.ndarray, float], object], X: np.nda
     if noise_composition > 0 or registration_px > 0 or blur_px > 0:
         eiv = errors_in_variables(
             lambda Xk: build_model(Xk, mesh_size_px).fit("linear").coefficients, X, mask,
-            noise_composition, registration_px, blur_px, n_draws=n_draws, seed=seed)
+            noise_composition, registration_px, blur_px, n_draws=n_draws, seed=seed,
+            bias_correction=bias_correction)
         parts["composition"] = eiv["covariance"]
         bias = eiv["bias"]
     return {"coefficients": a - bias, "covariance": sum(parts.values()), "dof": g - a.size,
