@@ -56,9 +56,29 @@ def load_particles(config: RunConfig) -> list[ParticleData]:
 
 
 def prepare(particle: ParticleData, config: RunConfig) -> PreparedParticle:
-    """`prepare_particle` with the config's misfit and frame settings."""
-    return prepare_particle(particle, misfit=config.misfit, check_frame=config.frame.check,
+    """`prepare_particle` with the config's misfit and frame settings (the displacement is
+    integrated also for the strain misfit under Dirichlet data: it is the boundary data)."""
+    misfit = "displacement" if config.boundary_condition == "dirichlet" else config.misfit
+    return prepare_particle(particle, misfit=misfit, check_frame=config.frame.check,
                             adopt_frame=config.frame.adopt)
+
+
+def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) -> None:
+    """Refuse, before any heavy work, data the configured inversion cannot use: Dirichlet
+    without boundary data, fragmented displacement data (`fragmented_data`, Dirichlet)."""
+    if config.model == "M0":
+        return
+    from chemomech.inverse.misfit import check_fragments
+    from chemomech.inverse.problem import check_boundary_data
+
+    for p in prepared:
+        if p.displacement is None:
+            continue
+        if config.boundary_condition == "dirichlet":
+            check_boundary_data(p.data.name, p.data.mask, p.displacement)
+        valid = p.data.mask & np.all(np.isfinite(p.displacement), axis=-1)
+        check_fragments(valid, p.data.mask, p.data.name, config.fragmented_data,
+                        config.boundary_condition)
 
 
 def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
@@ -126,14 +146,18 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
                 {"strain": np.stack([p.strain_image[k] for k in ("e_xx", "e_yy", "e_xy")], -1)})
         setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
                                      edge_exclusion_px=config.edge_exclusion_px,
-                                     fe_degree=config.mesh.fe_degree, **data))
+                                     fe_degree=config.mesh.fe_degree,
+                                     boundary_condition=config.boundary_condition,
+                                     boundary_displacement=p.displacement,
+                                     fragmented_data=config.fragmented_data, **data))
     t_mesh = time.perf_counter() - t0
-    material = Material(stiffness=config.stiffness, reduction=config.reduction)
+    material = Material(**config.material_options())
+    gauge = config.gauge_object()
     selection = None
     degree = config.legendre_degree
     if degree == "auto":
         probe = M1Model(setups, degree=config.max_auto_degree, material=material, comm=comm,
-                        solver=config.solver)
+                        solver=config.solver, gauge=gauge)
         selection = select_degree(probe, config.max_auto_degree)
         degree = selection.chosen
         if comm.rank == 0:
@@ -141,7 +165,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
                         "\n".join(f"  N = {r['degree']}: train {r['train']:.4g}, held-out "
                                   f"{r['heldout']:.4g}" for r in selection.table))
         del probe
-    model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver)
+    model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver,
+                    gauge=gauge)
     opt = config.optimiser
     gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
@@ -159,8 +184,10 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
     if method == "integrated_noise":
-        samplers = {s.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(), s.misfit)
-                    for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        samplers = {s.name: strain_noise_sampler(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model.boundary_response(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = integrated_noise_covariance(model, fit, samplers,
                                                   n_draws=config.uncertainty.n_draws)
     else:
@@ -214,6 +241,7 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
                     len(particles), ", ".join(p.name for p in particles), config.model,
                     config.legendre_degree, config.misfit, comm.size)
     prepared = [prepare(p, config) for p in particles]
+    check_inversion_data(prepared, config)
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -332,6 +360,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                   "incompatibility": "um^-2", "displacement": "nm"},
         "versions": versions(),
     }
+    summary["identifiability"] = _identifiability(prepared, m0, m1, config.edge_exclusion_px)
     if m1 is not None:
         summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
                                              "misfit": config.misfit,
@@ -345,6 +374,19 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                            "rule": m1.selection.rule,
                                            "table": m1.selection.table}
     return summary
+
+
+def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
+                     m1: M1Outcome | None, edge_px: int) -> dict:
+    """The `identifiability` block (`chemomech.inverse.identifiability`) of the reported law:
+    M1's Gauss-Newton matrix (also for M2, whose law starts from it), or M0's."""
+    from chemomech.inverse.identifiability import identifiability, regression_normal_matrix
+
+    if m1 is not None:
+        return {"model": "M1"} | m1.fit.identifiability()
+    X = np.concatenate([p.data.X[used_pixels(p.data.mask, p, edge_px)] for p in prepared])
+    return {"model": "M0"} | identifiability(regression_normal_matrix(X, m0.degree),
+                                             m0.degree, label="M0")
 
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],

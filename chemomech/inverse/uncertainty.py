@@ -63,7 +63,11 @@ def fit_covariance(fit) -> tuple[np.ndarray, float]:
     """`covariance` of a `chemomech.inverse.FitResult` (needs its normal matrix)."""
     if fit.normal_matrix is None:
         raise InputError("the fit has no normal matrix (fit(..., with_normal_matrix=True))")
-    return covariance(fit.normal_matrix, fit.cost, fit.num_observations, fit.num_nuisance)
+    if getattr(fit, "transform", None) is None:
+        return covariance(fit.normal_matrix, fit.cost, fit.num_observations, fit.num_nuisance)
+    sigma2 = noise_variance(fit.cost, fit.num_observations, fit.num_parameters,
+                            fit.num_nuisance)  # under a gauge: in the free coefficients
+    return sigma2 * fit.normal_inverse(), sigma2
 
 
 def _split(coefficients: Sequence[float], cov: np.ndarray) -> tuple:
@@ -108,12 +112,16 @@ def band_to_lists(band: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: np.asarray(v, dtype=float).tolist() for k, v in band.items()}
 
 
-def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
+def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit,
+                         boundary_response: Callable[[np.ndarray], np.ndarray] | None = None
                          ) -> Callable[[np.random.Generator], np.ndarray]:
     """Draws of unit-variance i.i.d. noise on the stored strain maps (e_xx, e_yy, e_xy, theta of
     `particle`, a `chemomech.io.stack.ParticleData`), integrated to displacement like the data and
     returned at `misfit`'s local rows; `pixel_ij` (n_points, 2) are the image indices of the
-    misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once."""
+    misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once.
+    With Dirichlet data the same noise also moves the boundary values: pass
+    `boundary_response` (the observed response B u_0(n) to a displacement image n imposed on
+    the boundary, `M1Model.boundary_response`), which is subtracted from the draw."""
     from chemomech.correlative.displacement import GradientIntegrator
     from chemomech.correlative.frames import gradient_crystal, rotate_tensor_field
 
@@ -127,7 +135,8 @@ def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
         noise = [rng.normal(0.0, 1.0, valid.shape) for _ in fields]
         H = rotate_tensor_field(gradient_crystal(*noise, particle.theta_sign), rotation)
         u, _ = integrate(H)
-        return u[ij[:, 0], ij[:, 1]].ravel()
+        draw_rows = u[ij[:, 0], ij[:, 1]].ravel()
+        return draw_rows if boundary_response is None else draw_rows - boundary_response(u)
 
     return draw
 
@@ -149,7 +158,9 @@ def integrated_noise_covariance(model, fit, samplers: Mapping[str, Callable],
     systems = model.linear_system()
     names = sorted({n for part in world.allgather([s.name for s in systems] if leader else [])
                     for n in part})
-    N_inv = np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+    N_inv = (np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+             if getattr(fit, "transform", None) is None
+             else fit.normal_inverse())  # T (T^T N T)^-1 T^T under a gauge
     projected = [s.misfit.project(s.columns) for s in systems]
     p = N_inv.shape[0]
     moments = np.zeros((p, p))
