@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("dolfinx")
-
-from chemomech.cli import COMMANDS, build_parser, main  # noqa: E402
-from chemomech.io.stack import read_stack  # noqa: E402
+from chemomech.cli import COMMANDS, build_parser, main
+from chemomech.io.stack import read_stack
 
 
 def test_every_subcommand_has_help(capsys):
