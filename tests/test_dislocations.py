@@ -3,25 +3,25 @@ twin recovery of a known slip field and GND density, alpha rules, 1 vs 2 ranks."
 
 from __future__ import annotations
 
-import dolfinx  # noqa: E402
+import dolfinx
 import numpy as np
-import pyadjoint  # noqa: E402
+import pyadjoint
 import pytest
 from mpi4py import MPI
-from pydantic import ValidationError  # noqa: E402
+from pydantic import ValidationError
 
-from chemomech.analysis.report import plot_density_map  # noqa: E402
-from chemomech.analysis.residual import m2_model_errors, model_error  # noqa: E402
-from chemomech.analysis.slip_systems import compare_slip_systems  # noqa: E402
-from chemomech.config import RunConfig  # noqa: E402
-from chemomech.correlative.prepared import used_pixels  # noqa: E402
-from chemomech.dislocations.alpha import estimate_strain_noise, lcurve_corner  # noqa: E402
-from chemomech.dislocations.lattice import lattice_maps  # noqa: E402
-from chemomech.dislocations.run import build_m1_stage, m2_model, run_m2  # noqa: E402
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.mechanics.slip import IN_PLANE_SYSTEMS, slip_system  # noqa: E402
-from chemomech.pipeline import prepare  # noqa: E402
-from chemomech.synth import ParticleSpec, _slip_tensor, simulate_particle  # noqa: E402
+from chemomech.analysis.report import plot_density_map
+from chemomech.analysis.residual import m2_model_errors, model_error
+from chemomech.analysis.slip_systems import compare_slip_systems
+from chemomech.config import RunConfig
+from chemomech.correlative.prepared import used_pixels
+from chemomech.dislocations.alpha import estimate_strain_noise, lcurve_corner
+from chemomech.dislocations.lattice import lattice_maps
+from chemomech.dislocations.run import build_m1_stage, m2_model, run_m2
+from chemomech.exceptions import InputError
+from chemomech.mechanics.slip import IN_PLANE_SYSTEMS, slip_system
+from chemomech.pipeline import prepare
+from chemomech.synth import ParticleSpec, _slip_tensor, simulate_particle
 
 NOISE = 5e-4
 
@@ -426,6 +426,7 @@ def test_compare_systems_prefers_the_true_one(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_one_and_two_ranks_agree(twin_config):
     world = MPI.COMM_WORLD
     particle = _twin()
@@ -472,6 +473,7 @@ def test_blmvm_and_bqnls_agree(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_two_particles_joint_fit_is_rank_independent(twin_config):
     spec = {"length_nm": 900, "width_nm": 600, "pixel_size_nm": 25, "slip_amplitude": 0.01,
             "slip_width_nm": 120, "noise_strain": NOISE, "noise_composition": 0.01}

@@ -79,8 +79,9 @@ def build_m1_stage(prepared: Sequence, config: RunConfig, comm: MPI.Comm) -> M1S
         strain = np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)
         setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
                                      strain=strain, edge_exclusion_px=config.edge_exclusion_px,
-                                     fe_degree=config.mesh.fe_degree))
-    material = Material(stiffness=config.stiffness, reduction=config.reduction)
+                                     fe_degree=config.mesh.fe_degree,
+                                     fragmented_data=config.fragmented_data))
+    material = Material(**config.material_options())
     model = M1Model(setups, degree=config.legendre_degree, material=material, comm=comm,
                     solver=config.solver)
     coefficients = model.fit(method="linear", with_normal_matrix=False).coefficients
