@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech import legendre
 from chemomech.config import RunConfig
+from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +52,15 @@ def truth_error(summary: dict, truth_a, truth_c, n_points: int = 101) -> dict[st
 def run_demo(output: str | Path, seed: int = 0, n_particles: int = 10,
              degree: int | str = 2) -> dict | None:
     """Synthesise the default dataset if missing, run M0 + M1, compare with the truth."""
+    from chemomech.io.results import write_json_atomic
+    from chemomech.io.stack import read_stack
     from chemomech.pipeline import run
-    from chemomech.results import write_json_atomic
-    from chemomech.stack import read_stack
     from chemomech.synth import make_default_dataset
 
     comm = MPI.COMM_WORLD
     output = Path(output)
-    data = output / "data" / f"twins_seed{seed}_n{n_particles}.h5"
+    # beside the run folder, not inside: a run replaces its output folder as a whole
+    data = output.with_name(f"{output.name}-data") / f"twins_seed{seed}_n{n_particles}.h5"
     exists = comm.bcast(data.exists() if comm.rank == 0 else None, root=0)
     if not exists:
         make_default_dataset(data, seed=seed, n_particles=n_particles, comm=comm)

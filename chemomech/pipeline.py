@@ -3,19 +3,20 @@
 `run(config)` is what `chemomech invert config.yaml` and `scripts/invert.py` call, under
 `mpirun -n K` or serially.  Steps (progress logged on rank 0):
 
-1. read the particles (stack, .mat, py4DSTEM + composition; `chemomech.readers`), frame check;
+1. read the particles (stack, .mat, py4DSTEM + composition; `chemomech.io.readers`), frame check;
 2. measured displacement by integrating the image-frame gradient (or the strain, for the
-   strain misfit) and the crystal-frame strains (`chemomech.displacement`, `frames`);
-3. M0: pixel regression of e_aa, e_cc on X (`chemomech.regression`);
+   strain misfit) and the crystal-frame strains (`chemomech.correlative.displacement`, `frames`);
+3. M0: pixel regression of e_aa, e_cc on X (`chemomech.inverse.regression`);
 4. M1: particles dealt to rank groups, meshed from their masks, the joint inversion with
-   adjoint gradients and TAO or the linear fast path (`chemomech.inverse`), degree chosen by
-   held-out error when `legendre_degree: auto` (`chemomech.selection`), Gauss-Newton bands
-   (`chemomech.uncertainty`);
-5. residual strain, model errors and incompatibility (`chemomech.residual`), then
-   `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt` (`chemomech.report`).
+   adjoint gradients and TAO or the linear fast path (`chemomech.inverse.problem`), degree chosen by
+   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), Gauss-Newton bands
+   (`chemomech.inverse.uncertainty`);
+5. residual strain, model errors and incompatibility (`chemomech.analysis.residual`), then
+   `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt`
+   (`chemomech.analysis.report`).
 
-Each output file is written atomically; `summary.json` is written last, so its presence
-marks a complete run.
+The run writes into ``OUTPUT.partial-<id>/``, renamed over ``OUTPUT`` only when complete
+(see `run`): a folder holds exactly one complete run or none.
 """
 
 from __future__ import annotations
@@ -28,38 +29,33 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech import legendre
-from chemomech.analysis import crystal_strain
+from chemomech.analysis.residual import incompatibility_rms, model_error
 from chemomech.config import RunConfig, dump_config
-from chemomech.displacement import measured_displacement, measured_strain
-from chemomech.frames import (
-    frame_check,
+from chemomech.correlative.frames import (
     gradient_crystal,
     rotate_tensor_field,
     strain_crystal_from_image,
 )
-from chemomech.materials import Material
-from chemomech.readers import read_data
-from chemomech.regression import RegressionFit, fit_m0
-from chemomech.residual import incompatibility_rms, model_error
-from chemomech.results import versions, write_json_atomic, write_text_atomic
-from chemomech.stack import ParticleData, interior_pixels
-from chemomech.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+from chemomech.correlative.prepared import PreparedParticle, prepare_particle, used_pixels
+from chemomech.exceptions import ConfigError
+from chemomech.inverse.regression import RegressionFit, fit_m0
+from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+from chemomech.io.parallel import describe, signals_deferred, stage
+from chemomech.io.readers import read_data
+from chemomech.io.results import (
+    CHECKPOINTS,
+    RunFolder,
+    versions,
+    write_json_atomic,
+    write_text_atomic,
+)
+from chemomech.io.stack import ParticleData, check_interior
+from chemomech.mechanics import legendre
+from chemomech.mechanics.materials import Material
 
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 101
-
-
-@dataclass
-class PreparedParticle:
-    """A particle with its measured fields on the pixel grid (image frame unless noted)."""
-
-    data: ParticleData
-    strain_image: dict[str, np.ndarray]  # e_xx, e_yy, e_xy
-    strain_crystal: dict[str, np.ndarray]  # e_aa, e_cc, e_ac
-    displacement: np.ndarray | None  # (nx, ny, 2) nm, or None for the strain misfit
-    integration_residual: float | None
 
 
 def load_particles(config: RunConfig) -> list[ParticleData]:
@@ -68,23 +64,29 @@ def load_particles(config: RunConfig) -> list[ParticleData]:
 
 
 def prepare(particle: ParticleData, config: RunConfig) -> PreparedParticle:
-    """Frame check (warn, optionally adopt) and the measured fields of one particle."""
-    if config.frame.check:
-        particle = frame_check(particle, adopt=config.frame.adopt).particle
-    displacement, residual = None, None
-    if config.misfit == "displacement":
-        integrated = measured_displacement(particle)
-        displacement, residual = integrated.u, integrated.relative_residual
-    return PreparedParticle(particle, measured_strain(particle), crystal_strain(particle),
-                            displacement, residual)
+    """`prepare_particle` with the config's misfit and frame settings (the displacement is
+    integrated also for the strain misfit under Dirichlet data: it is the boundary data)."""
+    misfit = "displacement" if config.boundary_condition == "dirichlet" else config.misfit
+    return prepare_particle(particle, misfit=misfit, check_frame=config.frame.check,
+                            adopt_frame=config.frame.adopt)
 
 
-def used_pixels(mask: np.ndarray, prepared: PreparedParticle, edge_exclusion_px: int
-                ) -> np.ndarray:
-    """Pixels entering fits and errors: `edge_exclusion_px` inside `mask`, finite data."""
-    finite = np.all([np.isfinite(v) for v in prepared.strain_image.values()], axis=0)
-    finite &= np.isfinite(prepared.data.X)
-    return interior_pixels(mask, edge_exclusion_px) & finite
+def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) -> None:
+    """Refuse, before any heavy work, data the configured inversion cannot use: Dirichlet
+    without boundary data, fragmented displacement data (`fragmented_data`, Dirichlet)."""
+    if config.model == "M0":
+        return
+    from chemomech.inverse.misfit import check_fragments
+    from chemomech.inverse.problem import check_boundary_data
+
+    for p in prepared:
+        if p.displacement is None:
+            continue
+        if config.boundary_condition == "dirichlet":
+            check_boundary_data(p.data.name, p.data.mask, p.displacement)
+        valid = p.data.mask & np.all(np.isfinite(p.displacement), axis=-1)
+        check_fragments(valid, p.data.mask, p.data.name, config.fragmented_data,
+                        config.boundary_condition)
 
 
 def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
@@ -117,47 +119,66 @@ class M1Outcome:
     sigma2: float
     covariance_method: str
     gradient_check: dict | None
-    selection: object | None  # chemomech.selection.DegreeSelection
+    selection: object | None  # chemomech.inverse.selection.DegreeSelection
     images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
     timings_s: dict[str, float]
 
 
-def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
-    """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
-    from chemomech.forms import epsilon
-    from chemomech.inverse import M1Model, particle_setup, split_for_particles, verify_gradient
-    from chemomech.mesh import mesh_from_mask
-    from chemomech.selection import select_degree
-    from chemomech.uncertainty import (
-        fit_covariance,
-        integrated_noise_covariance,
-        strain_noise_sampler,
-    )
+def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MPI.Comm,
+                    config: RunConfig, setups: list, meshes: list) -> None:
+    """Mesh this rank group's particles and append their M1 setups; errors name the particle."""
+    from chemomech.exceptions import InputError
+    from chemomech.inverse.problem import particle_setup
+    from chemomech.mechanics.mesh import mesh_from_mask
 
-    t0 = time.perf_counter()
-    group, mine = split_for_particles(comm, len(prepared))
-    setups, meshes = [], []
     for k in mine:
         p = prepared[k]
         logger.info("meshing %s (%d pixels, h = %.3g nm)", p.data.name, int(p.data.mask.sum()),
                     p.data.pixel_size_nm)
-        pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
-                            mesh_size_px=config.mesh.size_px,
-                            simplify_tol_px=config.mesh.simplify_tol_px,
-                            min_island_px=config.mesh.min_island_px)
+        try:
+            pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
+                                mesh_size_px=config.mesh.size_px,
+                                simplify_tol_px=config.mesh.simplify_tol_px,
+                                min_island_px=config.mesh.min_island_px)
+        except InputError as err:
+            raise InputError(f"particle {p.data.name!r}: {err}", path=p.data.file) from None
         meshes.append(pm)
         data = ({"displacement": p.displacement} if config.misfit == "displacement" else
-                {"strain": np.stack([p.strain_image[k] for k in ("e_xx", "e_yy", "e_xy")], -1)})
+                {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
         setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
                                      edge_exclusion_px=config.edge_exclusion_px,
-                                     fe_degree=config.mesh.fe_degree, **data))
+                                     fe_degree=config.mesh.fe_degree,
+                                     boundary_condition=config.boundary_condition,
+                                     boundary_displacement=p.displacement,
+                                     fragmented_data=config.fragmented_data, **data))
+
+
+def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
+    """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
+    from chemomech.inverse.problem import M1Model, split_for_particles
+    from chemomech.inverse.selection import select_degree
+    from chemomech.inverse.uncertainty import (
+        fit_covariance,
+        integrated_noise_covariance,
+        strain_noise_sampler,
+    )
+    from chemomech.inverse.verify import verify_gradient
+    from chemomech.mechanics.fields import model_maps
+    from chemomech.mechanics.forms import epsilon
+
+    t0 = time.perf_counter()
+    group, mine = split_for_particles(comm, len(prepared))
+    setups, meshes = [], []
+    with stage("meshing", comm):
+        _mesh_particles(prepared, mine, group, config, setups, meshes)
     t_mesh = time.perf_counter() - t0
-    material = Material(stiffness=config.stiffness, reduction=config.reduction)
+    material = Material(**config.material_options())
+    gauge = config.gauge_object()
     selection = None
     degree = config.legendre_degree
     if degree == "auto":
         probe = M1Model(setups, degree=config.max_auto_degree, material=material, comm=comm,
-                        solver=config.solver)
+                        solver=config.solver, gauge=gauge)
         selection = select_degree(probe, config.max_auto_degree)
         degree = selection.chosen
         if comm.rank == 0:
@@ -165,7 +186,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
                         "\n".join(f"  N = {r['degree']}: train {r['train']:.4g}, held-out "
                                   f"{r['heldout']:.4g}" for r in selection.table))
         del probe
-    model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver)
+    model = M1Model(setups, degree=degree, material=material, comm=comm, solver=config.solver,
+                    gauge=gauge)
     opt = config.optimiser
     gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
@@ -183,8 +205,10 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
     if method == "integrated_noise":
-        samplers = {s.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(), s.misfit)
-                    for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        samplers = {s.name: strain_noise_sampler(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model.boundary_response(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = integrated_noise_covariance(model, fit, samplers,
                                                   n_draws=config.uncertainty.n_draws)
     else:
@@ -203,63 +227,114 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
 
 
-def model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
-    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
-    from chemomech.fields import PixelSampler, sample_expression
+def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = False
+        ) -> dict | None:
+    """Run the configured inversion; returns the summary on rank 0 (None elsewhere).
 
-    sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
-    u_values = sampler.gather(sampler(u))
-    eps_values = sampler.gather(sample_expression(strain_expr, sampler).reshape(-1, 4))
-    if u_values is None:
-        return {}
-    idx = pm.pixel_indices()
-    out = {}
-    for key, column in (("u_x", u_values[:, 0]), ("u_y", u_values[:, 1]),
-                        ("e_xx", eps_values[:, 0]), ("e_yy", eps_values[:, 3]),
-                        ("e_xy", eps_values[:, 1])):
-        image = np.full(shape, np.nan)
-        image[idx[:, 0], idx[:, 1]] = column
-        out[key] = image
-    out["meshed_mask"] = np.zeros(shape)
-    out["meshed_mask"][idx[:, 0], idx[:, 1]] = 1.0
-    return out
+    The run writes into ``OUTPUT.partial-<id>/`` and replaces ``OUTPUT`` with it only when it
+    is complete (`chemomech.io.results.RunFolder`: the old run becomes ``OUTPUT.previous``, a
+    failed run ``OUTPUT.failed`` whose log.txt ends with the error; a second run into the same
+    output fails at once).  Every TAO call is checkpointed; `resume` continues the newest
+    killed or failed run from its checkpoints (`chemomech.inverse.optimise.checkpointing`).
+    An error on any rank ends the run on every rank (`chemomech.io.parallel`)."""
+    from chemomech.inverse.optimise import checkpointing
 
-
-def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
-    """Run the configured inversion; returns the summary on rank 0 (None elsewhere)."""
     t_start = time.perf_counter()
-    out = Path(config.output)
+    with stage("checking the inputs", comm):  # before the output folder is touched
+        for entry in config.data:
+            for path in entry if isinstance(entry, list) else [entry]:
+                if not Path(path).exists():
+                    raise ConfigError(f"data: no such file {path}")
+        if config.model == "M2":  # slip-system labels and M2 options, before M1 runs
+            from chemomech.dislocations.settings import M2Settings
+
+            M2Settings.from_config(config)
+    folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
+    with stage("opening the output folder", comm):
+        if folder is not None:
+            folder.open()
+    work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
     package_logger = logging.getLogger("chemomech")
     level = package_logger.level
     handler = None
-    if comm.rank == 0:  # progress and the log file on rank 0 only
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "log.txt", mode="w")
+    if folder is not None:  # progress and the log file on rank 0 only
+        handler = logging.FileHandler(work / "log.txt", mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                "%(message)s"))
         handler.setLevel(logging.INFO)
         package_logger.addHandler(handler)
         if package_logger.getEffectiveLevel() > logging.INFO:
             package_logger.setLevel(logging.INFO)
+        _resume_note(folder, config, work)
     try:
-        return _run(config, comm, out, t_start)
+        with checkpointing(work / CHECKPOINTS) as store:
+            summary = _run(config, comm, work, t_start)
+        if store.replayed and comm.rank == 0:
+            logger.info("%d TAO evaluation(s) taken from the checkpoints", store.replayed)
+        with stage("replacing the output folder", comm), signals_deferred():
+            if folder is not None:
+                logger.info("results in %s", folder.output)
+                _close_log(package_logger, handler)
+                handler = None
+                folder.commit()
+        return summary
+    except BaseException as exc:
+        if folder is not None:
+            if handler is not None:  # the error is the last line of log.txt
+                handler.handle(package_logger.makeRecord(
+                    package_logger.name, logging.ERROR, __file__, 0, "%s", (describe(exc),),
+                    None))
+            _close_log(package_logger, handler)
+            handler = None
+            folder.fail()
+        raise
     finally:
-        if handler is not None:
-            package_logger.removeHandler(handler)
-            package_logger.setLevel(level)
-            handler.close()
+        _close_log(package_logger, handler)
+        package_logger.setLevel(level)
+        if folder is not None:
+            folder.close()
+
+
+def _close_log(package_logger: logging.Logger, handler: logging.Handler | None) -> None:
+    if handler is not None:
+        package_logger.removeHandler(handler)
+        handler.close()
+
+
+def _resume_note(folder: RunFolder, config: RunConfig, work: Path) -> None:
+    """Keep checkpoints only for the same configuration; log what is resumed (rank 0)."""
+    import shutil
+
+    key = dump_config(config.model_copy(update={"output": Path("-")}))
+    checkpoints, key_file = work / CHECKPOINTS, work / CHECKPOINTS / "config.yaml"
+    if folder.resume:
+        if folder.resumed_from is None:
+            logger.warning("--resume: no checkpoint of an earlier run into %s; starting afresh",
+                           folder.output)
+        elif not key_file.exists() or key_file.read_text() != key:
+            logger.warning("--resume: the checkpoints in %s are of another configuration; "
+                           "starting afresh", folder.resumed_from)
+            shutil.rmtree(checkpoints)
+        else:
+            logger.info("resuming from the checkpoints of %s", folder.resumed_from)
+    write_text_atomic(key_file, key)
 
 
 def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict | None:
     rank0 = comm.rank == 0
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    particles = load_particles(config)
-    if rank0:
-        logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
-                    len(particles), ", ".join(p.name for p in particles), config.model,
-                    config.legendre_degree, config.misfit, comm.size)
-    prepared = [prepare(p, config) for p in particles]
+    with stage("reading the data", comm):
+        particles = load_particles(config)
+        if config.model in ("M1", "M2"):
+            for p in particles:
+                check_interior(p)
+        if rank0:
+            logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
+                        len(particles), ", ".join(p.name for p in particles), config.model,
+                        config.legendre_degree, config.misfit, comm.size)
+        prepared = [prepare(p, config) for p in particles]
+        check_inversion_data(prepared, config)
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -271,24 +346,25 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         timings |= m1.timings_s
     m2 = None
     if config.model == "M2":
-        from chemomech.dislocations import run_m2
+        from chemomech.dislocations.run import run_m2
 
         m2 = run_m2(prepared, config, comm, m1_result=m1)
         timings |= m2.timings_s
-    if not rank0:
-        return None
-
-    t = time.perf_counter()
-    residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
-                 for p in prepared}
-    summary = _summarise(config, prepared, m0, m1, m2, residuals)
-    summary["timings_s"] = timings | {"report": 0.0, "total": time.perf_counter() - t_start}
-    _write_outputs(config, out, prepared, m1, m2, residuals, summary)
-    summary["timings_s"]["report"] = time.perf_counter() - t
-    summary["timings_s"]["total"] = time.perf_counter() - t_start
-    write_json_atomic(out / "summary.json", summary)
-    logger.info("done in %.1f s: model error %s; results in %s", summary["timings_s"]["total"],
-                ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()), out)
+    summary = None
+    with stage("writing the results", comm):
+        if rank0:
+            t = time.perf_counter()
+            residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2),
+                                                 config.edge_exclusion_px) for p in prepared}
+            summary = _summarise(config, prepared, m0, m1, m2, residuals)
+            summary["timings_s"] = timings | {"report": 0.0,
+                                              "total": time.perf_counter() - t_start}
+            _write_outputs(config, out, prepared, m1, m2, residuals, summary)
+            summary["timings_s"]["report"] = time.perf_counter() - t
+            summary["timings_s"]["total"] = time.perf_counter() - t_start
+            write_json_atomic(out / "summary.json", summary)
+            logger.info("done in %.1f s: model error %s", summary["timings_s"]["total"],
+                        ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()))
     return summary
 
 
@@ -378,6 +454,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                   "incompatibility": "um^-2", "displacement": "nm"},
         "versions": versions(),
     }
+    summary["identifiability"] = _identifiability(prepared, m0, m1, config.edge_exclusion_px)
     if m1 is not None:
         summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
                                              "misfit": config.misfit,
@@ -393,9 +470,22 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
     return summary
 
 
+def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
+                     m1: M1Outcome | None, edge_px: int) -> dict:
+    """The `identifiability` block (`chemomech.inverse.identifiability`) of the reported law:
+    M1's Gauss-Newton matrix (also for M2, whose law starts from it), or M0's."""
+    from chemomech.inverse.identifiability import identifiability, regression_normal_matrix
+
+    if m1 is not None:
+        return {"model": "M1"} | m1.fit.identifiability()
+    X = np.concatenate([p.data.X[used_pixels(p.data.mask, p, edge_px)] for p in prepared])
+    return {"model": "M0"} | identifiability(regression_normal_matrix(X, m0.degree),
+                                             m0.degree, label="M0")
+
+
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
                    m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
-    from chemomech.report import (
+    from chemomech.analysis.report import (
         plot_curves,
         plot_model_errors,
         plot_residual_maps,
@@ -431,7 +521,7 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                      "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
                      "elastic_ac": elastic["e_ac"]}
         if m2 is not None:
-            from chemomech.dislocations import plot_density_map
+            from chemomech.analysis.report import plot_density_map
 
             slip = {k: v for k, v in m2.images[name].items()
                     if k.startswith(("gamma_", "density_"))}

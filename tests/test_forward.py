@@ -22,15 +22,15 @@ import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
 from dolfinx import mesh as dmesh  # noqa: E402
 
-from chemomech.fields import image_to_function  # noqa: E402
-from chemomech.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
-from chemomech.materials import (  # noqa: E402
+from chemomech.mechanics.fields import image_to_function  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
+from chemomech.mechanics.materials import (  # noqa: E402
     Material,
     isotropic_plane_tensor,
     rotation_matrix,
 )
-from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 
 H = 4.0  # nm per pixel
 
@@ -291,3 +291,37 @@ def test_composition_dependent_stiffness():
     assert np.abs(u_lfp - u_avg).max() > 1e-2 * np.abs(u_avg).max()
     with pytest.raises(ValueError, match="composition"):
         mixed.ufl_tensor(angle)
+
+
+def test_plane_strain_uniform_eigenstrain_with_bb_is_stress_free_in_plane():
+    """Plane strain (eps_bb = 0) with a uniform eps* = (aa, bb, cc, ac): the in-plane stress
+    of the full 3-D orthorhombic law (6x6 Voigt, independent of the 2-D reduction) vanishes,
+    sigma_bb does not, and the in-plane strain is eps*_in + Q^-1 B eps*_bb (not eps*_in)."""
+    from chemomech.mechanics.forms import in_plane_stress, out_of_plane_load_form
+
+    pm = mesh_from_mask(platelet_mask(), H, MPI.COMM_SELF)
+    angle = 0.7
+    material = Material("LiFePO4", "plane_strain", b_law=(-0.03,))
+    C = material.ufl_tensor(angle)
+    f_a, f_b, f_c, f_ac = -0.02, -0.03, 0.015, 0.0
+    R = rotation_matrix(angle)
+    eps_star = R @ np.array([[f_a, f_ac], [f_ac, f_c]]) @ R.T
+    problem = ElasticityProblem(pm.mesh, C, degree=1, solver="lu")
+    b = problem.load_vector(ufl.as_matrix(eps_star.tolist()))
+    B = material.b_coupling(angle)
+    b.axpy(1.0, problem.assemble_load(out_of_plane_load_form(f_b, B, problem.test_function)))
+    u = problem.solve_vector(b)
+    area = pm.area_nm2
+    e_img = np.array([[_integrate(pm.mesh, epsilon(u)[i, j]) / area for j in range(2)]
+                      for i in range(2)])
+    e_cr = R.T @ e_img @ R
+    C6 = material.voigt()
+    strain = np.array([e_cr[0, 0], 0.0, e_cr[1, 1], 0.0, 2 * e_cr[0, 1], 0.0])
+    stress = C6 @ (strain - np.array([f_a, f_b, f_c, 0.0, 0.0, 0.0]))
+    scale = np.abs(C6 @ np.array([f_a, f_b, f_c, 0, 0, 0])).max()
+    assert np.abs(stress[[0, 2, 4]]).max() < 1e-9 * scale  # sigma_aa, sigma_cc, sigma_ac
+    assert abs(stress[1]) > 0.1 * scale  # sigma_bb: the constraint eps_bb = 0
+    assert abs(e_cr[0, 0] - f_a) > 1e-3  # f_b changed the in-plane strain
+    s = in_plane_stress(u, ufl.as_matrix(eps_star.tolist()), C, f_b, B)
+    rms = np.sqrt(_integrate(pm.mesh, ufl.inner(s, s)) / area)
+    assert rms < 1e-9 * scale

@@ -11,15 +11,18 @@ dolfinx = pytest.importorskip("dolfinx")
 from dolfinx import fem, mesh  # noqa: E402
 
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.fields import PixelSampler  # noqa: E402
-from chemomech.misfit import (  # noqa: E402
+from chemomech.inverse.misfit import (  # noqa: E402
     DisplacementMisfit,
     MultiParticleMisfit,
     StrainMisfit,
+    check_fragments,
+    piecewise_rigid_basis,
     rigid_mode_basis,
+    splitting_pixels,
     strain_observation_matrix,
 )
-from chemomech.stack import interior_pixels  # noqa: E402
+from chemomech.io.stack import interior_pixels  # noqa: E402
+from chemomech.mechanics.fields import PixelSampler  # noqa: E402
 
 H = 10.0  # pixel size, nm
 NX, NY = 16, 10
@@ -147,3 +150,39 @@ def test_bad_data_is_rejected():
     used = np.ones(NX * NY, bool)
     used[5] = False
     DisplacementMisfit.from_sampler(sampler, d, used)  # the NaN pixel is not used: fine
+
+
+@pytest.mark.mpi
+def test_piecewise_rigid_basis_removes_each_pieces_rigid_motion():
+    """Two pieces: Q is orthonormal over the world, and a different rigid motion on each
+    piece is removed exactly (one set of modes could not)."""
+    comm = MPI.COMM_WORLD
+    pts = _points()
+    pieces = (pts[:, 0] > 7.5 * H).astype(int) + 1
+    own = np.arange(len(pts))[comm.rank::comm.size]
+    Q = piecewise_rigid_basis(pts[own], pieces[own], comm)
+    assert Q.shape[1] == 6
+    assert np.allclose(comm.allreduce(Q.T @ Q), np.eye(6), atol=1e-12)
+    motion = np.where(pieces[:, None] == 1, [3.0, -1.0] + 0.01 * pts[:, ::-1] * [-1, 1],
+                      [-2.0, 5.0] - 0.02 * pts[:, ::-1] * [-1, 1])[own].ravel()
+    removed = motion - Q @ comm.allreduce(Q.T @ motion)
+    assert np.abs(removed).max() < 1e-10 * np.abs(motion).max()
+    Q1 = rigid_mode_basis(pts[own], comm)
+    assert np.abs(motion - Q1 @ comm.allreduce(Q1.T @ motion)).max() > 0.1
+
+
+def test_fragment_check_names_the_splitting_pixels():
+    mask = np.zeros((10, 12), bool)
+    mask[1:9, 1:11] = True
+    valid = mask.copy()
+    valid[:, 6] = False  # a NaN column splits the particle in two
+    valid[3, 2] = False  # an isolated hole splits nothing
+    assert splitting_pixels(valid, mask).tolist() == [[i, 6] for i in range(1, 9)]
+    assert check_fragments(valid, mask, "p") == 2  # per_piece: accepted
+    assert check_fragments(mask, mask, "p", "refuse", "dirichlet") == 1
+    for policy, bc, key in (("refuse", "traction_free", "fragmented_data"),
+                            ("per_piece", "dirichlet", "boundary_condition")):
+        with pytest.raises(InputError, match=r"2 separate pieces \(sizes \[39, 32\]\), split "
+                                             r"by 8 NaN pixel\(s\) \(i, j\) \(1, 6\)") as err:
+            check_fragments(valid, mask, "p", policy, bc)
+        assert err.value.field == key

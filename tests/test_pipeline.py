@@ -63,6 +63,10 @@ def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_pa
     assert "M1 tao fit" in (out / "log.txt").read_text()
     assert summary["gradient_check"]["min_rate"] == pytest.approx(2.0, abs=0.05)
     assert summary["fit"]["covariance_method"] == "integrated_noise"
+    ident = on_disk["identifiability"]  # every run: the scaled Gauss-Newton spectrum
+    assert ident["model"] == "M1" and ident["unidentified"] == [] and ident["gauge"] is None
+    assert len(ident["singular_values_relative"]) == 6
+    assert ident["condition_number"] < ident["threshold"]
 
 
 def test_m0_only_and_cli_errors(twins, tmp_path, caplog):
@@ -72,6 +76,8 @@ def test_m0_only_and_cli_errors(twins, tmp_path, caplog):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["model"] == "M0" and len(summary["coefficients"]["a"]) == 4
     assert "M1" not in summary["model_errors"]
+    assert summary["identifiability"]["model"] == "M0"
+    assert len(summary["identifiability"]["singular_values_relative"]) == 8
     config.write_text(f"data: {twins}\nmodel: M1\nlegendre_degre: 2\n")
     assert main(["invert", str(config)]) == 2
     assert "legendre_degre" in caplog.text

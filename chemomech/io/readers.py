@@ -1,0 +1,676 @@
+"""Readers of real data files, all converting to `ParticleData` and the stack file (DESIGN §3).
+
+- the reference study's MATLAB file (`read_reference_mat`, v5 by scipy or v7.3 by h5py);
+- py4DSTEM strain maps (`read_py4dstem_strain`, DESIGN §6): the 2019 layout of the study
+  (`realslices/strain_map_rotated_by_<deg>/{e_xx, ...}`, string mask, DF_image), legacy v0.12
+  `/<top>/data/realslices/<name>/data` (Rx, Ry, N) with labels in `dim3`, and the v0.14 EMD
+  Array (`data` (N, Rx, Ry), labels in `dim2` named `_labels_`, pixel size from the root's
+  calibration);
+- composition maps (`read_composition_map`): .npz, TIFF (tifffile), HDF5 (generic datasets or a
+  chemomech composition file), holding X or the thicknesses t_LFP, t_FP;
+- a whole particle as plain .npz (`read_particle_npz`).
+
+`chemomech.correlative.importing` combines them into a stack file (`chemomech import`).
+Pure numpy/scipy/h5py: no DOLFINx here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from chemomech.exceptions import InputError
+from chemomech.io.stack import (
+    ParticleData,
+    is_stack_file,
+    largest_component,
+    open_hdf5,
+    read_stack,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Pixel size of LFP50_P2.mat (not stored in the file), inferred from the particle's known size.
+REFERENCE_MAT_PIXEL_SIZE_NM = 16.6
+#: Particle threshold on the X-ray thickness sum FP + LFP in the reference .mat files.
+REFERENCE_MAT_THRESHOLD = 0.10
+#: Variables the reference .mat must hold.
+REFERENCE_MAT_FIELDS = ("FP", "LFP", "exx", "eyy", "exy", "theta", "rot")
+#: Label aliases of py4DSTEM strain slices -> our field names.
+STRAIN_LABELS = {"e_xx": ("e_xx", "exx"), "e_yy": ("e_yy", "eyy"), "e_xy": ("e_xy", "exy"),
+                 "theta": ("theta",), "mask": ("mask",)}
+LENGTH_UNITS_NM = {"nm": 1.0, "a": 0.1, "å": 0.1, "angstrom": 0.1, "angstroms": 0.1,
+                   "um": 1e3, "µm": 1e3, "pm": 1e-3}
+
+
+# --------------------------------------------------------------------------- .mat
+
+
+def _load_mat(path: Path) -> dict[str, np.ndarray]:
+    """Variables of a MATLAB file: v7.3 (HDF5, column-major) via h5py, v4-v7 via scipy."""
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as f:
+                return {k: np.asarray(v[()]).T for k, v in f.items()
+                        if isinstance(v, h5py.Dataset)}
+        except OSError as err:
+            raise InputError(f"not a readable MATLAB v7.3 file (truncated?): {err}",
+                             path=str(path)) from None
+    try:
+        data = scipy.io.loadmat(path)
+    except (MatReadError, NotImplementedError, ValueError, OSError, TypeError) as err:
+        raise InputError(f"not a readable MATLAB file (truncated or corrupt?): {err}",
+                         path=str(path)) from None
+    return {k: np.asarray(v) for k, v in data.items() if not k.startswith("__")}
+
+
+def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT_PIXEL_SIZE_NM,
+                       rotation: str | float = "documented", theta_sign: int = 1,
+                       threshold: float = REFERENCE_MAT_THRESHOLD,
+                       name: str | None = None, keep_largest: bool = False) -> ParticleData:
+    """The reference study's particle: X = LFP / (LFP + FP), crystal-frame strain, mask FP+LFP>0.1.
+
+    `rotation`: "documented" (default) uses -rot (the file's rot is for MATLAB's x = column
+    convention; -rot is the most compatible frame in our x = axis-0 convention, DESIGN §3,
+    checked by `chemomech.correlative.frames.frame_check`), "file" uses rot as stored, a number
+    overrides.
+    Pixels with theta == 0 or 1, or a strain component == 1, are outside the measurement.
+    `keep_largest` keeps the largest connected piece of the mask (debris dropped).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    data = _load_mat(path)
+    for key in REFERENCE_MAT_FIELDS:
+        if key not in data:
+            raise InputError(f"variable missing (has {sorted(data)})", path=str(path), field=key)
+    maps = {k: np.asarray(data[k], dtype=float) for k in REFERENCE_MAT_FIELDS if k != "rot"}
+    rot = np.asarray(data["rot"], dtype=float).ravel()
+    if rot.size != 1 or not np.isfinite(rot[0]):
+        raise InputError(f"must be one finite angle in rad, got {data['rot']!r}",
+                         path=str(path), field="rot")
+    file_rot = float(rot[0])
+    if rotation == "documented":
+        rotation_rad, how = -file_rot, f"-rot = {-file_rot:.4f} rad (documented, DESIGN §3)"
+    elif rotation == "file":
+        rotation_rad, how = file_rot, f"rot = {file_rot:.4f} rad as stored (MATLAB x = column)"
+    else:
+        rotation_rad, how = float(rotation), f"{float(rotation):.4f} rad given by the user"
+    shape = maps["FP"].shape
+    for key, arr in maps.items():
+        if arr.ndim != 2 or arr.shape != shape:
+            raise InputError(f"shape {arr.shape} differs from FP's {shape}", path=str(path),
+                             field=key)
+    thickness = maps["FP"] + maps["LFP"]
+    mask = thickness > threshold
+    if keep_largest:
+        mask = largest_component(mask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        X = np.where(mask, maps["LFP"] / np.where(mask, thickness, 1.0), np.nan)
+    outside = ((maps["theta"] == 0) | (maps["theta"] == 1) | np.isclose(maps["exx"], 1.0)
+               | np.isclose(maps["eyy"], 1.0) | np.isclose(maps["exy"], 1.0))
+    strain = {k: np.where(outside, np.nan, maps[k]) for k in ("exx", "eyy", "exy", "theta")}
+    unmeasured = int((mask & outside).sum())
+    if unmeasured:
+        logger.warning("%s: %d particle pixels have no strain measurement (NaN)", path,
+                       unmeasured)
+    dark_field = np.asarray(data["HAADF"], dtype=float) if "HAADF" in data else None
+    if dark_field is not None and dark_field.shape != shape:
+        dark_field = None
+    source = (f"{path.name}: reference-study .mat; X = LFP/(LFP+FP); mask FP+LFP > "
+              f"{threshold}; pixel size {pixel_size_nm} nm (not stored in the file); rotation "
+              f"{how}; theta_sign {theta_sign:+d}; thickness = FP+LFP, dark_field = HAADF")
+    return ParticleData(name=name or path.stem, X=X, e_xx=strain["exx"], e_yy=strain["eyy"],
+                        e_xy=strain["exy"], theta=strain["theta"], mask=mask,
+                        pixel_size_nm=pixel_size_nm, rotation_rad=rotation_rad,
+                        strain_frame="crystal", theta_sign=theta_sign, source=source,
+                        thickness=thickness, dark_field=dark_field, file=str(path))
+
+
+# --------------------------------------------------------------------------- py4DSTEM
+
+
+@dataclass
+class StrainMaps:
+    """Strain maps (dimensionless, rad; NaN where not measured) with an optional validity mask,
+    pixel size (nm), the frame the file states and an optional dark-field image.
+
+    `rotation_rad` / `strain_frame` are what the file says (None: it says nothing, and the
+    maps are taken as image-frame strain).
+    """
+
+    e_xx: np.ndarray
+    e_yy: np.ndarray
+    e_xy: np.ndarray
+    theta: np.ndarray
+    mask: np.ndarray | None = None
+    pixel_size_nm: float | None = None
+    source: str = ""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    rotation_rad: float | None = None
+    strain_frame: str | None = None
+    dark_field: np.ndarray | None = None
+
+
+#: py4DSTEM of 2019 names a rotated strain map `strain_map_rotated_by_<degrees>`.
+ROTATED_BY = re.compile(r"_rotated_by_(-?\d+(?:\.\d+)?)(?:_?deg)?$")
+#: Per-label datasets of the 2019 layout's strain group.
+LABELS_2019 = ("e_xx", "e_yy", "e_xy", "theta")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_labels(dataset: h5py.Dataset) -> list[str]:
+    return [_text(v) for v in np.asarray(dataset[()]).ravel()]
+
+
+def _is_label_dim(dataset: h5py.Dataset) -> bool:
+    return dataset.dtype.kind in ("S", "O", "U") or _text(dataset.attrs.get("name", b"")) \
+        == "_labels_"
+
+
+def _length_nm(value: float, units: str) -> float | None:
+    """value (in `units`) in nm, or None when the units are not a length (e.g. 'pixels')."""
+    factor = LENGTH_UNITS_NM.get(units.strip().lower())
+    return value * factor if factor is not None and value > 0 else None
+
+
+def _dim_pixel_size_nm(group: h5py.Group, key: str) -> float | None:
+    """Pixel size from an EMD dim vector [x0, x1, ...] whose units are a length, else None."""
+    if key not in group or not isinstance(group[key], h5py.Dataset):
+        return None
+    dim = group[key]
+    values = np.asarray(dim[()], dtype=float).ravel() if dim.dtype.kind in "fiu" else None
+    if values is None or values.size < 2:
+        return None
+    return _length_nm(float(values[1] - values[0]), _text(dim.attrs.get("units", b"")))
+
+
+def _calibration_pixel_size_nm(f: h5py.File, gpath: str) -> float | None:
+    """py4DSTEM 0.14: R_pixel_size and R_pixel_units of /<root>/metadatabundle/calibration."""
+    root = gpath.strip("/").split("/")[0]
+    cal = f.get(f"/{root}/metadatabundle/calibration")
+    if not isinstance(cal, h5py.Group) or "R_pixel_size" not in cal:
+        return None
+    size = np.asarray(cal["R_pixel_size"][()], dtype=float).ravel()
+    units = _text(cal["R_pixel_units"][()]) if "R_pixel_units" in cal else "pixels"
+    return _length_nm(float(size[0]), units) if size.size == 1 else None
+
+
+def _find_strain_groups(f: h5py.File) -> list[tuple[str, str]]:
+    """(group path, layout) of every strain map: a 3-D `data` array with strain labels
+    ("v0.12" under realslices/, else "emd"), or a realslices/ group holding one 2-D dataset
+    per label ("2019")."""
+    found: list[tuple[str, str]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Group):
+            return
+        if all(isinstance(obj.get(k), h5py.Dataset) and obj[k].ndim == 2 for k in LABELS_2019):
+            found.append((obj.name, "2019"))
+            return
+        data = obj.get("data")
+        if not isinstance(data, h5py.Dataset) or data.ndim != 3:
+            return
+        for key in obj:
+            if key.startswith("dim") and isinstance(obj[key], h5py.Dataset) \
+                    and _is_label_dim(obj[key]):
+                labels = {lbl.lower() for lbl in _decode_labels(obj[key])}
+                if {"exx", "e_xx"} & labels:
+                    found.append((obj.name, "v0.12" if "/realslices/" in obj.name
+                                  else "emd"))
+                return
+
+    f.visititems(visit)
+    return found
+
+
+def _select_group(candidates: list[tuple[str, str]], group: str | None, path: Path,
+                  ) -> tuple[str, str]:
+    """The one strain map named by `group`: its full path ('/a/b', 'a/b') or its last path
+    component ('b'); without `group` the file must hold exactly one."""
+    names = [c[0] for c in candidates]
+    if group is not None:
+        want = group.strip()
+        if "/" in want.strip("/") or want.startswith("/"):
+            candidates = [c for c in candidates if c[0] == "/" + want.strip("/")]
+        else:
+            candidates = [c for c in candidates if c[0].rsplit("/", 1)[-1] == want]
+    if not candidates:
+        what = f"named {group!r} (strain maps in the file: {names})" if group else \
+            "(a 3-D 'data' array labelled e_xx/exx, e_yy, e_xy, theta, or the 2019 layout)"
+        raise InputError(f"no py4DSTEM strain map {what}", path=str(path),
+                         field=group or "data")
+    if len(candidates) > 1:
+        raise InputError(f"several strain maps {[c[0] for c in candidates]}; choose one with "
+                         "--group NAME (its last path component or its full path)",
+                         path=str(path), field="group")
+    return candidates[0]
+
+
+def _read_array_layout(g: h5py.Group, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Slices of a labelled `data` array: (N, Rx, Ry) in EMD 0.14, (Rx, Ry, N) in 0.12."""
+    label_key = next(k for k in g if k.startswith("dim") and _is_label_dim(g[k]))
+    labels = [lbl.lower() for lbl in _decode_labels(g[label_key])]
+    try:
+        data = np.asarray(g["data"][()], dtype=float)
+    except OSError as err:
+        raise InputError(f"unreadable data (truncated?): {err}", path=str(path),
+                         field=f"{g.name}/data") from None
+    first, last = data.shape[0] == len(labels), data.shape[-1] == len(labels)
+    if not (first or last):
+        raise InputError(f"{len(labels)} labels {labels} but data shape {data.shape}",
+                         path=str(path), field=f"{g.name}/{label_key}")
+    axis = 0 if first and ("/realslices/" not in g.name or not last) else data.ndim - 1
+    return {lbl: np.take(data, k, axis=axis) for k, lbl in enumerate(labels)}, labels
+
+
+def _mask_2019(value: np.ndarray) -> np.ndarray:
+    """The 2019 mask: strings 'TRUE'/'FALSE' (bytes or str), or numbers/booleans."""
+    value = np.asarray(value)
+    if value.dtype.kind in ("S", "O", "U"):
+        text = np.char.upper(np.char.strip(value.astype("U")))
+        unknown = sorted(set(text.ravel()) - {"TRUE", "FALSE"})
+        if unknown:
+            raise InputError(f"mask strings must be 'TRUE' or 'FALSE', got {unknown[:3]}",
+                             field="mask_realspace")
+        return text == "TRUE"
+    return np.asarray(value, dtype=float) > 0.5
+
+
+def _read_2019_layout(g: h5py.Group) -> tuple[dict[str, np.ndarray], list[str],
+                                                             np.ndarray | None]:
+    """One dataset per label, the string mask and the dark field beside it (realslices/)."""
+    slices = {k: np.asarray(g[k][()], dtype=float) for k in g
+              if isinstance(g[k], h5py.Dataset) and g[k].ndim == 2}
+    parent = g.parent
+    mask = parent.get("mask_realspace/realslice")
+    if isinstance(mask, h5py.Dataset):
+        slices["mask"] = _mask_2019(mask[()]).astype(float)
+    dark = parent.get("DF_image/realslice")
+    dark_field = np.asarray(dark[()], dtype=float) if isinstance(dark, h5py.Dataset) else None
+    return slices, sorted(slices), dark_field
+
+
+def read_py4dstem_strain(path: str | Path, *, group: str | None = None) -> StrainMaps:
+    """Strain maps from a py4DSTEM file (DESIGN §6), NaN where py4DSTEM measured nothing.
+
+    Layouts: 0.14 EMD (N, Rx, Ry) labelled e_xx/exx, e_yy/eyy, e_xy/exy, theta, mask, error
+    (the never-written `error` slice is dropped; the pixel size comes from
+    /<root>/metadatabundle/calibration R_pixel_size, R_pixel_units); 0.12 (Rx, Ry, N) with
+    labels in dim3; and the 2019 layout realslices/<name>/{e_xx, e_yy, e_xy, theta} with the
+    mask realslices/mask_realspace/realslice ('TRUE'/'FALSE') and the dark field
+    realslices/DF_image/realslice.  A 2019 group named `..._rotated_by_<deg>` holds the
+    image-frame strain in axes rotated counter-clockwise by <deg> degrees from image x (as
+    py4DSTEM's get_rotated_strain_map with x axis (cos, sin)): crystal-frame strain with
+    rotation_rad = radians(<deg>) (DESIGN §2).  Outside the mask, and wherever py4DSTEM left
+    its unfitted e_xx = e_yy = 1 (exactly), the maps are NaN and the mask is 0.
+    `group`: which strain map, by its last path component or full path.
+    """
+    path = Path(path)
+    dark_field = None
+    rotation = None
+    with open_hdf5(path) as f:
+        gpath, layout = _select_group(_find_strain_groups(f), group, path)
+        g = f[gpath]
+        if layout == "2019":
+            slices, labels, dark_field = _read_2019_layout(g)
+            pixel = None
+            hit = ROTATED_BY.search(gpath.rsplit("/", 1)[-1])
+            rotation = float(np.radians(float(hit.group(1)))) if hit else None
+        else:
+            slices, labels = _read_array_layout(g, path)
+            spatial = sorted(k for k in g if k.startswith("dim") and not _is_label_dim(g[k]))
+            pixel = _dim_pixel_size_nm(g, spatial[0]) if spatial else None
+            if pixel is None:
+                pixel = _calibration_pixel_size_nm(f, gpath)
+    slices.pop("error", None)
+    maps: dict[str, np.ndarray] = {}
+    for ours, aliases in STRAIN_LABELS.items():
+        hit_label = next((a for a in aliases if a in slices), None)
+        if hit_label is None and ours != "mask":
+            raise InputError(f"no slice labelled {aliases} (labels: {labels})", path=str(path),
+                             field=gpath)
+        if hit_label is not None:
+            maps[ours] = slices.pop(hit_label)
+    unfitted = (maps["e_xx"] == 1.0) & (maps["e_yy"] == 1.0)
+    mask = ~unfitted if "mask" not in maps else (np.nan_to_num(maps["mask"]) > 0.5) & ~unfitted
+    strain = {k: np.where(mask, maps[k], np.nan) for k in ("e_xx", "e_yy", "e_xy", "theta")}
+    if dark_field is not None and dark_field.shape != mask.shape:
+        logger.warning("%s: DF_image %s does not match the strain maps %s: ignored", path,
+                       dark_field.shape, mask.shape)
+        dark_field = None
+    frame = f", crystal frame rotated by {np.degrees(rotation):g} deg" if rotation is not None \
+        else ""
+    source = f"{path.name}: py4DSTEM {layout} strain map {gpath}{frame}"
+    logger.info("read %s (labels %s, pixel size %s nm, %d measured pixels)", source, labels,
+                pixel, int(mask.sum()))
+    return StrainMaps(**strain, mask=mask, pixel_size_nm=pixel, source=source, extra=slices,
+                      rotation_rad=rotation,
+                      strain_frame="crystal" if rotation is not None else None,
+                      dark_field=dark_field)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@dataclass
+class CompositionMap:
+    """Li fraction X (NaN outside), the particle mask, and optionally the thickness map
+    t_LFP + t_FP (or an optical-density image standing in for it) on the same X-ray grid."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    thickness: np.ndarray | None = None
+    source: str = ""
+
+
+def _morphology_image(arrays: dict[str, np.ndarray], keys: dict[str, str], lfp: str | None,
+                      fp: str | None) -> tuple[np.ndarray | None, str]:
+    """The X-ray thickness: 'thickness', t_LFP + t_FP, or an OD image ('od'; a stack
+    (energies, nx, ny) is averaged over energies), with the name of its source."""
+    if "thickness" in keys:
+        return np.asarray(arrays[keys["thickness"]], dtype=float), keys["thickness"]
+    if lfp and fp:
+        return (np.asarray(arrays[lfp], dtype=float) + np.asarray(arrays[fp], dtype=float),
+                f"{lfp}+{fp}")
+    if "od" in keys:
+        od = np.asarray(arrays[keys["od"]], dtype=float)
+        return (od.mean(axis=0) if od.ndim == 3 else od), f"mean {keys['od']}"
+    return None, ""
+
+
+def _otsu_mask(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """image > Otsu's threshold (unit-free: thickness or OD in any units)."""
+    from skimage.filters import threshold_otsu
+
+    finite = image[np.isfinite(image)]
+    if finite.size == 0 or np.ptp(finite) == 0:
+        raise InputError("the thickness/OD image is uniform: cannot make a particle mask",
+                         field="thickness")
+    cut = float(threshold_otsu(finite))
+    return np.nan_to_num(image, nan=-np.inf) > cut, cut
+
+
+def _composition_from_arrays(arrays: dict[str, np.ndarray], path: Path, threshold: float,
+                             ) -> CompositionMap:
+    """X given directly or from t_LFP, t_FP thicknesses; the mask is, in this order, a 'mask'
+    array, the thickness (or OD) above Otsu's threshold, or the finite pixels of X."""
+    keys = {k.lower(): k for k in arrays}
+    lfp = next((keys[k] for k in ("t_lfp", "lfp") if k in keys), None)
+    fp = next((keys[k] for k in ("t_fp", "fp") if k in keys), None)
+    if lfp and fp and np.shape(arrays[lfp]) != np.shape(arrays[fp]):
+        raise InputError(f"{lfp} {np.shape(arrays[lfp])} and {fp} {np.shape(arrays[fp])} "
+                         "differ", path=str(path), field=fp)
+    thickness, thickness_name = _morphology_image(arrays, keys, lfp, fp)
+    if "x" in keys:
+        X = np.asarray(arrays[keys["x"]], dtype=float)
+        if thickness is not None and thickness.shape != X.shape:
+            raise InputError(f"{thickness_name} {thickness.shape} and X {X.shape} differ",
+                             path=str(path), field=thickness_name)
+        if "mask" in keys:
+            mask = np.asarray(arrays[keys["mask"]]) > 0.5
+            how = "X and mask as stored"
+        elif thickness is not None:
+            mask, cut = _otsu_mask(thickness)
+            how = f"X as stored, mask {thickness_name} > {cut:.4g} (Otsu)"
+        else:
+            mask = np.isfinite(X)
+            how = "X as stored, mask = finite X"
+            logger.warning("%s: no mask and no thickness/OD: every finite X pixel counts as "
+                           "particle (X = 0 outside it would count as data)", path)
+        mask &= np.isfinite(X)
+        X = np.where(mask, X, np.nan)
+    elif lfp and fp:
+        t_lfp = np.asarray(arrays[lfp], dtype=float)
+        mask = thickness > threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            X = np.where(mask, t_lfp / np.where(mask, thickness, 1.0), np.nan)
+        how = f"X = {lfp}/({lfp}+{fp}), mask {lfp}+{fp} > {threshold}"
+    else:
+        raise InputError(f"need 'X' or thicknesses 't_LFP' and 't_FP' (has {sorted(arrays)})",
+                         path=str(path), field="X")
+    if X.ndim != 2:
+        raise InputError(f"must be a 2-D image, got shape {X.shape}", path=str(path), field="X")
+    return CompositionMap(X=X, mask=mask, thickness=thickness, source=f"{path.name}: {how}")
+
+
+def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_THRESHOLD,
+                         ) -> CompositionMap:
+    """Li fraction X from .npz, TIFF (X, or pages t_LFP, t_FP) or HDF5 (X or t_LFP, t_FP)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        return _composition_from_arrays(arrays, path, threshold)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            image = np.asarray(tifffile.imread(path), dtype=float)
+        except Exception as err:  # tifffile raises several exception types
+            raise InputError(f"not a readable TIFF file: {err}", path=str(path)) from None
+        if image.ndim == 2:
+            return _composition_from_arrays({"X": image}, path, threshold)
+        if image.ndim == 3 and image.shape[0] == 2:
+            return _composition_from_arrays({"t_LFP": image[0], "t_FP": image[1]}, path,
+                                            threshold)
+        raise InputError(f"TIFF must be one X image or two pages (t_LFP, t_FP), got shape "
+                         f"{image.shape}", path=str(path), field="X")
+    with open_hdf5(path) as f:
+        arrays = {k: v[()] for k, v in f.items()
+                  if isinstance(v, h5py.Dataset) and v.ndim in (2, 3)}
+    return _composition_from_arrays(arrays, path, threshold)
+
+
+# --------------------------------------------------------------------------- particles
+
+
+def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; a missing required array is an InputError naming it."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+    for key in required:
+        if key not in arrays:
+            raise InputError(f"array missing (has {sorted(arrays)})", path=str(path), field=key)
+    return arrays
+
+
+def read_particle_npz(path: str | Path, *, name: str | None = None,
+                      pixel_size_nm: float | None = None,
+                      keep_largest: bool = False) -> ParticleData:
+    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys);
+    `keep_largest` keeps the largest connected piece of the mask."""
+    path = Path(path)
+    arrays = _load_npz(path, ("X", "e_xx", "e_yy", "e_xy", "theta", "mask"))
+
+    def scalar(key: str, default: Any) -> Any:
+        return arrays[key].item() if key in arrays else default
+
+    mask = largest_component(arrays["mask"]) if keep_largest else arrays["mask"]
+    return ParticleData(name=name or str(scalar("name", path.stem)), X=arrays["X"],
+                        e_xx=arrays["e_xx"], e_yy=arrays["e_yy"], e_xy=arrays["e_xy"],
+                        theta=arrays["theta"],
+                        mask=mask,
+                        pixel_size_nm=pixel_size_nm or scalar("pixel_size_nm", None),
+                        rotation_rad=scalar("rotation_rad", 0.0),
+                        strain_frame=str(scalar("strain_frame", "crystal")),
+                        theta_sign=int(scalar("theta_sign", 1)),
+                        source=f"{path.name}: plain .npz", file=str(path))
+
+
+def read_strain_npz(path: str | Path) -> StrainMaps:
+    """Strain maps from .npz: e_xx, e_yy, e_xy, theta (+ optional mask, pixel_size_nm, and a
+    dark-field image `dark_field` or `HAADF`)."""
+    path = Path(path)
+    arrays = _load_npz(path, ("e_xx", "e_yy", "e_xy", "theta"))
+    h = arrays["pixel_size_nm"].item() if "pixel_size_nm" in arrays else None
+    dark = next((arrays[k] for k in ("dark_field", "HAADF") if k in arrays), None)
+    return StrainMaps(arrays["e_xx"], arrays["e_yy"], arrays["e_xy"], arrays["theta"],
+                      arrays.get("mask"), h, f"{path.name}: strain .npz",
+                      dark_field=None if dark is None else np.asarray(dark, dtype=float))
+
+
+def combine_strain_and_composition(strain: StrainMaps, composition: CompositionMap, *,
+                                   name: str, pixel_size_nm: float | None = None,
+                                   rotation_rad: float | None = None,
+                                   strain_frame: str | None = None, theta_sign: int = 1,
+                                   strain_path: str | None = None,
+                                   keep_largest: bool = False) -> ParticleData:
+    """One particle from registered maps: mask = composition mask & strain mask (if any).
+
+    The frame is the one given, else the strain file's (`StrainMaps.rotation_rad`,
+    `strain_frame`), else the image frame at rotation 0.
+    """
+    where = strain_path
+    shape = strain.e_xx.shape
+    if composition.X.shape != shape:
+        raise InputError(f"composition map {composition.X.shape} and strain map {shape} differ: "
+                         "register the X-ray map onto the 4D-STEM grid first",
+                         path=where, field="X")
+    mask = composition.mask & np.isfinite(composition.X)
+    if strain.mask is not None:
+        mask &= np.nan_to_num(strain.mask) > 0.5
+    if keep_largest:
+        mask = largest_component(mask)
+    h = pixel_size_nm if pixel_size_nm is not None else strain.pixel_size_nm
+    if rotation_rad is None:
+        rotation_rad = strain.rotation_rad if strain.rotation_rad is not None else 0.0
+    if strain_frame is None:
+        strain_frame = strain.strain_frame or "image"
+    source = "; ".join(s for s in (strain.source, composition.source) if s)
+    return ParticleData(name=name, X=composition.X, e_xx=strain.e_xx, e_yy=strain.e_yy,
+                        e_xy=strain.e_xy, theta=strain.theta, mask=mask, pixel_size_nm=h,
+                        rotation_rad=rotation_rad, strain_frame=strain_frame,
+                        theta_sign=theta_sign, source=source, thickness=composition.thickness,
+                        dark_field=strain.dark_field, file=where)
+
+
+def _kind(path: Path) -> str:
+    """'stack', 'mat', 'npz-particle', 'npz-strain', 'py4dstem' or 'composition' by content."""
+    suffix = path.suffix.lower()
+    if suffix == ".mat":
+        return "mat"
+    if suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                has_strain = {"e_xx", "e_yy", "e_xy", "theta"} <= set(z.files)
+                has_x = "X" in z.files
+        except (OSError, ValueError) as err:
+            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        if has_strain:
+            return "npz-particle" if has_x else "npz-strain"
+        return "composition"
+    if suffix in (".tif", ".tiff"):
+        return "composition"
+    if is_stack_file(path):
+        return "stack"
+    with open_hdf5(path) as f:
+        return "py4dstem" if _find_strain_groups(f) else "composition"
+
+
+def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
+                   pixel_size_nm: float | None = None, rotation_rad: float | None = None,
+                   strain_frame: str | None = None, theta_sign: int | None = None,
+                   mat_rotation: str = "documented", keep_largest: bool = False,
+                   group: str | None = None) -> list[ParticleData]:
+    """Particles from a stack, a .mat, a particle .npz, or a strain file + a composition file.
+
+    `group` chooses the strain map of a py4DSTEM file holding several (last path component or
+    full path); the frame not given here is the strain file's, else the image frame.
+    """
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise InputError("no such file", path=str(p))
+    kinds = {p: _kind(p) for p in paths}
+    if group is not None and "py4dstem" not in kinds.values():
+        raise InputError(f"group={group!r} chooses a strain map of a py4DSTEM file, but none "
+                         f"is given ({[f'{p} ({kinds[p]})' for p in paths]})", field="group")
+    if len(paths) == 1 and kinds[paths[0]] in ("stack", "mat", "npz-particle"):
+        p, kind = paths[0], kinds[paths[0]]
+        if kind == "stack":
+            particles = read_stack(p)
+        elif kind == "mat":
+            rot: str | float = mat_rotation if rotation_rad is None else rotation_rad
+            particles = [read_reference_mat(
+                p, pixel_size_nm=pixel_size_nm or REFERENCE_MAT_PIXEL_SIZE_NM, rotation=rot,
+                theta_sign=theta_sign or 1, name=name, keep_largest=keep_largest)]
+        else:
+            particles = [read_particle_npz(p, name=name, pixel_size_nm=pixel_size_nm,
+                                           keep_largest=keep_largest)]
+        overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
+                                       ("strain_frame", strain_frame),
+                                       ("theta_sign", theta_sign)) if v is not None}
+        if overrides and kind != "mat":
+            particles = [_override(q, overrides) for q in particles]
+        return particles
+    strain_paths = [p for p in paths if kinds[p] in ("py4dstem", "npz-strain")]
+    comp_paths = [p for p in paths if kinds[p] == "composition"]
+    if len(paths) != 2 or len(strain_paths) != 1 or len(comp_paths) != 1:
+        raise InputError(f"give one stack, .mat or particle .npz, or one strain file and one "
+                         f"composition file; got {[f'{p} ({kinds[p]})' for p in paths]}",
+                         path=", ".join(map(str, paths)), field="inputs")
+    sp, cp = strain_paths[0], comp_paths[0]
+    if kinds[sp] == "py4dstem":
+        strain = read_py4dstem_strain(sp, group=group)
+    else:
+        strain = read_strain_npz(sp)
+    composition = read_composition_map(cp)
+    return [combine_strain_and_composition(
+        strain, composition, name=name or sp.stem, pixel_size_nm=pixel_size_nm,
+        rotation_rad=rotation_rad, strain_frame=strain_frame, theta_sign=theta_sign or 1,
+        strain_path=str(sp), keep_largest=keep_largest)]
+
+
+def read_data(data: str | Path | Sequence[str | Path | Sequence[str | Path]],
+              particles: str | Sequence[str] = "all", **read_options: Any,
+              ) -> list[ParticleData]:
+    """The config's `data` (a path, or a list of paths and [strain, composition] pairs) and
+    `particles` ("all" or names) as one list of particles with unique names."""
+    entries = [data] if isinstance(data, (str, Path)) else list(data)
+    out: list[ParticleData] = []
+    for entry in entries:
+        inputs = [entry] if isinstance(entry, (str, Path)) else list(entry)
+        out += read_particles(inputs, **read_options)
+    names = [p.name for p in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"particle names {duplicates} occur in more than one input; rename "
+                         "them (chemomech import --name)", field="particles")
+    if particles != "all":
+        wanted = [particles] if isinstance(particles, str) else list(particles)
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise InputError(f"particles {missing} not found (have {names})",
+                             field="particles")
+        out = [out[names.index(n)] for n in wanted]
+    return out
+
+
+def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
+    q = p.with_frame(values.get("rotation_rad", p.rotation_rad),
+                     values.get("theta_sign", p.theta_sign), "frame set by the user")
+    q.strain_frame = values.get("strain_frame", p.strain_frame)
+    return ParticleData(**{k: getattr(q, k) for k in q.__dataclass_fields__})
