@@ -13,8 +13,7 @@ from mpi4py import MPI
 
 from chemomech.materials import Material
 from chemomech.phasefield.initial import random_waves, set_initial_composition
-from chemomech.phasefield.model import (Elasticity, FreeEnergy, Kinetics, PhaseFieldForms,
-                                        vegard_law)
+from chemomech.phasefield.model import Elasticity, FreeEnergy, Kinetics, PhaseFieldForms, vegard_law
 from chemomech.phasefield.solver import PhaseFieldSolver, StepControl
 
 NO_ELASTICITY = Elasticity(enabled=False)

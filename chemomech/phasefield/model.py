@@ -9,7 +9,7 @@ with D = 1e-14 cm^2/s (= 1 nm^2/s) and the default D = 1 nm^2/tau, tau is one se
 
 .. math::
     F[c, u] = \int_\Omega f(c) + \tfrac{\kappa}{2}|\nabla c|^2
-        + \tfrac12 (\varepsilon(u) - \varepsilon^*(c)) : C : (\varepsilon(u) - \varepsilon^*(c))\,dx,
+        + \tfrac12 e : C : e\,dx, \qquad e = \varepsilon(u) - \varepsilon^*(c),
 
 with the regular solution per formula unit (volume v, default LiFePO4 cell volume / 4),
 :math:`f(c) = [\Omega c(1-c) + k_BT(c\ln c + (1-c)\ln(1-c))]/v`, the package's stiffness

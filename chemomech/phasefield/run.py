@@ -29,8 +29,13 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
     from chemomech.mesh import mesh_from_mask
     from chemomech.phasefield.geometry import mask_from_file, platelet_mask
     from chemomech.phasefield.initial import random_waves, set_initial_composition
-    from chemomech.phasefield.model import (Elasticity, FreeEnergy, Kinetics, PhaseFieldForms,
-                                            vegard_law)
+    from chemomech.phasefield.model import (
+        Elasticity,
+        FreeEnergy,
+        Kinetics,
+        PhaseFieldForms,
+        vegard_law,
+    )
     from chemomech.phasefield.solver import StepControl
 
     g = config.geometry
@@ -71,8 +76,13 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
 
 def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     """Run the configured relaxation and write the outputs; returns the summary dict."""
-    from chemomech.phasefield.outputs import (XdmfSeries, energy_figure, final_state_figure,
-                                              particle_data, sample_state)
+    from chemomech.phasefield.outputs import (
+        XdmfSeries,
+        energy_figure,
+        final_state_figure,
+        particle_data,
+        sample_state,
+    )
     from chemomech.phasefield.solver import PhaseFieldSolver
     from chemomech.results import versions, write_json_atomic, write_text_atomic
     from chemomech.stack import write_stack

@@ -118,7 +118,7 @@ def rigid_modes(W) -> PETSc.NullSpace:
     Wu = W.sub(2)
     comps = [Wu.sub(k).collapse() for k in range(2)]
     modes = [fem.Function(W) for _ in range(3)]
-    for k, (Vk, dofs) in enumerate(comps):
+    for k, (_, dofs) in enumerate(comps):
         modes[k].x.array[dofs] = 1.0
     for k, (Vk, dofs) in enumerate(comps):
         x = Vk.tabulate_dof_coordinates()

@@ -1,0 +1,99 @@
+"""`chemomech phasefield`: config validation, the written outputs, and M1 on the result
+recovers the law that generated it (the stack is read by `chemomech invert` directly)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from chemomech import legendre
+from chemomech.cli import main
+from chemomech.exceptions import ConfigError
+from chemomech.phasefield.config import load_phasefield_config
+from chemomech.stack import read_stack
+
+SMALL = {"geometry": {"length_nm": 440.0, "width_nm": 280.0, "pixel_size_nm": 20.0},
+         "free_energy": {"interface_width_nm": 60.0},
+         "elasticity": {"rotation_rad": 0.5},
+         "steps": {"energy_tol": 1e-7}, "outputs": {"xdmf_every": 10}}
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("mean_x: 0.5\nwidth: 3\n", "width"),
+    ("geometry: {pores: -1}\n", "geometry.pores"),
+    ("free_energy: {kappa: 10, interface_width_nm: 50}\n", "not both"),
+    ("dim: 3\n", "dim: 3"),
+    ("geometry: {thickness_nm: 300}\n", "thickness_nm"),
+    ("mean_x: 1.2\n", "mean_x"),
+    ("kinetics: {theta: 0.2}\n", "kinetics.theta"),
+    ("geometry: {mask_from: missing.h5}\n", "geometry.mask_from"),
+])
+def test_invalid_configs_are_rejected_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "pf.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        load_phasefield_config(path)
+
+
+def test_overrides_replace_the_file_values(tmp_path):
+    path = tmp_path / "pf.yaml"
+    path.write_text(yaml.safe_dump({"free_energy": {"interface_width_nm": 80.0},
+                                    "output": "out"}))
+    config = load_phasefield_config(path, **{"free_energy.kappa": 12.0, "geometry.pores": 2,
+                                             "mean_x": 0.3})
+    assert config.free_energy.kappa == 12.0 and config.free_energy.interface_width_nm is None
+    assert config.geometry.pores == 2 and config.mean_x == 0.3
+    assert config.output == str(tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def relaxed(tmp_path_factory):
+    """A small platelet relaxed by `chemomech phasefield` (config file + CLI flags)."""
+    folder = tmp_path_factory.mktemp("pf")
+    config = folder / "pf.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    out = folder / "out"
+    assert main(["phasefield", str(config), "--output", str(out), "--mean-x", "0.4",
+                 "--seed", "2"]) == 0
+    return out
+
+
+def test_cli_writes_a_stack_with_truth_xdmf_and_figures(relaxed):
+    summary = json.loads((relaxed / "summary.json").read_text())
+    assert summary["converged"] and summary["mean_X_domain"] == pytest.approx(0.4, abs=1e-10)
+    assert summary["interface_width_nm"] == pytest.approx(60.0)
+    (p,) = read_stack(relaxed / "particle.h5")
+    inside = p.mask
+    assert np.all(np.isfinite(p.X[inside])) and np.all(np.isnan(p.X[~inside]))
+    c_a, c_b = summary["binodal"]
+    assert np.nanmin(p.X) < 0.1 and np.nanmax(p.X) > 0.9  # phase separated
+    assert np.nanmin(p.X) > c_a - 0.01 and np.nanmax(p.X) < c_b + 0.01
+    assert p.strain_frame == "crystal" and p.rotation_rad == 0.5 and p.theta_sign == 1
+    assert np.array_equal(p.truth["e_xx"], p.e_xx, equal_nan=True)  # no noise asked
+    assert {"coefficients_a", "coefficients_c", "u_x", "mu", "free_energy"} <= set(p.truth)
+    # the Li-poor phase is contracted along a (Vegard: -4.9 % at X = 0)
+    poor, rich = inside & (p.X < 0.2), inside & (p.X > 0.8)
+    assert np.mean(p.e_xx[poor]) < np.mean(p.e_xx[rich]) - 0.03
+    assert (relaxed / "phasefield.xdmf").exists() and (relaxed / "phasefield.h5").exists()
+    for name in ("energy", "final_state"):
+        assert (relaxed / "figures" / f"{name}.png").stat().st_size > 5000
+    assert yaml.safe_load((relaxed / "config.yaml").read_text())["mean_x"] == 0.4
+
+
+def test_m1_on_the_phasefield_particle_recovers_its_law(relaxed, tmp_path):
+    config = tmp_path / "invert.yaml"
+    config.write_text(yaml.safe_dump({"data": str(relaxed / "particle.h5"), "model": "M1",
+                                      "legendre_degree": 1, "output": str(tmp_path / "inv"),
+                                      "optimiser": {"method": "linear"},
+                                      "uncertainty": {"n_draws": 10}}))
+    assert main(["invert", str(config)]) == 0
+    summary = json.loads((tmp_path / "inv" / "summary.json").read_text())
+    (p,) = read_stack(relaxed / "particle.h5")
+    X = np.linspace(0.0, 1.0, 101)
+    for axis in ("a", "c"):
+        learnt = legendre.evaluate(summary["coefficients"][axis], X)
+        truth = legendre.evaluate(p.truth[f"coefficients_{axis}"], X)
+        assert np.abs(learnt - truth).max() < 0.002, axis
