@@ -3,7 +3,7 @@
 Example (every key optional; the defaults are shown by `PhaseFieldConfig` field docs)::
 
     output: results/phasefield
-    dim: 2                       # 3 (extruded platelet) is rejected: not implemented yet
+    dim: 2                       # 3: the mask extruded to geometry.thickness_nm
     mean_x: 0.5
     seed: 0
     geometry: {length_nm: 1200, width_nm: 700, pixel_size_nm: 16.6, pores: 0}
@@ -41,10 +41,12 @@ class GeometryConfig(_Strict):
     exponent: float = Field(2.5, gt=0, description="superellipse exponent p")
     long_axis_rad: float = Field(0.0, description="long axis from image x (ccw)")
     pixel_size_nm: float = Field(16.6, gt=0, description="pixel size of the generated mask")
-    pores: int = Field(0, ge=0, description="circular through-thickness pores (2-D holes)")
+    pores: int = Field(0, ge=0, description="pores: through-thickness holes in 2-D, closed "
+                       "voids at mid-thickness in 3-D")
     pore_radius_nm: float = Field(60.0, gt=0)
     mesh_size_px: float = Field(1.0, gt=0, description="element size (pixels)")
-    thickness_nm: float | None = Field(None, gt=0, description="3-D platelet thickness")
+    thickness_nm: float | None = Field(None, gt=0, description="3-D platelet thickness "
+                                       "(dim 3 only; default 300 nm)")
 
 
 class FreeEnergyConfig(_Strict):
@@ -74,7 +76,9 @@ class ElasticityConfig(_Strict):
     coefficients_a: list[float] | None = Field(None, min_length=1, description="Legendre "
                                                "coefficients of f_a (null: Vegard)")
     coefficients_c: list[float] | None = Field(None, min_length=1)
-    u_degree: Literal[1, 2] = Field(1, description="Lagrange degree of u")
+    u_degree: Literal[1, 2] | None = Field(None, description="Lagrange degree of u; null: 1 "
+                                           "in 2-D, 2 in 3-D (P1 tetrahedra lock in thin "
+                                           "platelets)")
 
 
 class KineticsConfig(_Strict):
@@ -112,6 +116,8 @@ class OutputConfig(_Strict):
     noise_strain: float = Field(0.0, ge=0, description="Gaussian noise on the stored strain")
     noise_composition: float = Field(0.0, ge=0, description="Gaussian noise on stored X")
     name: str = Field("phasefield", min_length=1, description="particle name in the stack")
+    thickness_points: int = Field(8, ge=1, description="Gauss points along the beam for the "
+                                  "3-D thickness projection")
 
 
 class PhaseFieldConfig(_Strict):
@@ -131,12 +137,8 @@ class PhaseFieldConfig(_Strict):
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.dim == 3:
-            raise ValueError("dim: 3 (extruded platelet) is not implemented in this version; "
-                             "use dim: 2")
-        if self.geometry.thickness_nm is not None:
-            raise ValueError("geometry.thickness_nm is only used with dim: 3, which is not "
-                             "implemented yet")
+        if self.dim == 2 and self.geometry.thickness_nm is not None:
+            raise ValueError("geometry.thickness_nm is only used with dim: 3")
         if self.geometry.mask_from is not None and self.geometry.pores:
             raise ValueError("geometry.pores applies to the generated platelet, not to "
                              "geometry.mask_from")

@@ -67,6 +67,35 @@ def vegard_law() -> tuple[list[float], list[float]]:
     return legendre.from_linear(misfit["a"], 0.0), legendre.from_linear(misfit["c"], 0.0)
 
 
+def vegard_law_b() -> list[float]:
+    """Legendre coefficients of Vegard's law along b (the zone axis; 3-D only), about -3.6 %."""
+    lfp, fp = LATTICE_ANGSTROM["LiFePO4"], LATTICE_ANGSTROM["FePO4"]
+    return legendre.from_linear(fp[1] / lfp[1] - 1.0, 0.0)
+
+
+#: Voigt index of the tensor index pair (crystal order 1 = a, 2 = b, 3 = c).
+_VOIGT = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (1, 2): 3, (2, 1): 3, (0, 2): 4, (2, 0): 4,
+          (0, 1): 5, (1, 0): 5}
+#: Image axes (x', y', z) of the unrotated crystal: a along x', c along y', b along z (beam).
+_IMAGE_FROM_CRYSTAL = (0, 2, 1)
+
+
+def stiffness_tensor_3d(voigt: np.ndarray, rotation_rad: float) -> np.ndarray:
+    r"""3x3x3x3 image-frame stiffness (GPa) of a 6x6 Voigt matrix (crystal a, b, c) for a
+    platelet with b along the beam z and crystal a at `rotation_rad` from image x:
+    :math:`C'_{ijkl} = Q_{ip}Q_{jq}Q_{kr}Q_{ls}C_{pqrs}`, Q = rotation about z after the
+    axis permutation (a, c, b) -> (x, y, z)."""
+    C = np.zeros((3, 3, 3, 3))
+    for i, j, k, l in np.ndindex(3, 3, 3, 3):
+        C[i, j, k, l] = voigt[_VOIGT[i, j], _VOIGT[k, l]]
+    perm = list(_IMAGE_FROM_CRYSTAL)
+    C = C[np.ix_(perm, perm, perm, perm)]
+    Q = np.eye(3)
+    c, s = math.cos(rotation_rad), math.sin(rotation_rad)
+    Q[:2, :2] = [[c, -s], [s, c]]
+    return np.einsum("ip,jq,kr,ls,pqrs->ijkl", Q, Q, Q, Q, C)
+
+
 def _xlogx(s, delta: float, backend):
     r""":math:`s\ln s` for s >= delta, its Taylor polynomial of degree 2 at delta below."""
     if backend is np:
@@ -177,7 +206,9 @@ class Elasticity:
     """Coherency elasticity: stiffness (`Material`), crystal orientation and the eigenstrain law.
 
     `coefficients_a`, `coefficients_c`: shifted-Legendre coefficients of f_a, f_c (default
-    Vegard); `rotation_rad`: image x to crystal a (ccw); `enabled=False` drops elasticity.
+    Vegard); `coefficients_b`: f_b along the zone axis, used in 3-D only; `rotation_rad`:
+    image x to crystal a (ccw); `enabled=False` drops elasticity.  In 3-D the full tensor
+    of `material.stiffness` is used (`reduction` does not apply; "mixed" is linear in X).
     """
 
     material: Material = field(default_factory=Material)
@@ -185,6 +216,37 @@ class Elasticity:
     coefficients_a: Sequence[float] = field(default_factory=lambda: vegard_law()[0])
     coefficients_c: Sequence[float] = field(default_factory=lambda: vegard_law()[1])
     enabled: bool = True
+    coefficients_b: Sequence[float] = field(default_factory=vegard_law_b)
+
+    def ufl_stiffness(self, dim: int, X):
+        """Image-frame stiffness as UFL: 2-D ac-plane reduction, or the 3-D tensor."""
+        import ufl
+
+        from chemomech.materials import voigt_stiffness
+
+        if dim == 2:
+            return self.material.ufl_tensor(self.rotation_rad, X=X)
+        if self.material.stiffness == "mixed":
+            lfp = stiffness_tensor_3d(voigt_stiffness("LiFePO4"), self.rotation_rad)
+            fp = stiffness_tensor_3d(voigt_stiffness("FePO4"), self.rotation_rad)
+            return X * ufl.as_tensor(lfp.tolist()) + (1 - X) * ufl.as_tensor(fp.tolist())
+        voigt = (0.5 * (voigt_stiffness("LiFePO4") + voigt_stiffness("FePO4"))
+                 if self.material.stiffness == "average"
+                 else voigt_stiffness(self.material.stiffness))
+        return ufl.as_tensor(stiffness_tensor_3d(voigt, self.rotation_rad).tolist())
+
+    def ufl_eigenstrain(self, dim: int, X):
+        r"""Image-frame eigenstrain: :math:`R\,\mathrm{diag}(f_a, f_c)R^T` in 2-D, with
+        :math:`\varepsilon^*_{zz} = f_b` in 3-D (R the rotation about z)."""
+        import ufl
+
+        from chemomech.forms import eigenstrain, shifted_legendre_series
+
+        e2 = eigenstrain(X, self.coefficients_a, self.coefficients_c, self.rotation_rad)
+        if dim == 2:
+            return e2
+        f_b = shifted_legendre_series(X, self.coefficients_b)
+        return ufl.as_matrix([[e2[0, 0], e2[0, 1], 0], [e2[1, 0], e2[1, 1], 0], [0, 0, f_b]])
 
     def stiffness_scale(self) -> float:
         """C_0 = Q_aa of the crystal tensor at X = 1/2 (GPa): scales the u residual."""
@@ -233,9 +295,8 @@ class PhaseFieldForms:
         self.elasticity = el = elasticity if elasticity is not None else Elasticity()
         self.kinetics = kin = kinetics if kinetics is not None else Kinetics()
         gdim = mesh.geometry.dim
-        if gdim != 2:
-            raise InputError(f"the phase-field forms are 2-D (plane stress/strain); got a "
-                             f"{gdim}-D mesh", field="dim")
+        if gdim not in (2, 3):
+            raise InputError(f"need a 2-D or 3-D mesh, got {gdim}-D", field="dim")
         cell = mesh.basix_cell()
         P1 = basix.ufl.element("Lagrange", cell, 1)
         Pu = basix.ufl.element("Lagrange", cell, u_degree, shape=(gdim,))
@@ -256,11 +317,8 @@ class PhaseFieldForms:
 
         f_chem = fe.density(cv, backend=ufl)
         if el.enabled:
-            from chemomech.forms import eigenstrain
-
-            C = el.material.ufl_tensor(el.rotation_rad, X=cv)
-            e_el = epsilon(u) - eigenstrain(cv, el.coefficients_a, el.coefficients_c,
-                                            el.rotation_rad)
+            C = el.ufl_stiffness(gdim, cv)
+            e_el = epsilon(u) - el.ufl_eigenstrain(gdim, cv)
             psi = 0.5 * ufl.inner(sigma(e_el, C), e_el)
             self.stress = sigma(e_el, C)
         else:

@@ -68,9 +68,11 @@ def particle_data(name: str, maps: dict[str, np.ndarray], particle_mesh, forms, 
                      if noise_composition else 0.0)
     X = np.where(mask, np.clip(X, 0.0, 1.0), np.nan)
     fe, el = forms.free_energy, forms.elasticity
+    tdim = forms.mesh.topology.dim
     truth = {"coefficients_a": np.asarray(el.coefficients_a, float),
              "coefficients_c": np.asarray(el.coefficients_c, float),
-             **{k: maps[k] for k in ("X", "mu", "u_x", "u_y", *STRAIN_FIELDS)},
+             **{k: maps[k] for k in ("X", "mu", "u_x", "u_y", "u_z", *STRAIN_FIELDS)
+                if k in maps},
              "legendre": "f_i(X) = sum_n c_n P_n(2X - 1), crystal frame, reference LiFePO4",
              "mean_X": float(np.nanmean(maps["X"][mask])),
              "mean_X_domain": float(forms.mass() / forms.volume),
@@ -84,9 +86,12 @@ def particle_data(name: str, maps: dict[str, np.ndarray], particle_mesh, forms, 
                              "binodal": np.asarray(fe.binodal())},
              "energy_GPa_nm2": history.steps[-1].energy,
              "run": {k: v for k, v in history.summary().items() if not isinstance(v, dict)},
-             "num_cells": int(forms.mesh.topology.index_map(2).size_global),
+             "num_cells": int(forms.mesh.topology.index_map(tdim).size_global),
+             "dim": int(forms.mesh.geometry.dim),
              **(extra_truth or {})}
-    return ParticleData(name=name, X=X, **stored, mask=mask,
+    if tdim == 3:
+        truth["coefficients_b"] = np.asarray(el.coefficients_b, float)
+    return ParticleData(name=name, X=X, **stored, mask=mask, thickness=maps.get("thickness"),
                         pixel_size_nm=particle_mesh.pixel_size_nm,
                         rotation_rad=el.rotation_rad, strain_frame="crystal", theta_sign=1,
                         reference="LiFePO4",
@@ -107,8 +112,16 @@ class XdmfSeries:
         self.file.write_mesh(mesh)
 
     def write(self, forms, t: float) -> None:
-        """Append the current (c, mu, u) at time t."""
+        """Append the current (c, mu, u) at time t (P2 u interpolated to P1 for XDMF)."""
+        from dolfinx import fem
+
         for part in forms.subfunctions():
+            V = part.function_space
+            if V.ufl_element().embedded_superdegree > 1:
+                P1 = fem.functionspace(V.mesh, ("Lagrange", 1, V.value_shape))
+                linear = fem.Function(P1, name=part.name)
+                linear.interpolate(part)
+                part = linear
             self.file.write_function(part, t)
 
     def close(self) -> None:
@@ -170,3 +183,70 @@ def final_state_figure(maps: dict[str, np.ndarray], pixel_size_nm: float,
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def _evaluate_points(function, points: np.ndarray) -> np.ndarray:
+    """Values (n, value size) of `function` at 3-D points, NaN where no cell holds the point;
+    collective, the same array on every rank (a point shared by ranks: the lowest rank's)."""
+    from dolfinx import geometry
+
+    mesh = function.function_space.mesh
+    tree = geometry.bb_tree(mesh, mesh.topology.dim)
+    candidates = geometry.compute_collisions_points(tree, points)
+    colliding = geometry.compute_colliding_cells(mesh, candidates, points)
+    found, cells = [], []
+    for k in range(len(points)):
+        links = colliding.links(k)
+        if len(links):
+            found.append(k)
+            cells.append(links[0])
+    size = int(np.prod(function.ufl_shape)) if function.ufl_shape else 1
+    values = (function.eval(points[found], np.asarray(cells, np.int32)).reshape(-1, size)
+              if found else np.zeros((0, size)))
+    parts = mesh.comm.allgather((np.asarray(found, int), values))
+    out = np.full((len(points), size), np.nan)
+    for idx, vals in reversed(parts):  # lower ranks last: they win
+        out[idx] = vals
+    return out
+
+
+def sample_state_3d(forms, mask: np.ndarray, pixel_size_nm: float, thickness_nm: float,
+                    n_z: int = 8) -> dict[str, np.ndarray]:
+    r"""Thickness-projected images, as the detector sees them along the beam (z): at each
+    pixel centre the mean over the n_z Gauss-Legendre points in z in [0, t] that lie in the
+    material (pores excluded) of c, mu, u and the crystal-frame in-plane gradient of u;
+    ``thickness`` is the material length along the beam (nm).  Collective."""
+    import ufl
+    from dolfinx import fem
+
+    c, mu, u = forms.subfunctions()
+    degree = max(u.function_space.ufl_element().embedded_superdegree - 1, 0)
+    G = fem.functionspace(forms.mesh, ("Discontinuous Lagrange", degree, (3, 3)))
+    grad_u = fem.Function(G)
+    grad_u.interpolate(fem.Expression(ufl.grad(u), G.element.interpolation_points))
+    idx = np.argwhere(mask)
+    h, t = float(pixel_size_nm), float(thickness_nm)
+    z_ref, weights = np.polynomial.legendre.leggauss(n_z)
+    z = 0.5 * t * (z_ref + 1.0)
+    points = np.zeros((len(idx) * n_z, 3))
+    points[:, 0] = np.repeat(idx[:, 0] * h, n_z)
+    points[:, 1] = np.repeat(idx[:, 1] * h, n_z)
+    points[:, 2] = np.tile(z, len(idx))
+    w = np.tile(0.5 * weights, len(idx)).reshape(-1, n_z)  # sums to 1 over z
+    fields = {"c": c, "mu": mu, "u": u, "grad": grad_u}
+    averaged, inside = {}, None
+    for key, f in fields.items():
+        vals = _evaluate_points(f, points).reshape(len(idx), n_z, -1)
+        inside = np.isfinite(vals[..., 0])
+        weight = np.where(inside, w, 0.0)
+        total = weight.sum(axis=1)
+        averaged[key] = (np.nansum(vals * weight[..., None], axis=1)
+                         / np.where(total > 0, total, np.nan)[:, None])
+    thickness = np.where(inside, w, 0.0).sum(axis=1) * t
+    R = rotation_matrix(forms.elasticity.rotation_rad)
+    H = np.einsum("pi,npq,qj->nij", R, averaged["grad"].reshape(-1, 3, 3)[:, :2, :2], R)
+    maps = {"X": averaged["c"][:, 0], "mu": averaged["mu"][:, 0], "u_x": averaged["u"][:, 0],
+            "u_y": averaged["u"][:, 1], "u_z": averaged["u"][:, 2],
+            "e_xx": H[:, 0, 0], "e_yy": H[:, 1, 1], "e_xy": 0.5 * (H[:, 0, 1] + H[:, 1, 0]),
+            "theta": 0.5 * (H[:, 0, 1] - H[:, 1, 0]), "thickness": thickness}
+    return {k: _to_image(v, idx, mask.shape) for k, v in maps.items()}

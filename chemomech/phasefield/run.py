@@ -24,10 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
-    """(particle mesh, PhaseFieldForms, StepControl) of a validated config; collective."""
+    """(domain, PhaseFieldForms, StepControl) of a validated config; collective.  The domain
+    is a `chemomech.mesh.ParticleMesh` in 2-D, a `geometry.Platelet3D` in 3-D."""
     from chemomech.materials import Material
     from chemomech.mesh import mesh_from_mask
-    from chemomech.phasefield.geometry import mask_from_file, platelet_mask
+    from chemomech.phasefield.geometry import extruded_platelet_mesh, mask_from_file, platelet_mask
     from chemomech.phasefield.initial import random_waves, set_initial_composition
     from chemomech.phasefield.model import (
         Elasticity,
@@ -44,9 +45,15 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
     else:
         h = g.pixel_size_nm
         mask = platelet_mask(g.length_nm, g.width_nm, h, exponent=g.exponent,
-                             long_axis_rad=g.long_axis_rad, pores=g.pores,
+                             long_axis_rad=g.long_axis_rad,
+                             pores=g.pores if config.dim == 2 else 0,
                              pore_radius_nm=g.pore_radius_nm, seed=config.seed)
-    pm = mesh_from_mask(mask, h, comm, mesh_size_px=g.mesh_size_px)
+    if config.dim == 2:
+        pm = mesh_from_mask(mask, h, comm, mesh_size_px=g.mesh_size_px)
+    else:
+        pm = extruded_platelet_mesh(mask, h, g.thickness_nm or 300.0, comm,
+                                    mesh_size_px=g.mesh_size_px, pores=g.pores,
+                                    pore_radius_nm=g.pore_radius_nm, seed=config.seed)
 
     f = config.free_energy
     params = dict(omega_eV=f.omega_eV, temperature_K=f.temperature_K, log_delta=f.log_delta)
@@ -61,7 +68,8 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
                             enabled=e.enabled)
     k = config.kinetics
     kinetics = Kinetics(k.diffusivity, k.theta, k.mobility_floor)
-    forms = PhaseFieldForms(pm.mesh, free_energy, elasticity, kinetics, u_degree=e.u_degree)
+    u_degree = e.u_degree or (1 if config.dim == 2 else 2)
+    forms = PhaseFieldForms(pm.mesh, free_energy, elasticity, kinetics, u_degree=u_degree)
     w = free_energy.interface_width()
     wavelength = config.initial.wavelength_nm or 3.0 * w
     set_initial_composition(forms, config.mean_x, random_waves(config.seed, wavelength),
@@ -82,6 +90,7 @@ def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) ->
         final_state_figure,
         particle_data,
         sample_state,
+        sample_state_3d,
     )
     from chemomech.phasefield.solver import PhaseFieldSolver
     from chemomech.results import versions, write_json_atomic, write_text_atomic
@@ -108,13 +117,23 @@ def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) ->
     finally:
         if xdmf:
             xdmf.close()
-    maps = sample_state(forms, pm)
+    if config.dim == 2:
+        maps = sample_state(forms, pm)
+    else:
+        maps = sample_state_3d(forms, pm.mask, pm.pixel_size_nm, pm.thickness_nm,
+                               config.outputs.thickness_points)
     n_dofs = forms.W.dofmap.index_map.size_global * forms.W.dofmap.index_map_bs
     o = config.outputs
+    extra = {} if config.dim == 2 else {
+        "thickness_nm": pm.thickness_nm, "voids_nm": np.asarray(pm.voids).reshape(-1, 5),
+        "projection": "mean over the material along the beam (z), "
+                      f"{config.outputs.thickness_points} Gauss points"}
     particle = particle_data(o.name, maps, pm, forms, history, noise_strain=o.noise_strain,
-                             noise_composition=o.noise_composition, seed=config.seed)
+                             noise_composition=o.noise_composition, seed=config.seed,
+                             extra_truth=extra)
     write_stack(out / "particle.h5", particle, comm=comm)
-    summary = {"particle": o.name, "num_dofs": int(n_dofs), "num_ranks": comm.size,
+    summary = {"particle": o.name, "dim": config.dim, "num_dofs": int(n_dofs),
+               "num_ranks": comm.size,
                "pixels": int(pm.mask.sum()), "pixel_size_nm": pm.pixel_size_nm,
                "kappa_GPa_nm2": forms.free_energy.kappa,
                "interface_width_nm": forms.free_energy.interface_width(),

@@ -2,9 +2,9 @@ r"""Monolithic Newton (PETSc SNES) on the mixed (c, mu, u) system with adaptive 
 
 Each step solves the scaled theta-method residual of `chemomech.phasefield.model` for
 :math:`w_{n+1} = (c, \mu, u)` by SNES Newton (basic line search) with a MUMPS LU of the
-full Jacobian.  **Rigid modes** (traction-free u): the three rigid motions of u (zero in c,
-mu) span the null space of the Jacobian and the residual is orthogonal to them, so they
-are attached to the Jacobian as a PETSc null space, MUMPS is told to detect the null
+full Jacobian.  **Rigid modes** (traction-free u): the rigid motions of u (3 in 2-D, 6 in
+3-D; zero in c, mu) span the null space of the Jacobian and the residual is orthogonal to
+them, so they are attached to the Jacobian as a PETSc null space, MUMPS is told to detect the null
 pivots (ICNTL(24) = 1, as `chemomech.forward`), and they are projected out of the state
 after each solve (u is reported orthogonal to the rigid modes).
 
@@ -112,17 +112,21 @@ class RunHistory:
 
 
 def rigid_modes(W) -> PETSc.NullSpace:
-    """Orthonormal null space of the 2-D rigid motions of the u component of the mixed W."""
+    """Orthonormal null space of the rigid motions (3 in 2-D, 6 in 3-D) of the u component of
+    the mixed space W (zero in c and mu)."""
     from dolfinx import fem, la
 
     Wu = W.sub(2)
-    comps = [Wu.sub(k).collapse() for k in range(2)]
-    modes = [fem.Function(W) for _ in range(3)]
+    dim = W.mesh.geometry.dim
+    comps = [Wu.sub(k).collapse() for k in range(dim)]
+    x = comps[0][0].tabulate_dof_coordinates()
+    rotations = [(0, 1)] if dim == 2 else [(0, 1), (1, 2), (2, 0)]
+    modes = [fem.Function(W) for _ in range(dim + len(rotations))]
     for k, (_, dofs) in enumerate(comps):
         modes[k].x.array[dofs] = 1.0
-    for k, (Vk, dofs) in enumerate(comps):
-        x = Vk.tabulate_dof_coordinates()
-        modes[2].x.array[dofs] = -x[:, 1] if k == 0 else x[:, 0]
+    for m, (i, j) in enumerate(rotations):  # rotation in the (i, j) plane: u_i = -x_j, u_j = x_i
+        modes[dim + m].x.array[comps[i][1]] = -x[:, j]
+        modes[dim + m].x.array[comps[j][1]] = x[:, i]
     vectors = [m.x for m in modes]
     la.orthonormalize(vectors)
     return PETSc.NullSpace().create(vectors=[v.petsc_vec.copy() for v in vectors],
