@@ -170,7 +170,7 @@ def _mms_errors(n: int) -> tuple[float, float, float]:
     solver = PhaseFieldSolver(forms, StepControl(dt_initial=dt, max_steps=1))
     forms.w_n.x.array[:] = forms.w.x.array
     forms.dt.value = dt
-    ok, _, _ = solver._solve()
+    ok, _, _ = solver.newton_solve()
     assert ok
     c, mu, u = ufl.split(forms.w)
 

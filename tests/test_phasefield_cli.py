@@ -25,7 +25,7 @@ SMALL = {"geometry": {"length_nm": 440.0, "width_nm": 280.0, "pixel_size_nm": 20
     ("mean_x: 0.5\nwidth: 3\n", "width"),
     ("geometry: {pores: -1}\n", "geometry.pores"),
     ("free_energy: {kappa: 10, interface_width_nm: 50}\n", "not both"),
-    ("dim: 3\n", "dim: 3"),
+    ("dim: 4\n", "dim"),
     ("geometry: {thickness_nm: 300}\n", "thickness_nm"),
     ("mean_x: 1.2\n", "mean_x"),
     ("kinetics: {theta: 0.2}\n", "kinetics.theta"),
@@ -97,3 +97,17 @@ def test_m1_on_the_phasefield_particle_recovers_its_law(relaxed, tmp_path):
         learnt = legendre.evaluate(summary["coefficients"][axis], X)
         truth = legendre.evaluate(p.truth[f"coefficients_{axis}"], X)
         assert np.abs(learnt - truth).max() < 0.002, axis
+
+
+def test_generated_platelet_has_the_requested_pores():
+    from scipy import ndimage
+
+    from chemomech.phasefield.geometry import platelet_mask
+
+    mask = platelet_mask(1200.0, 700.0, 16.6, pores=3, pore_radius_nm=60.0, seed=4)
+    background, n = ndimage.label(~mask)
+    assert n == 1 + 3  # the outside and three holes
+    hole_area = (np.bincount(background.ravel())[2:] * 16.6**2)
+    assert np.allclose(hole_area, np.pi * 60.0**2, rtol=0.15)
+    assert np.array_equal(mask, platelet_mask(1200.0, 700.0, 16.6, pores=3,
+                                              pore_radius_nm=60.0, seed=4))

@@ -62,24 +62,14 @@ def platelet_mask(length_nm: float, width_nm: float, pixel_size_nm: float, *,
 def carve_pores(mask: np.ndarray, pixel_size_nm: float, pores: int, radius_nm: float,
                 seed: int) -> np.ndarray:
     """`mask` minus `pores` discs of `radius_nm`, each >= 2 px from the edge and each other."""
-    if pores < 0 or not radius_nm > 0:
-        raise InputError(f"need pores >= 0 and pore_radius_nm > 0 (got {pores}, {radius_nm})",
-                         field="pores")
     h = float(pixel_size_nm)
     if radius_nm < 1.5 * h:
         raise InputError(f"pore radius {radius_nm} nm is below 1.5 pixels ({1.5 * h:.3g} nm): "
                          "the mesher would fill it", field="pore_radius_nm")
-    rng = np.random.default_rng(seed)
     i, j = np.meshgrid(*(np.arange(s) for s in mask.shape), indexing="ij")
     out = mask.copy()
-    for k in range(pores):
-        room = ndimage.distance_transform_edt(out) * h
-        candidates = np.flatnonzero(room.ravel() > radius_nm + 2.0 * h)
-        if candidates.size == 0:
-            raise InputError(f"no room for pore {k + 1} of radius {radius_nm} nm",
-                             field="pores")
-        ci, cj = np.unravel_index(candidates[rng.integers(candidates.size)], mask.shape)
-        out &= (i - ci) ** 2 + (j - cj) ** 2 > (radius_nm / h) ** 2
+    for x, y in _pore_centres(mask, h, pores, radius_nm, seed):
+        out &= (i * h - x) ** 2 + (j * h - y) ** 2 > radius_nm ** 2
     return out
 
 
@@ -100,6 +90,9 @@ def mask_from_file(path: str, particle: str | None = None) -> tuple[np.ndarray, 
 def _pore_centres(mask: np.ndarray, h: float, pores: int, radius_nm: float,
                   seed: int) -> list[tuple[float, float]]:
     """In-plane centres (nm) of `pores` discs of `radius_nm`, >= 2 px from the edge and apart."""
+    if pores < 0 or not radius_nm > 0:
+        raise InputError(f"need pores >= 0 and pore_radius_nm > 0 (got {pores}, {radius_nm})",
+                         field="pores")
     rng = np.random.default_rng(seed)
     free = mask.copy()
     i, j = np.meshgrid(*(np.arange(s) for s in mask.shape), indexing="ij")

@@ -164,7 +164,7 @@ class PhaseFieldSolver:
         area = self.forms.volume
         return self.control.snes_atol * area / math.sqrt(n_cells)
 
-    def _solve(self) -> tuple[bool, int, int]:
+    def newton_solve(self) -> tuple[bool, int, int]:
         """One SNES solve from the current w; (converged, Newton its, linear its)."""
         snes = self.problem.solver
         try:
@@ -187,7 +187,7 @@ class PhaseFieldSolver:
         f.w_n.x.array[:] = f.w.x.array
         f.dt.value = 0.0
         started = time.perf_counter()
-        ok, its, lin = self._solve()
+        ok, its, lin = self.newton_solve()
         if not ok:
             raise SolverError("the initial (dt = 0) solve for mu and u did not converge")
         f.w_n.x.array[:] = f.w.x.array
@@ -217,7 +217,7 @@ class PhaseFieldSolver:
             f.dt.value = dt
             f.w.x.array[:] = f.w_n.x.array
             started = time.perf_counter()
-            ok, its, lin = self._solve()
+            ok, its, lin = self.newton_solve()
             energy = f.energies() if ok else None
             margin = 1e-12 * (abs(E_prev) + scale)
             if ok and ctl.reject_energy_increase and energy["total"] > E_prev + margin:
