@@ -1,12 +1,12 @@
 """Study: the interface width of relaxed phase-field particles against kappa (Suppl. Fig. 6).
 
-For each kappa (set through the flat, elasticity-free slope width w_flat = 60..180 nm) a
-1200 x 700 nm platelet (16.6 nm pixels, mean X = 0.5, Vegard law, average stiffness at
+For each kappa (set through the flat, elasticity-free slope width w_flat = 60..140 nm) a
+1000 x 600 nm platelet (16.6 nm pixels, mean X = 0.5, Vegard law, average stiffness at
 0.3 rad, seed 0) relaxes to equilibrium; its X and lattice-parameter maps are then measured
 exactly as the study's maps are, by `chemomech.analysis.interface_widths` (tanh fits on cuts
 normal to the X = 0.5 contour).  The study reports 123 +- 39 nm (X) and 132 +- 41 nm (a).
 
-  scripts/in-env mpirun -n 2 python3 examples/phasefield_interface_width.py
+  scripts/in-env python3 examples/phasefield_interface_width.py   (or mpirun -n 2)
 
 writes bench/results/phasefield_width.json (rank 0).
 """
@@ -32,14 +32,14 @@ from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
 from chemomech.results import versions, write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "phasefield_width.json"
-WIDTHS_NM = (60.0, 90.0, 120.0, 150.0, 180.0)
+WIDTHS_NM = (60.0, 100.0, 140.0)
 STUDY = {"X_nm": [123.0, 39.0], "a_nm": [132.0, 41.0]}
 
 
 def relax(width_nm: float, comm: MPI.Comm) -> dict:
     config = PhaseFieldConfig.model_validate({
         "mean_x": 0.5, "seed": 0, "free_energy": {"interface_width_nm": width_nm},
-        "geometry": {"length_nm": 1200.0, "width_nm": 700.0},
+        "geometry": {"length_nm": 1000.0, "width_nm": 600.0},
         "elasticity": {"rotation_rad": 0.3}, "steps": {"energy_tol": 1e-8}})
     t0 = time.perf_counter()
     pm, forms, control = build_model(config, comm)

@@ -207,3 +207,26 @@ def test_two_ranks_agree_with_one():
     serial = _short_run(MPI.COMM_SELF)
     assert distributed[0] != distributed[-2]  # the state evolved
     assert distributed == pytest.approx(serial, rel=1e-8)
+
+
+def test_crank_nicolson_reaches_the_same_interface():
+    fe = FreeEnergy.for_width(20.0)
+    forms = PhaseFieldForms(_strip(MPI.COMM_SELF), fe, NO_ELASTICITY, Kinetics(theta=0.5))
+    set_initial_composition(forms, 0.5, lambda x: 9.0 * np.tanh((x[0] - 100.0) / 10.0))
+    history = PhaseFieldSolver(forms, StepControl(dt_initial=0.1, energy_tol=1e-10)).run()
+    assert history.converged
+    xs, cs = _profile(forms)
+    c_a, c_b = fe.binodal()
+    width = (c_b - c_a) / np.abs(np.diff(cs) / np.diff(xs)).max()
+    assert width == pytest.approx(fe.interface_width(), rel=0.02)
+
+
+@pytest.mark.parametrize("stiffness", ["mixed", "LiFePO4"])
+def test_other_stiffness_choices_relax_with_decreasing_energy(stiffness):
+    elasticity = Elasticity(Material(stiffness), rotation_rad=0.4)
+    forms = _plate_forms(MPI.COMM_SELF, elasticity)
+    control = StepControl(dt_initial=20.0, max_steps=5, energy_tol=0.0,
+                          reject_energy_increase=False)
+    history = PhaseFieldSolver(forms, control).run()
+    energy = history.series("energy.total")
+    assert np.all(np.diff(energy) < 0) and history.steps[-1].energy["elastic"] > 0
