@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from chemomech.composition import (
+from chemomech.correlative.composition import (
     DEFAULT_ENERGIES_EV,
     fit_composition,
     model_reference_spectra,
     nnls_two_components,
 )
-from chemomech.results import versions, write_json_atomic
+from chemomech.io.results import versions, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "composition.json"
 

@@ -37,12 +37,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from chemomech.fields import image_to_function  # noqa: E402
-from chemomech.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem  # noqa: E402
-from chemomech.materials import Material, vegard_misfit  # noqa: E402
-from chemomech.mesh import mesh_from_mask  # noqa: E402
-from chemomech.results import versions, write_json_atomic  # noqa: E402
+from chemomech.io.results import versions, write_json_atomic  # noqa: E402
+from chemomech.mechanics.fields import image_to_function  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem  # noqa: E402
+from chemomech.mechanics.materials import Material, vegard_misfit  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "forward.json"
 PIXEL_NM = 16.6

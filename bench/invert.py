@@ -29,14 +29,14 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from chemomech.displacement import measured_displacement  # noqa: E402
-from chemomech.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem  # noqa: E402
-from chemomech.inverse import M1Model, particle_setup  # noqa: E402
-from chemomech.materials import Material  # noqa: E402
-from chemomech.mesh import mesh_from_mask  # noqa: E402
-from chemomech.readers import read_reference_mat  # noqa: E402
-from chemomech.results import versions, write_json_atomic  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement  # noqa: E402
+from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
+from chemomech.io.readers import read_reference_mat  # noqa: E402
+from chemomech.io.results import versions, write_json_atomic  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem  # noqa: E402
+from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "invert.json"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "LFP50_P2.mat"

@@ -19,19 +19,15 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from chemomech.analysis.report import plot_alpha_curve, plot_density_map, plot_model_errors
+from chemomech.analysis.residual import model_error
+from chemomech.analysis.slip_systems import compare_slip_systems
 from chemomech.config import RunConfig
-from chemomech.dislocations import (
-    M2Settings,
-    compare_slip_systems,
-    plot_alpha_curve,
-    plot_density_map,
-    run_m2,
-)
+from chemomech.dislocations.run import run_m2
+from chemomech.dislocations.settings import M2Settings
+from chemomech.io.readers import read_particles
+from chemomech.io.results import versions, write_json_atomic
 from chemomech.pipeline import _residuals, fit_direct_regression, prepare, run_m1
-from chemomech.readers import read_particles
-from chemomech.report import plot_model_errors
-from chemomech.residual import model_error
-from chemomech.results import versions, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "m2.json"
@@ -46,7 +42,8 @@ def main() -> dict | None:
     comm = MPI.COMM_WORLD
     logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("chemomech.mesh", "chemomech.fields", "chemomech.frames"):
+    for noisy in ("chemomech.mechanics.mesh", "chemomech.mechanics.fields",
+                  "chemomech.correlative.frames"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = RunConfig(data=[REAL])
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Benchmark: chemomech.registration versus OpenCV's ECC (cv2.findTransformECC, MOTION_AFFINE).
+"""Benchmark: chemomech.correlative.registration versus OpenCV's ECC
+(cv2.findTransformECC, MOTION_AFFINE).
 
 Pairs: the synthetic particle (four seeds) and the real LFP50_P2 particle (four warps),
 each warped by a known affine (rotation <= 10 deg, scale +-10 %, shear, shift <= 20 px) with
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from chemomech.registration import (
+from chemomech.correlative.registration import (
     fill_outside,
     interior_pixels,
     pixel_rms_distance,
@@ -29,7 +30,7 @@ from chemomech.registration import (
     simulate_xray_map,
     synthetic_particle_maps,
 )
-from chemomech.results import versions, write_json_atomic
+from chemomech.io.results import versions, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "registration.json"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "LFP50_P2.mat"

@@ -18,15 +18,16 @@ logger = logging.getLogger("chemomech")
 
 #: subcommand -> (module, function adding its arguments, entry point, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "import": ("chemomech.readers", "add_import_arguments", "cmd_import",
+    "import": ("chemomech.correlative.importing", "add_import_arguments", "cmd_import",
                "convert .mat / py4DSTEM / composition maps to a stack file"),
     "synth": ("chemomech.synth", "add_arguments", "run_synth",
               "write synthetic twin particles with known truth (default: ten particles)"),
-    "composition": ("chemomech.composition", "add_composition_arguments", "cmd_composition",
+    "composition": ("chemomech.correlative.composition", "add_composition_arguments",
+                    "cmd_composition",
                     "Li fraction X from an X-ray optical-density stack (per-pixel NNLS)"),
-    "register": ("chemomech.registration", "add_register_arguments", "cmd_register",
+    "register": ("chemomech.correlative.registration", "add_register_arguments", "cmd_register",
                  "affine registration of X-ray maps onto the 4D-STEM grid"),
-    "analyze": ("chemomech.analysis", "add_analysis_arguments", "cmd_analysis",
+    "analyze": ("chemomech.analysis.data", "add_analysis_arguments", "cmd_analysis",
                 "lattice parameters vs X per group and interface widths"),
     "mesh": ("chemomech.cli", "add_mesh_arguments", "cmd_mesh",
              "mesh a particle mask (gmsh) and write it as XDMF"),
@@ -80,8 +81,8 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     from chemomech.exceptions import InputError
-    from chemomech.mesh import mesh_from_mask
-    from chemomech.readers import read_particles
+    from chemomech.io.readers import read_particles
+    from chemomech.mechanics.mesh import mesh_from_mask
 
     particles = read_particles([args.input])
     if args.particle:

@@ -69,9 +69,9 @@ class RegularisationConfig(_Strict):
 
 
 class DislocationsConfig(_Strict):
-    """Model M2 (chemomech.dislocations): slip fields of in-plane systems."""
+    """Model M2 (chemomech.dislocations.model): slip fields of in-plane systems."""
 
-    slip_systems: list[str] = Field(["D"], description="labels of chemomech.slip systems")
+    slip_systems: list[str] = Field(["D"], description="labels of chemomech.mechanics.slip systems")
     regularisation: RegularisationConfig = RegularisationConfig()
     noise_strain: float | Literal["auto", "m1"] = Field(
         "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
@@ -105,7 +105,8 @@ class RunConfig(_Strict):
     edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
     boundary_condition: Literal["traction_free"] = Field(
         "traction_free", description="the inversions solve the traction-free problem; "
-        "Dirichlet data (chemomech.forward.dirichlet_from_image) are a forward-model option")
+        "Dirichlet data (chemomech.mechanics.forward.dirichlet_from_image) are a "
+        "forward-model option")
     stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = "average"
     reduction: Literal["plane_stress", "plane_strain"] = "plane_stress"
     solver: Literal["auto", "lu", "gamg"] = "auto"

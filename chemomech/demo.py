@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech import legendre
 from chemomech.config import RunConfig
+from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def truth_error(summary: dict, truth_a, truth_c, n_points: int = 101) -> dict[st
 def run_demo(output: str | Path, seed: int = 0, n_particles: int = 10,
              degree: int | str = 2) -> dict | None:
     """Synthesise the default dataset if missing, run M0 + M1, compare with the truth."""
+    from chemomech.io.results import write_json_atomic
+    from chemomech.io.stack import read_stack
     from chemomech.pipeline import run
-    from chemomech.results import write_json_atomic
-    from chemomech.stack import read_stack
     from chemomech.synth import make_default_dataset
 
     comm = MPI.COMM_WORLD

@@ -3,16 +3,17 @@
 `run(config)` is what `chemomech invert config.yaml` and `scripts/invert.py` call, under
 `mpirun -n K` or serially.  Steps (progress logged on rank 0):
 
-1. read the particles (stack, .mat, py4DSTEM + composition; `chemomech.readers`), frame check;
+1. read the particles (stack, .mat, py4DSTEM + composition; `chemomech.io.readers`), frame check;
 2. measured displacement by integrating the image-frame gradient (or the strain, for the
-   strain misfit) and the crystal-frame strains (`chemomech.displacement`, `frames`);
-3. M0: pixel regression of e_aa, e_cc on X (`chemomech.regression`);
+   strain misfit) and the crystal-frame strains (`chemomech.correlative.displacement`, `frames`);
+3. M0: pixel regression of e_aa, e_cc on X (`chemomech.inverse.regression`);
 4. M1: particles dealt to rank groups, meshed from their masks, the joint inversion with
-   adjoint gradients and TAO or the linear fast path (`chemomech.inverse`), degree chosen by
-   held-out error when `legendre_degree: auto` (`chemomech.selection`), Gauss-Newton bands
-   (`chemomech.uncertainty`);
-5. residual strain, model errors and incompatibility (`chemomech.residual`), then
-   `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt` (`chemomech.report`).
+   adjoint gradients and TAO or the linear fast path (`chemomech.inverse.problem`), degree chosen by
+   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), Gauss-Newton bands
+   (`chemomech.inverse.uncertainty`);
+5. residual strain, model errors and incompatibility (`chemomech.analysis.residual`), then
+   `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt`
+   (`chemomech.analysis.report`).
 
 Each output file is written atomically; `summary.json` is written last, so its presence
 marks a complete run.
@@ -28,38 +29,25 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech import legendre
-from chemomech.analysis import crystal_strain
+from chemomech.analysis.residual import incompatibility_rms, model_error
 from chemomech.config import RunConfig, dump_config
-from chemomech.displacement import measured_displacement, measured_strain
-from chemomech.frames import (
-    frame_check,
+from chemomech.correlative.frames import (
     gradient_crystal,
     rotate_tensor_field,
     strain_crystal_from_image,
 )
-from chemomech.materials import Material
-from chemomech.readers import read_data
-from chemomech.regression import RegressionFit, fit_m0
-from chemomech.residual import incompatibility_rms, model_error
-from chemomech.results import versions, write_json_atomic, write_text_atomic
-from chemomech.stack import ParticleData, interior_pixels
-from chemomech.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+from chemomech.correlative.prepared import PreparedParticle, prepare_particle, used_pixels
+from chemomech.inverse.regression import RegressionFit, fit_m0
+from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+from chemomech.io.readers import read_data
+from chemomech.io.results import versions, write_json_atomic, write_text_atomic
+from chemomech.io.stack import ParticleData
+from chemomech.mechanics import legendre
+from chemomech.mechanics.materials import Material
 
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 101
-
-
-@dataclass
-class PreparedParticle:
-    """A particle with its measured fields on the pixel grid (image frame unless noted)."""
-
-    data: ParticleData
-    strain_image: dict[str, np.ndarray]  # e_xx, e_yy, e_xy
-    strain_crystal: dict[str, np.ndarray]  # e_aa, e_cc, e_ac
-    displacement: np.ndarray | None  # (nx, ny, 2) nm, or None for the strain misfit
-    integration_residual: float | None
 
 
 def load_particles(config: RunConfig) -> list[ParticleData]:
@@ -68,23 +56,9 @@ def load_particles(config: RunConfig) -> list[ParticleData]:
 
 
 def prepare(particle: ParticleData, config: RunConfig) -> PreparedParticle:
-    """Frame check (warn, optionally adopt) and the measured fields of one particle."""
-    if config.frame.check:
-        particle = frame_check(particle, adopt=config.frame.adopt).particle
-    displacement, residual = None, None
-    if config.misfit == "displacement":
-        integrated = measured_displacement(particle)
-        displacement, residual = integrated.u, integrated.relative_residual
-    return PreparedParticle(particle, measured_strain(particle), crystal_strain(particle),
-                            displacement, residual)
-
-
-def used_pixels(mask: np.ndarray, prepared: PreparedParticle, edge_exclusion_px: int
-                ) -> np.ndarray:
-    """Pixels entering fits and errors: `edge_exclusion_px` inside `mask`, finite data."""
-    finite = np.all([np.isfinite(v) for v in prepared.strain_image.values()], axis=0)
-    finite &= np.isfinite(prepared.data.X)
-    return interior_pixels(mask, edge_exclusion_px) & finite
+    """`prepare_particle` with the config's misfit and frame settings."""
+    return prepare_particle(particle, misfit=config.misfit, check_frame=config.frame.check,
+                            adopt_frame=config.frame.adopt)
 
 
 def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
@@ -117,22 +91,24 @@ class M1Outcome:
     sigma2: float
     covariance_method: str
     gradient_check: dict | None
-    selection: object | None  # chemomech.selection.DegreeSelection
+    selection: object | None  # chemomech.inverse.selection.DegreeSelection
     images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
     timings_s: dict[str, float]
 
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
     """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
-    from chemomech.forms import epsilon
-    from chemomech.inverse import M1Model, particle_setup, split_for_particles, verify_gradient
-    from chemomech.mesh import mesh_from_mask
-    from chemomech.selection import select_degree
-    from chemomech.uncertainty import (
+    from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+    from chemomech.inverse.selection import select_degree
+    from chemomech.inverse.uncertainty import (
         fit_covariance,
         integrated_noise_covariance,
         strain_noise_sampler,
     )
+    from chemomech.inverse.verify import verify_gradient
+    from chemomech.mechanics.fields import model_maps
+    from chemomech.mechanics.forms import epsilon
+    from chemomech.mechanics.mesh import mesh_from_mask
 
     t0 = time.perf_counter()
     group, mine = split_for_particles(comm, len(prepared))
@@ -203,28 +179,6 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
 
 
-def model_maps(u, strain_expr, pm, shape) -> dict[str, np.ndarray]:
-    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
-    from chemomech.fields import PixelSampler, sample_expression
-
-    sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
-    u_values = sampler.gather(sampler(u))
-    eps_values = sampler.gather(sample_expression(strain_expr, sampler).reshape(-1, 4))
-    if u_values is None:
-        return {}
-    idx = pm.pixel_indices()
-    out = {}
-    for key, column in (("u_x", u_values[:, 0]), ("u_y", u_values[:, 1]),
-                        ("e_xx", eps_values[:, 0]), ("e_yy", eps_values[:, 3]),
-                        ("e_xy", eps_values[:, 1])):
-        image = np.full(shape, np.nan)
-        image[idx[:, 0], idx[:, 1]] = column
-        out[key] = image
-    out["meshed_mask"] = np.zeros(shape)
-    out["meshed_mask"][idx[:, 0], idx[:, 1]] = 1.0
-    return out
-
-
 def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
     """Run the configured inversion; returns the summary on rank 0 (None elsewhere)."""
     t_start = time.perf_counter()
@@ -271,7 +225,7 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         timings |= m1.timings_s
     m2 = None
     if config.model == "M2":
-        from chemomech.dislocations import run_m2
+        from chemomech.dislocations.run import run_m2
 
         m2 = run_m2(prepared, config, comm, m1_result=m1)
         timings |= m2.timings_s
@@ -395,7 +349,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
                    m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
-    from chemomech.report import (
+    from chemomech.analysis.report import (
         plot_curves,
         plot_model_errors,
         plot_residual_maps,
@@ -431,7 +385,7 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                      "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
                      "elastic_ac": elastic["e_ac"]}
         if m2 is not None:
-            from chemomech.dislocations import plot_density_map
+            from chemomech.analysis.report import plot_density_map
 
             slip = {k: v for k, v in m2.images[name].items()
                     if k.startswith(("gamma_", "density_"))}

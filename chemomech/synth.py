@@ -15,19 +15,20 @@ A twin is made in four steps, each a function of this module:
    and LFP-like (mean X >= 0.85) particles are single phase: X = mean_X plus an optional
    gentle linear gradient.
 3. **Strain** (`simulate_particle`): the traction-free forward model
-   (chemomech.forward.ElasticityProblem, default Material()) with the eigenstrain
+   (chemomech.mechanics.forward.ElasticityProblem, default Material()) with the eigenstrain
    :math:`R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T` of known shifted-Legendre coefficients
    (default: Vegard, `vegard_coefficients`) plus, optionally, the plastic eigenstrain
    :math:`\gamma(x)\,\mathrm{sym}(\hat s \otimes \hat n)` of slip system D
    (b = [001], plane (100): s = crystal c, n = crystal a) with a Gaussian band of slip
    :math:`\gamma = \gamma_0 \exp(-s^2 / 2\ell^2)` along the phase boundary.  The clean X
    (and gamma) images are carried onto P1 as the inversion carries measured X
-   (chemomech.fields.image_to_function, L2 projection).  The displacement gradient is sampled
+   (chemomech.mechanics.fields.image_to_function, L2 projection).  The displacement gradient
+   is sampled
    at the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
    :math:`H_{cr} = R^T \nabla u\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
-   (DESIGN §2, chemomech.stack): :math:`\theta = (\partial_c u_a - \partial_a u_c)/2
+   (DESIGN §2, chemomech.io.stack): :math:`\theta = (\partial_c u_a - \partial_a u_c)/2
    = -(\partial_x u_y - \partial_y u_x)/2`, the clockwise lattice rotation.  The frame check
-   (chemomech.frames.frame_check) finds exactly this frame as the most compatible.
+   (chemomech.correlative.frames.frame_check) finds exactly this frame as the most compatible.
 4. **Noise**: i.i.d. Gaussian noise (std `noise_strain`, default 1e-3) on e_xx, e_yy, e_xy and
    theta, and (std `noise_composition`, default 0.05) on X, clipped to [0, 1].  The truth
    keeps the clean fields.
@@ -57,14 +58,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage, optimize
 
-from chemomech import legendre
+from chemomech.correlative.frames import rotation_matrix
 from chemomech.exceptions import InputError
-from chemomech.materials import LATTICE_ANGSTROM, rotation_matrix, vegard_misfit
+from chemomech.mechanics import legendre
+from chemomech.mechanics.materials import LATTICE_ANGSTROM, vegard_misfit
 
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-    from chemomech.stack import ParticleData
+    from chemomech.io.stack import ParticleData
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +323,7 @@ def slip_field(mask: np.ndarray, spec: ParticleSpec) -> tuple[np.ndarray, np.nda
 def _decompose_crystal(H_img: np.ndarray, rotation_rad: float, theta_sign: int = 1,
                        ) -> dict[str, np.ndarray]:
     """Maps of H_cr = R^T H_img R = [[e_aa, e_ac + s theta], [e_ac - s theta, e_cc]] (s = sign)."""
-    from chemomech.frames import rotate_tensor_field
+    from chemomech.correlative.frames import rotate_tensor_field
 
     H = rotate_tensor_field(H_img, -rotation_rad)  # Q = R(-phi) = R^T: Q H Q^T = R^T H R
     return {"e_xx": H[..., 0, 0], "e_yy": H[..., 1, 1],
@@ -344,7 +346,8 @@ def _slip_tensor(rotation_rad: float) -> np.ndarray:
 
 
 def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> ParticleData:
-    """A synthetic twin (chemomech.stack.ParticleData with `truth`) of `spec`; collective on comm.
+    """A synthetic twin (chemomech.io.stack.ParticleData with `truth`) of `spec`; collective on
+    comm.
 
     Mesh the mask, carry the clean X onto P1, solve the traction-free forward model with the
     Legendre (plus slip) eigenstrain, sample u and grad u at the pixel centres, rotate to the
@@ -354,12 +357,12 @@ def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> Parti
     from dolfinx import fem
     from mpi4py import MPI
 
-    from chemomech.fields import PixelSampler, image_to_function, sample_expression
-    from chemomech.forms import eigenstrain, stiffness_tensor
-    from chemomech.forward import ElasticityProblem
-    from chemomech.materials import Material
-    from chemomech.mesh import mesh_from_mask
-    from chemomech.stack import ParticleData
+    from chemomech.io.stack import ParticleData
+    from chemomech.mechanics.fields import PixelSampler, image_to_function, sample_expression
+    from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+    from chemomech.mechanics.forward import ElasticityProblem
+    from chemomech.mechanics.materials import Material
+    from chemomech.mechanics.mesh import mesh_from_mask
 
     comm = MPI.COMM_SELF if comm is None else comm
     started = time.perf_counter()
@@ -527,7 +530,7 @@ def make_default_dataset(path: str | Path, seed: int = 0, n_particles: int = 10,
     """
     from mpi4py import MPI
 
-    from chemomech.stack import write_stack
+    from chemomech.io.stack import write_stack
 
     comm = MPI.COMM_WORLD if comm is None else comm
     started = time.perf_counter()

@@ -6,7 +6,7 @@ Bilinear form :math:`a(u, v) = \int C:\varepsilon(u) : \varepsilon(v)\,dx` and e
 :math:`L(v) = \int C:\varepsilon^*(X) : \varepsilon(v)\,dx` with
 :math:`\varepsilon^* = R(\phi)\,\mathrm{diag}(f_a(X), f_c(X))\,R(\phi)^T`,
 :math:`f_i(X) = \sum_{n \le N} a_{n,i} P_n(2X - 1)`.  The formulas are imported from
-:mod:`chemomech.forms`, so this file and the Python module cannot diverge; the stiffness
+:mod:`chemomech.mechanics.forms`, so this file and the Python module cannot diverge; the stiffness
 (image frame, GPa), the Legendre coefficients and the angle are runtime Constants, the
 composition X a P1 Coefficient.  Degrees: ``DISPLACEMENT_DEGREE`` and ``LEGENDRE_DEGREE``.
 """
@@ -14,7 +14,7 @@ composition X a P1 Coefficient.  Degrees: ``DISPLACEMENT_DEGREE`` and ``LEGENDRE
 import basix.ufl
 import ufl
 
-from chemomech.forms import eigenstrain, eigenstrain_load_form, elastic_energy_form
+from chemomech.mechanics.forms import eigenstrain, eigenstrain_load_form, elastic_energy_form
 
 DISPLACEMENT_DEGREE = 1
 LEGENDRE_DEGREE = 2

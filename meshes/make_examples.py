@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech.mesh import mesh_from_mask
+from chemomech.mechanics.mesh import mesh_from_mask
 
 HERE = Path(__file__).resolve().parent
 

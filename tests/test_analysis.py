@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from chemomech.analysis import (
+from chemomech.analysis.data import (
     TEN_NINETY_PER_W,
     fit_tanh,
     interface_widths,
@@ -18,9 +18,9 @@ from chemomech.analysis import (
     plot_lattice_composition,
     tanh_profile,
 )
-from chemomech.frames import gradient_crystal, rotate_tensor_field
-from chemomech.materials import LATTICE_ANGSTROM
-from chemomech.stack import ParticleData
+from chemomech.correlative.frames import gradient_crystal, rotate_tensor_field
+from chemomech.io.stack import ParticleData
+from chemomech.mechanics.materials import LATTICE_ANGSTROM
 
 A_LFP, _, C_LFP = LATTICE_ANGSTROM["LiFePO4"]
 A_FP, _, C_FP = LATTICE_ANGSTROM["FePO4"]
@@ -139,7 +139,7 @@ def test_single_phase_particle_has_no_interface():
 
 def test_real_particle_widths(real_particle_path):
     """LFP50_P2: measured, not tuned (the study: 123 ± 39 nm X, 132 ± 41 nm a, ten particles)."""
-    from chemomech.readers import read_reference_mat
+    from chemomech.io.readers import read_reference_mat
 
     p = read_reference_mat(real_particle_path)
     summary = interface_widths(p).summary()
@@ -157,8 +157,8 @@ def test_analyze_particles_writes_json_and_figures(tmp_path):
     import argparse
     import json
 
-    from chemomech.analysis import add_analysis_arguments, cmd_analysis
-    from chemomech.stack import write_stack
+    from chemomech.analysis.data import add_analysis_arguments, cmd_analysis
+    from chemomech.io.stack import write_stack
 
     stack = write_stack(tmp_path / "s.h5", [curved_interface(120.0)])
     parser = argparse.ArgumentParser()

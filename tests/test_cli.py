@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("dolfinx")
 
 from chemomech.cli import COMMANDS, build_parser, main  # noqa: E402
-from chemomech.stack import read_stack  # noqa: E402
+from chemomech.io.stack import read_stack  # noqa: E402
 
 
 def test_every_subcommand_has_help(capsys):

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from scipy.optimize import nnls
 
-from chemomech.composition import (
+from chemomech.correlative.composition import (
     DEFAULT_ENERGIES_EV,
     composition_from_files,
     fit_composition,
@@ -188,8 +188,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 def test_cli_writes_maps_that_the_readers_load(tmp_path):
     import argparse
 
-    from chemomech.composition import add_composition_arguments, cmd_composition
-    from chemomech.readers import read_composition_map
+    from chemomech.correlative.composition import add_composition_arguments, cmd_composition
+    from chemomech.io.readers import read_composition_map
 
     energies = np.asarray(DEFAULT_ENERGIES_EV)
     A = np.column_stack(model_reference_spectra(energies))

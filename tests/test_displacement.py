@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemomech.displacement import (
+from chemomech.correlative.displacement import (
     integrate_gradient,
     measured_displacement,
     measured_strain,
     pixel_coordinates,
 )
-from chemomech.frames import frame_matrix
-from chemomech.stack import ParticleData
+from chemomech.correlative.frames import frame_matrix
+from chemomech.io.stack import ParticleData
 
 L_NM = 400.0  # particle size
 

@@ -12,8 +12,8 @@ import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
 
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.fields import PixelSampler, image_to_function, sample_expression  # noqa: E402
-from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.mechanics.fields import PixelSampler, image_to_function, sample_expression  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 
 H = 3.0
 
@@ -128,7 +128,7 @@ def test_vector_image_shape_must_match_the_space(particle):
 def test_linear_fill_extrapolates_affine_images_exactly_near_the_mask(particle):
     from scipy import ndimage
 
-    from chemomech.fields import fill_linear
+    from chemomech.mechanics.fields import fill_linear
 
     i, j = np.meshgrid(*(np.arange(n) for n in particle.mask.shape), indexing="ij")
     affine = np.stack([0.5 + 0.1 * i - 0.03 * j, -2.0 + 0.2 * j], axis=-1)

@@ -18,9 +18,9 @@ import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
 from dolfinx import mesh as dmesh  # noqa: E402
 
-from chemomech.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem  # noqa: E402
-from chemomech.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem  # noqa: E402
+from chemomech.mechanics.materials import Material  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 UFL_FILE = ROOT / "forms" / "elasticity.py"

@@ -22,15 +22,15 @@ import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
 from dolfinx import mesh as dmesh  # noqa: E402
 
-from chemomech.fields import image_to_function  # noqa: E402
-from chemomech.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
-from chemomech.materials import (  # noqa: E402
+from chemomech.mechanics.fields import image_to_function  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
+from chemomech.mechanics.materials import (  # noqa: E402
     Material,
     isotropic_plane_tensor,
     rotation_matrix,
 )
-from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 
 H = 4.0  # nm per pixel
 

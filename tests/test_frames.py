@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from chemomech.frames import (
+from chemomech.correlative.frames import (
     angle_distance_mod_pi,
     curl_field,
     frame_check,
@@ -16,11 +16,11 @@ from chemomech.frames import (
     gradient_crystal,
     gradient_image,
     rotate_tensor_field,
+    rotation_matrix,
     strain_crystal_from_image,
     strain_image,
 )
-from chemomech.materials import rotation_matrix
-from chemomech.stack import ParticleData
+from chemomech.io.stack import ParticleData
 
 
 def test_uniaxial_strain_along_a_rotates_to_a_a_transpose():
@@ -106,7 +106,7 @@ def test_synthetic_field_is_compatible_in_its_own_frame_only():
 def test_frame_check_finds_true_frame_warns_and_adopts(caplog):
     truth = 0.7
     p = synthetic_particle(truth, 1, stated_rotation=-0.7, stated_sign=-1)
-    with caplog.at_level(logging.WARNING, logger="chemomech.frames"):
+    with caplog.at_level(logging.WARNING, logger="chemomech.correlative.frames"):
         result = frame_check(p, step_deg=1.0, adopt=True)
     best = result.best
     assert angle_distance_mod_pi(best.rotation_rad, truth) < math.radians(1.0)
@@ -118,7 +118,7 @@ def test_frame_check_finds_true_frame_warns_and_adopts(caplog):
     assert "frame check adopted" in result.particle.source
     # checking the adopted particle again: no warning, same frame
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="chemomech.frames"):
+    with caplog.at_level(logging.WARNING, logger="chemomech.correlative.frames"):
         again = frame_check(result.particle, step_deg=1.0)
     assert again.stated_is_best() and not again.adopted
     assert "not the most compatible" not in caplog.text
@@ -145,7 +145,7 @@ def test_strain_image_of_image_frame_data_is_unrotated():
 
 def test_frame_check_on_real_particle(real_particle_path):
     """LFP50_P2: DESIGN §3 says rotation -1.7104 (mod pi), theta_sign +1, not mirrored."""
-    from chemomech.readers import read_reference_mat
+    from chemomech.io.readers import read_reference_mat
 
     p = read_reference_mat(real_particle_path, rotation="file")
     assert p.rotation_rad == pytest.approx(1.7104, abs=1e-4)

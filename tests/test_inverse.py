@@ -8,12 +8,12 @@ from mpi4py import MPI
 
 dolfinx = pytest.importorskip("dolfinx")
 
-from chemomech import legendre  # noqa: E402
-from chemomech.displacement import measured_displacement, measured_strain  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse import M1Model, particle_setup, split_for_particles  # noqa: E402
-from chemomech.materials import Material  # noqa: E402
-from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles  # noqa: E402
+from chemomech.mechanics import legendre  # noqa: E402
+from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
 
 TRUE_A, TRUE_C = vegard_coefficients(quadratic_a=0.004, quadratic_c=-0.002)
@@ -168,7 +168,7 @@ def test_bad_options_are_rejected(twin):
 
 @pytest.mark.mpi
 def test_real_particle_tao_equals_fast_path_and_law_is_vegard_like(real_particle_path):
-    from chemomech.readers import read_reference_mat
+    from chemomech.io.readers import read_reference_mat
 
     particle = read_reference_mat(real_particle_path)
     pm = mesh_from_mask(particle.mask, particle.pixel_size_nm, MPI.COMM_WORLD, mesh_size_px=2.0)

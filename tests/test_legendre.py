@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemomech import legendre
-from chemomech.forms import shifted_legendre_series
+from chemomech.mechanics import legendre
+from chemomech.mechanics.forms import shifted_legendre_series
 
 
 def test_known_polynomials_and_derivatives():

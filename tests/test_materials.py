@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemomech.materials import (
+from chemomech.mechanics.materials import (
     Material,
     ac_plane_moduli,
     average_voigt_stiffness,

@@ -12,7 +12,7 @@ import ufl  # noqa: E402
 from dolfinx import fem  # noqa: E402
 
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.mesh import (  # noqa: E402
+from chemomech.mechanics.mesh import (  # noqa: E402
     HOLE_TAG,
     OUTER_TAG,
     check_composition,
@@ -180,7 +180,7 @@ def test_real_particle_mesh_holds_every_pixel_centre(real_particle_path):
     """LFP50_P2 (particle = FP + LFP > 0.10): holes kept, no pixel centre outside the mesh."""
     from scipy.io import loadmat
 
-    from chemomech.fields import PixelSampler
+    from chemomech.mechanics.fields import PixelSampler
 
     data = loadmat(real_particle_path)
     mask = (data["FP"] + data["LFP"]) > 0.10

@@ -11,15 +11,15 @@ dolfinx = pytest.importorskip("dolfinx")
 from dolfinx import fem, mesh  # noqa: E402
 
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.fields import PixelSampler  # noqa: E402
-from chemomech.misfit import (  # noqa: E402
+from chemomech.inverse.misfit import (  # noqa: E402
     DisplacementMisfit,
     MultiParticleMisfit,
     StrainMisfit,
     rigid_mode_basis,
     strain_observation_matrix,
 )
-from chemomech.stack import interior_pixels  # noqa: E402
+from chemomech.io.stack import interior_pixels  # noqa: E402
+from chemomech.mechanics.fields import PixelSampler  # noqa: E402
 
 H = 10.0  # pixel size, nm
 NX, NY = 16, 10

@@ -10,9 +10,9 @@ dolfinx = pytest.importorskip("dolfinx")
 
 from dolfinx import fem, mesh  # noqa: E402
 
-from chemomech.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.forward import ElasticityProblem, l2_norm  # noqa: E402
-from chemomech.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
+from chemomech.mechanics.forward import ElasticityProblem, l2_norm  # noqa: E402
+from chemomech.mechanics.materials import Material  # noqa: E402
 
 
 def _displacement_norm(comm: MPI.Comm, solver: str) -> float:

@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 import scipy.io
 
+from chemomech.correlative.importing import add_import_arguments, cmd_import, import_to_stack
 from chemomech.exceptions import InputError
-from chemomech.readers import (
-    add_import_arguments,
-    cmd_import,
-    import_to_stack,
+from chemomech.io.readers import (
     read_composition_map,
     read_particles,
     read_py4dstem_strain,
     read_reference_mat,
 )
-from chemomech.stack import read_stack, write_stack
+from chemomech.io.stack import read_stack, write_stack
 
 SHAPE = (30, 20)
 LABELS = ["e_xx", "e_yy", "e_xy", "theta", "mask"]
@@ -244,7 +242,7 @@ def test_composition_formats_agree(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["X"] = X_in
         f["mask"] = m["mask"].astype(np.uint8)
-    from chemomech.composition import CompositionMaps, write_composition
+    from chemomech.correlative.composition import CompositionMaps, write_composition
 
     write_composition(CompositionMaps(X=X_in, thickness=m["t_LFP"] + m["t_FP"],
                                       t_lfp=m["t_LFP"], t_fp=m["t_FP"], mask=m["mask"],
@@ -333,7 +331,7 @@ def test_import_to_stack_cli_and_failure_leaves_nothing(tmp_path):
 
 def test_import_frame_check_adopts(tmp_path, caplog):
     """A .mat whose strain field is compatible only in another frame: adopt finds it."""
-    from chemomech.frames import angle_distance_mod_pi, frame_matrix
+    from chemomech.correlative.frames import angle_distance_mod_pi, frame_matrix
 
     n = 40
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -363,7 +361,7 @@ def test_import_frame_check_adopts(tmp_path, caplog):
 
 
 def test_read_data_combines_inputs_and_selects_particles(tmp_path):
-    from chemomech.readers import read_data
+    from chemomech.io.readers import read_data
 
     m = maps(8)
     scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))

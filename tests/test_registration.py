@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from chemomech.exceptions import InputError
-from chemomech.registration import (
+from chemomech.correlative.registration import (
     AffineCorrelation,
     RegistrationResult,
     add_register_arguments,
@@ -28,6 +27,7 @@ from chemomech.registration import (
     warp_to_grid,
     write_registration,
 )
+from chemomech.exceptions import InputError
 
 
 def affine(angle_deg: float, scales, shear: float, shift, centre) -> np.ndarray:
@@ -152,7 +152,7 @@ def test_warp_round_trip_and_stack_particle():
     assert np.isfinite(back[inner]).all()
     assert np.max(np.abs(back[inner] - X[inner])) < 0.1   # two bilinear resamplings
     assert np.isnan(back[~mask & (interior_pixels(~mask, 2.0))]).all()
-    from chemomech.readers import CompositionMap, StrainMaps
+    from chemomech.io.readers import CompositionMap, StrainMaps
 
     strain = StrainMaps(e_aa, 0.02 * (1 - X), 0 * X, 0 * X, mask)
     result = RegistrationResult(M, False, 0.99, 10)
@@ -163,7 +163,7 @@ def test_warp_round_trip_and_stack_particle():
 
 
 def test_fixed_channel_rotates_image_frame_strain_to_e_aa():
-    from chemomech.readers import StrainMaps
+    from chemomech.io.readers import StrainMaps
 
     e_aa, e_cc, phi = -0.03, 0.01, 0.4
     R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
@@ -229,7 +229,7 @@ def test_cli_writes_json_figure_map_and_stack(tmp_path):
     result = read_registration(tmp_path / "out" / "registration.json")
     assert pixel_rms_distance(result.matrix, M, mask) < 0.2
     assert (tmp_path / "out" / "overlay.png").stat().st_size > 10_000
-    from chemomech.stack import read_stack
+    from chemomech.io.stack import read_stack
 
     (particle,) = read_stack(tmp_path / "s.h5")
     assert particle.pixel_size_nm == 16.6 and particle.mask.sum() > 0.9 * mask.sum()
@@ -251,7 +251,7 @@ def test_cli_on_the_reference_mat(real_particle_path, real_pair, tmp_path):
     result = read_registration(tmp_path / "out" / "registration.json")
     assert result.score > 0.85
     assert pixel_rms_distance(result.matrix, warp, particle) < 1.0  # own optimum: ~0.8 px
-    from chemomech.stack import read_stack
+    from chemomech.io.stack import read_stack
 
     (stacked,) = read_stack(tmp_path / "s.h5")
     assert stacked.rotation_rad == pytest.approx(-1.7104, abs=1e-4)

@@ -7,7 +7,12 @@ import xml.etree.ElementTree as ET
 import h5py
 import numpy as np
 
-from chemomech.report import plot_curves, plot_model_errors, plot_residual_maps, write_pixel_fields
+from chemomech.analysis.report import (
+    plot_curves,
+    plot_model_errors,
+    plot_residual_maps,
+    write_pixel_fields,
+)
 
 
 def _is_png(path) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemomech import legendre
-from chemomech.regression import fit_m0
-from chemomech.residual import frobenius, incompatibility, incompatibility_rms, model_error
+from chemomech.analysis.residual import frobenius, incompatibility, incompatibility_rms, model_error
+from chemomech.inverse.regression import fit_m0
+from chemomech.mechanics import legendre
 
 
 def _grid(n=61, h_nm=10.0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from chemomech.exceptions import InputError
-from chemomech.stack import (
+from chemomech.io.stack import (
     STACK_FORMAT,
     ParticleData,
     is_stack_file,

@@ -11,8 +11,8 @@ import pytest
 from mpi4py import MPI
 from scipy import ndimage
 
-from chemomech import legendre
-from chemomech.materials import vegard_misfit
+from chemomech.mechanics import legendre
+from chemomech.mechanics.materials import vegard_misfit
 from chemomech.synth import (
     INTERFACE_101_RAD,
     SLIP_D_BURGERS_NM,
@@ -30,14 +30,14 @@ from chemomech.synth import (
 
 pytest.importorskip("dolfinx")
 
-from chemomech.frames import (  # noqa: E402
+from chemomech.correlative.frames import (  # noqa: E402
     curl_field,
     frame_check,
     gradient_image,
     interior_pixels,
     smooth_masked,
 )
-from chemomech.stack import read_stack, write_stack  # noqa: E402
+from chemomech.io.stack import read_stack, write_stack  # noqa: E402
 
 STRAINS = ("e_xx", "e_yy", "e_xy", "theta")
 

@@ -15,14 +15,10 @@ pyadjoint = pytest.importorskip("pyadjoint")
 
 from pyadjoint import AdjFloat, taylor_test  # noqa: E402
 
-from chemomech.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.inverse import (  # noqa: E402
-    M1Model,
-    particle_setup,
-    split_for_particles,
-    verify_gradient,
-)
-from chemomech.mesh import mesh_from_mask  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
+from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles  # noqa: E402
+from chemomech.inverse.verify import verify_gradient  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
 from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
 
 TRUE_A, TRUE_C = vegard_coefficients(0.004, -0.002)

@@ -11,14 +11,11 @@ from mpi4py import MPI
 
 dolfinx = pytest.importorskip("dolfinx")
 
-from chemomech import legendre  # noqa: E402
-from chemomech.displacement import measured_displacement, measured_strain  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
 from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse import M1Model, particle_setup  # noqa: E402
-from chemomech.mesh import mesh_from_mask  # noqa: E402
-from chemomech.selection import select_degree  # noqa: E402
-from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
-from chemomech.uncertainty import (  # noqa: E402
+from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
+from chemomech.inverse.selection import select_degree  # noqa: E402
+from chemomech.inverse.uncertainty import (  # noqa: E402
     covariance,
     derivative_band,
     eigenstrain_band,
@@ -26,6 +23,9 @@ from chemomech.uncertainty import (  # noqa: E402
     noise_variance,
     strain_noise_sampler,
 )
+from chemomech.mechanics import legendre  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
+from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from chemomech.exceptions import InputError
-from chemomech.materials import LATTICE_ANGSTROM, voigt_stiffness
+from chemomech.mechanics.crystal import point_group_operations
+from chemomech.mechanics.materials import LATTICE_ANGSTROM, voigt_stiffness
 from chemomech.xrd import (
     TABLE1_SYSTEMS,
     average_contrast_factors,
@@ -17,7 +18,6 @@ from chemomech.xrd import (
     slip_systems,
 )
 from chemomech.xrd.contrast import cubic_voigt, isotropic_voigt, variants
-from chemomech.xrd.crystal import point_group_operations
 
 CUBIC = (1.0, 1.0, 1.0, 90.0, 90.0, 90.0)
 LFP = (*LATTICE_ANGSTROM["LiFePO4"], 90.0, 90.0, 90.0)

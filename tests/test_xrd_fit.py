@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chemomech.exceptions import InputError
-from chemomech.materials import LATTICE_ANGSTROM, voigt_stiffness
+from chemomech.mechanics.materials import LATTICE_ANGSTROM, voigt_stiffness
 from chemomech.xrd import design_matrix, slip_systems
 from chemomech.xrd.fit import (
     best_combinations,

@@ -7,6 +7,7 @@ verification (`synthetic`) and the `chemomech xrd` driver (`config.run_xrd`).  N
 and Matplotlib only (no DOLFINx).
 """
 
+from chemomech.mechanics.slip import TABLE1_SYSTEMS, SlipSystem, slip_systems
 from chemomech.xrd.contrast import (
     average_contrast_factor,
     average_contrast_factors,
@@ -14,7 +15,7 @@ from chemomech.xrd.contrast import (
     isotropic_edge_contrast,
     isotropic_screw_contrast,
 )
-from chemomech.xrd.slip import TABLE1_SYSTEMS, SlipSystem, design_matrix, slip_systems
+from chemomech.xrd.slip import design_matrix
 
 __all__ = [
     "TABLE1_SYSTEMS",

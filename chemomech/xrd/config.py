@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chemomech.exceptions import ConfigError, InputError
-from chemomech.materials import LATTICE_ANGSTROM, voigt_stiffness
-from chemomech.results import versions, write_json_atomic, write_text_atomic
+from chemomech.io.results import versions, write_json_atomic, write_text_atomic
+from chemomech.mechanics.materials import LATTICE_ANGSTROM, voigt_stiffness
+from chemomech.mechanics.slip import slip_systems
 from chemomech.xrd.contrast import average_contrast_factors
 from chemomech.xrd.fit import (
     best_combinations,
@@ -30,7 +31,7 @@ from chemomech.xrd.fit import (
 from chemomech.xrd.patterns import read_pattern
 from chemomech.xrd.peaks import extract_peaks, fit_instrument, hkl_label
 from chemomech.xrd.plots import density_table, plot_effective_density, plot_variance_fits
-from chemomech.xrd.slip import design_matrix, slip_systems
+from chemomech.xrd.slip import design_matrix
 from chemomech.xrd.variance import analyse_peak
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class SampleConfig(_Strict):
 
     name: str                                   # label in tables and figures
     pattern: Path                               # .xy / .xye / .dat / .csv
-    phase: Phase = "LiFePO4"                    # stiffness + lattice from chemomech.materials
+    phase: Phase = "LiFePO4"                    # stiffness + lattice (mechanics.materials)
     x_column: str | None = None                 # CSV column names (default: 1st, 2nd, 3rd)
     y_column: str | None = None
     esd_column: str | None = None
@@ -127,7 +128,7 @@ def load_config(path: str | Path) -> XrdConfig:
 
 
 def _lattice(phase: str) -> tuple[float, ...]:
-    """(a, b, c, 90, 90, 90) of an orthorhombic phase in chemomech.materials."""
+    """(a, b, c, 90, 90, 90) of an orthorhombic phase in chemomech.mechanics.materials."""
     return (*LATTICE_ANGSTROM[phase], 90.0, 90.0, 90.0)
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chemomech.exceptions import InputError
-from chemomech.xrd.crystal import (
+from chemomech.mechanics.crystal import (
     direction_vector,
     point_group_operations,
     reciprocal_vector,

@@ -22,7 +22,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.signal import find_peaks
 
 from chemomech.exceptions import InputError
-from chemomech.xrd.crystal import d_spacing
+from chemomech.mechanics.crystal import d_spacing
 from chemomech.xrd.patterns import Pattern
 
 logger = logging.getLogger(__name__)

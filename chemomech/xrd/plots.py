@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chemomech.report import save_figure
+from chemomech.analysis.report import save_figure
 from chemomech.xrd.fit import DensityFit
 from chemomech.xrd.slip import SlipSystem
 from chemomech.xrd.variance import VarianceResult

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chemomech.xrd.crystal import d_spacing
+from chemomech.mechanics.crystal import d_spacing
 from chemomech.xrd.patterns import Pattern, two_theta_from_s
 
 logger = logging.getLogger(__name__)
@@ -217,10 +217,11 @@ def write_example_dataset(folder: str | Path, phase: str = "LiFePO4", *,
     Peaks: areas 1e8 counts, background 10 counts, spheres of 1 um, R_e = 60 nm, Gaussian
     instrument (GaussianInstrument defaults), 2theta 4-60 deg in 0.002 deg steps.
     """
-    from chemomech.materials import LATTICE_ANGSTROM, voigt_stiffness
+    from chemomech.mechanics.materials import LATTICE_ANGSTROM, voigt_stiffness
+    from chemomech.mechanics.slip import slip_systems
     from chemomech.xrd.patterns import write_xye
     from chemomech.xrd.peaks import allowed_reflections
-    from chemomech.xrd.slip import design_matrix, slip_systems
+    from chemomech.xrd.slip import design_matrix
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

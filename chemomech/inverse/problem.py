@@ -5,7 +5,7 @@ Model (DESIGN §4).  For each particle, :math:`u(a)` solves the traction-free pr
 :math:`\varepsilon^*(X; a) = R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T`,
 :math:`f_i(X) = \sum_{n=0}^N a_{n,i} P_n(2X - 1)`.  The control vector is
 :math:`a = (a_{0,a} .. a_{N,a}, a_{0,c} .. a_{N,c})` (length 2(N+1)) shared by all particles,
-and :math:`J(a) = \sum_k J_k(u_k(a))` with :math:`J_k` a `chemomech.misfit` misfit.
+and :math:`J(a) = \sum_k J_k(u_k(a))` with :math:`J_k` a `chemomech.inverse.misfit` misfit.
 
 How it is taped (pyadjoint), and why.
   * Controls are pyadjoint ``AdjFloat`` s, one per coefficient, replicated on every rank.  A
@@ -17,7 +17,8 @@ How it is taped (pyadjoint), and why.
     basis loads :math:`b_k = L(v; \varepsilon^*(X; e_k))` are assembled once (dolfinx forms
     with a vector ``fem.Constant``) and the forward is :math:`u = A^+ \sum_k a_k b_k` with the
     stiffness matrix assembled and LU-factorised once per particle
-    (`chemomech.forward.ElasticityProblem`).  The singular traction-free system is solved with
+    (`chemomech.mechanics.forward.ElasticityProblem`).  The singular traction-free system is
+    solved with
     the rigid modes as PETSc null space, removed from the load and from the solution, i.e.
     :math:`u = \Pi A^- \Pi b = A^+ b` (Moore-Penrose, symmetric).  Its exact discrete adjoint
     is therefore one more back-substitution, :math:`\lambda = A^+ g`, and
@@ -38,12 +39,12 @@ evaluation is collective; J and gradient are allreduced, so the coefficients are
 every rank and, to rounding, for every rank count).  The objective is scaled by :math:`J(0)` so that
 tolerances are relative, and the line search uses a curvature tolerance of 0.1
 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
-iterations instead of ~70.  A line-search failure after the gradient fell by
-`STALL_GRADIENT_REDUCTION` is J changing below rounding and is accepted.
+iterations instead of ~70.  The stopping rules are those of the one TAO
+driver, `chemomech.inverse.optimise.minimise`.
 
 Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
 with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
-(`method="linear"`), and G^T G is the Gauss-Newton matrix used by `chemomech.uncertainty`.
+(`method="linear"`), and G^T G is the Gauss-Newton matrix used by `chemomech.inverse.uncertainty`.
 
 Several particles are one joint problem: `split_for_particles` splits COMM_WORLD into particle
 groups (one rank may hold several particles; several ranks may share one particle, which
@@ -64,13 +65,20 @@ import pyadjoint
 from dolfinx import fem
 from mpi4py import MPI
 from petsc4py import PETSc
-from pyadjoint import AdjFloat, Block, Control, ReducedFunctional
+from pyadjoint import AdjFloat, Control, ReducedFunctional
 
-from chemomech.exceptions import InputError, SolverError
-from chemomech.forms import eigenstrain, stiffness_tensor
-from chemomech.forward import ElasticityProblem, SolverKind
-from chemomech.materials import Material
-from chemomech.misfit import PixelMisfit
+from chemomech.exceptions import InputError
+from chemomech.inverse.blocks import (
+    EigenstrainSolveBlock,
+    GroupSumBlock,
+    PixelMisfitBlock,
+    ReplicateBlock,
+)
+from chemomech.inverse.misfit import PixelMisfit
+from chemomech.inverse.optimise import minimise, serve_on_rank0
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem, SolverKind
+from chemomech.mechanics.materials import Material
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +86,7 @@ TAO_TYPES = ("blmvm", "bqnls", "lmvm", "nls")
 #: Line-search defaults (PETSc options prefix chemomech_m1_tao_ls_): a curvature condition
 #: tighter than the default 0.9 makes the line search near-exact on the quadratic M1
 #: objective, so the quasi-Newton methods terminate in ~2(N+1) steps instead of ~70.
-LINE_SEARCH_DEFAULTS = {"gtol": 0.1}
-#: A TAO line-search failure is accepted as convergence once |grad J| fell by this factor.
-STALL_GRADIENT_REDUCTION = 1e-6
+LINE_SEARCH_DEFAULTS = {"tao_ls_gtol": 0.1}
 
 
 def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, list[int]]:
@@ -126,16 +132,18 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
                    displacement: np.ndarray | None = None, strain: np.ndarray | None = None,
                    edge_exclusion_px: int = 2, fe_degree: int = 1,
                    X_method: str = "l2") -> ParticleSetup:
-    """A `ParticleSetup` from a `chemomech.mesh.ParticleMesh` and images on its pixel grid.
+    """A `ParticleSetup` from a `chemomech.mechanics.mesh.ParticleMesh` and images on its
+    pixel grid.
 
     `X_image` (nx, ny) Li fraction; exactly one of `displacement` (nx, ny, 2) nm, image frame
     (displacement misfit) or `strain` (nx, ny, 3) = (e_xx, e_yy, e_xy) image frame (strain
     misfit).  Pixels of the meshed mask within `edge_exclusion_px` of its edge and pixels with
-    non-finite data are left out.  X is carried onto P1 by `chemomech.fields.image_to_function`.
+    non-finite data are left out.  X is carried onto P1 by
+    `chemomech.mechanics.fields.image_to_function`.
     """
-    from chemomech.fields import PixelSampler, image_to_function
-    from chemomech.misfit import DisplacementMisfit, StrainMisfit
-    from chemomech.stack import interior_pixels
+    from chemomech.inverse.misfit import DisplacementMisfit, StrainMisfit
+    from chemomech.io.stack import interior_pixels
+    from chemomech.mechanics.fields import PixelSampler, image_to_function
 
     if (displacement is None) == (strain is None):
         raise InputError("give exactly one of displacement and strain", field="misfit")
@@ -229,154 +237,6 @@ class _Particle:
             self._rhs.axpy(1.0, b)
             out.append(self.problem.solve_vector(self._rhs, fem.Function(self.V)))
         return out
-
-
-class ReplicateBlock(Block):
-    """Copies of the replicated controls; the adjoint sums group sensitivities over the world."""
-
-    def __init__(self, controls: Sequence[AdjFloat], world: MPI.Comm, group: MPI.Comm):
-        super().__init__()
-        self.world, self.group = world, group
-        for c in controls:
-            self.add_dependency(c)
-
-    def __str__(self):
-        return "replicate controls over particle groups"
-
-    def recompute_component(self, inputs, block_variable, idx, prepared):
-        return float(inputs[idx])
-
-    def prepare_evaluate_adj(self, inputs, adj_inputs, relevant_dependencies):
-        local = np.array([0.0 if a is None else float(a) for a in adj_inputs])
-        if self.group.rank != 0:
-            local[:] = 0.0
-        return self.world.allreduce(local, op=MPI.SUM)
-
-    def evaluate_adj_component(self, inputs, adj_inputs, block_variable, idx, prepared=None):
-        return float(prepared[idx])
-
-    def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
-        return tlm_inputs[idx]
-
-    def prepare_evaluate_hessian(self, inputs, hessian_inputs, adj_inputs,
-                                 relevant_dependencies):
-        return self.prepare_evaluate_adj(inputs, hessian_inputs, relevant_dependencies)
-
-    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
-                                   idx, relevant_dependencies, prepared=None):
-        return float(prepared[idx])
-
-
-class EigenstrainSolveBlock(Block):
-    r"""Coefficients -> u = A^+ \sum_k a_k b_k; adjoint dJ/da_k = b_k . A^+ g."""
-
-    def __init__(self, particle: _Particle, coefficients: Sequence[AdjFloat]):
-        super().__init__()
-        self.particle = particle
-        for c in coefficients:
-            self.add_dependency(c)
-
-    def __str__(self):
-        return f"eigenstrain solve ({self.particle.setup.name})"
-
-    def recompute_component(self, inputs, block_variable, idx, prepared):
-        u = dxa.Function(self.particle.V, name="u")
-        self.particle.solve([float(a) for a in inputs], u)
-        return u
-
-    def prepare_evaluate_adj(self, inputs, adj_inputs, relevant_dependencies):
-        return self.particle.solve_adjoint(adj_inputs[0])
-
-    def evaluate_adj_component(self, inputs, adj_inputs, block_variable, idx, prepared=None):
-        return float(self.particle.loads[idx].dot(prepared.x.petsc_vec))
-
-    def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
-        if all(t is None for t in tlm_inputs):
-            return None
-        du = dxa.Function(self.particle.V, name="du")
-        self.particle.solve([0.0 if t is None else float(t) for t in tlm_inputs], du)
-        return du
-
-    def prepare_evaluate_hessian(self, inputs, hessian_inputs, adj_inputs,
-                                 relevant_dependencies):
-        # the state equation is linear in u and in a: no second-derivative terms
-        return self.particle.solve_adjoint(hessian_inputs[0])
-
-    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
-                                   idx, relevant_dependencies, prepared=None):
-        return float(self.particle.loads[idx].dot(prepared.x.petsc_vec))
-
-
-class PixelMisfitBlock(Block):
-    r"""u -> J = \tfrac12|P(Bu - d)|^2; adjoint B^T P (Bu - d)."""
-
-    def __init__(self, misfit: PixelMisfit, u: fem.Function):
-        super().__init__()
-        self.misfit = misfit
-        self.add_dependency(u)
-
-    def __str__(self):
-        return f"pixel misfit ({self.misfit.name})"
-
-    def recompute_component(self, inputs, block_variable, idx, prepared):
-        return self.misfit.cost(inputs[0])
-
-    def evaluate_adj_component(self, inputs, adj_inputs, block_variable, idx, prepared=None):
-        scale = 1.0 if adj_inputs[0] is None else float(adj_inputs[0])
-        g = self.misfit.gradient(inputs[0], scale=scale)
-        out = dxa.Function(self.misfit.V).x  # a dolfinx_adjoint dual vector
-        out.array[:] = g.array
-        return out
-
-    def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
-        if tlm_inputs[0] is None:
-            return None
-        r = self.misfit.residual(inputs[0])
-        return self.misfit.comm.allreduce(float(r @ (self.misfit.B @ tlm_inputs[0].x.array)))
-
-    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
-                                   idx, relevant_dependencies, prepared=None):
-        # d2J/du2 [du] = B^T P B du, plus the second-order input times the gradient
-        m = self.misfit
-        adj = 0.0 if adj_inputs[0] is None else float(adj_inputs[0])
-        hess = 0.0 if hessian_inputs[0] is None else float(hessian_inputs[0])
-        values = hess * m.residual(inputs[0])
-        du = block_variable.tlm_value
-        if du is not None and adj != 0.0:
-            values = values + adj * m.project(m.B @ du.x.array)
-        out = dxa.Function(m.V).x
-        out.array[:] = m.apply_transpose(values).array
-        return out
-
-
-class GroupSumBlock(Block):
-    """J = sum over particle groups of the groups' costs (COMM_WORLD)."""
-
-    def __init__(self, costs: Sequence[AdjFloat], world: MPI.Comm, group: MPI.Comm):
-        super().__init__()
-        self.world, self.group = world, group
-        for c in costs:
-            self.add_dependency(c)
-
-    def __str__(self):
-        return "sum over particle groups"
-
-    def _sum(self, values) -> float:
-        local = sum(0.0 if v is None else float(v) for v in values)
-        return self.world.allreduce(local if self.group.rank == 0 else 0.0, op=MPI.SUM)
-
-    def recompute_component(self, inputs, block_variable, idx, prepared):
-        return self._sum(inputs)
-
-    def evaluate_adj_component(self, inputs, adj_inputs, block_variable, idx, prepared=None):
-        return adj_inputs[0]
-
-    def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
-        return self._sum(tlm_inputs)
-
-    def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
-                                   idx, relevant_dependencies, prepared=None):
-        return hessian_inputs[0]
 
 
 @dataclass
@@ -619,170 +479,31 @@ class M1Model:
         return {k: v for d in gathered for k, v in d.items()}
 
     def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial):
-        """TAO on world rank 0; the other ranks serve its evaluations (collective solves).
-
-        One driver, not one TAO per rank: PETSc's vector kernels may round differently on
-        differently aligned memory, so replicated TAOs can drift apart by an ulp and then
-        disagree on the number of (collective) evaluations.
-        """
+        """TAO (`chemomech.inverse.optimise.minimise`) on world rank 0; the other ranks serve
+        its evaluations (collective solves)."""
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
         if tao_type in ("nls", "lmvm") and bounds is not None:
             raise InputError(f"tao_type {tao_type!r} takes no bounds (use blmvm or bqnls)",
                              field="tao_type")
-        n = self.num_coefficients
-        a0 = np.zeros(n) if initial is None else np.asarray(initial, float)
+        a0 = np.zeros(self.num_coefficients) if initial is None else np.asarray(initial, float)
         self.reduced_functional(a0)
-        J_ref, grad0 = self.cost_and_gradient(a0)
-        self._evaluations = 0
-        world = self.world
-        if world.rank != 0:
-            while True:
-                command, argument = world.bcast(None, root=0)
-                if command == "gradient":
-                    self.cost_and_gradient(argument)
-                elif command == "hessian":
-                    self.hessian_action(argument)
-                else:
-                    break
-            if isinstance(argument, str):
-                raise SolverError(argument)
-            return argument
+        J_ref, _ = self.cost_and_gradient(a0)
 
-        def gradient(a):
-            world.bcast(("gradient", a), root=0)
-            return self.cost_and_gradient(a)
+        def driver(calls):
+            out = minimise(calls["gradient"], a0, tao_type=tao_type, prefix="chemomech_m1_",
+                           J0=J_ref, gatol=gatol, grtol=grtol, gttol=gttol, max_it=max_it,
+                           bounds=bounds,
+                           hessian_action=calls["hessian"] if tao_type == "nls" else None,
+                           option_defaults=LINE_SEARCH_DEFAULTS, label="M1 TAO")
+            return out.x, out.J, out.iterations, out.converged, out.text, out.evaluation_time_s
 
-        def hessian(h):
-            world.bcast(("hessian", h), root=0)
-            return self.hessian_action(h)
-
-        try:
-            result = self._run_tao(tao_type, gatol, grtol, gttol, max_it, bounds, a0, J_ref,
-                                   grad0, gradient, hessian)
-        except Exception as exc:
-            world.bcast(("done", f"{type(exc).__name__}: {exc}"), root=0)
-            raise
-        world.bcast(("done", result), root=0)
-        return result
-
-    def _run_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, a0, J_ref, grad0,
-                 gradient, hessian):
-        n = self.num_coefficients
-        scale = 1.0 / J_ref if J_ref > 0 else 1.0
-        g0_norm = scale * float(np.linalg.norm(grad0))
-        t_eval = [0.0]
-
-        def objective_gradient(tao, x, g):
-            t0 = time.perf_counter()
-            J, dJ = gradient(x.getArray(readonly=True).copy())
-            g.setArray(scale * dJ)
-            t_eval[0] += time.perf_counter() - t0
-            return scale * J
-
-        def monitor(tao):
-            its, f, gnorm = tao.getSolutionStatus()[:3]
-            logger.info("TAO %3d  J = %.10e  |grad J| = %.3e", its, f / scale, gnorm / scale)
-
-        tao = PETSc.TAO().create(PETSc.COMM_SELF)
-        tao.setType(tao_type)
-        tao.setOptionsPrefix("chemomech_m1_")
-        x = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)
-        x.setArray(a0)
-        g = x.duplicate()
-        tao.setObjectiveGradient(objective_gradient, g)
-        if tao_type == "nls":
-            H = PETSc.Mat().createPython(n, _QuadraticHessian(hessian, scale),
-                                         comm=PETSc.COMM_SELF)
-            H.setUp()
-            tao.setHessian(lambda tao, x, H, P: None, H)
-            tao.getKSP().setType("cg")
-            tao.getKSP().getPC().setType("none")
-        tao.setSolution(x)
-        tao.setTolerances(gatol=gatol, grtol=grtol, gttol=gttol)
-        tao.setMaximumIterations(max_it)
-        tao.setMonitor(monitor)
-        if bounds is not None:
-            lower, upper = x.duplicate(), x.duplicate()
-            lower.setArray(np.asarray(bounds[0], float))
-            upper.setArray(np.asarray(bounds[1], float))
-            tao.setVariableBounds(lower, upper)
-        options = PETSc.Options()
-        defaults = {f"chemomech_m1_tao_ls_{k}": v for k, v in LINE_SEARCH_DEFAULTS.items()}
-        defaults = {k: v for k, v in defaults.items() if not options.hasName(k)}
-        for key, value in defaults.items():
-            options[key] = value
-        try:
-            tao.setFromOptions()
-        finally:
-            for key in defaults:
-                options.delValue(key)
-        tao.solve()
-        reason = tao.getConvergedReason()
-        a = tao.getSolution().getArray().copy()
-        J = tao.getObjectiveValue() / scale
-        g_norm = tao.getSolutionStatus()[2]
-        iterations = tao.getIterationNumber()
-        tao.destroy()
-        text = f"TAO {tao_type} reason {reason}"
-        if reason == PETSc.TAO.ConvergedReason.DIVERGED_LS_FAILURE and \
-                g_norm <= STALL_GRADIENT_REDUCTION * g0_norm:
-            # the line search works on J, whose changes fell below rounding: converged as far
-            # as an objective-based method can tell
-            text += f" (line search at rounding level, |g|/|g0| = {g_norm / g0_norm:.1e})"
-            logger.info("TAO %s: line search stalled at |g|/|g0| = %.1e: accepted", tao_type,
-                        g_norm / g0_norm)
-        elif reason < 0:
-            raise SolverError(f"TAO {tao_type} did not converge: reason {reason} after "
-                              f"{iterations} iterations (J = {J:.6g}, |g|/|g0| = "
-                              f"{g_norm / g0_norm:.1e})")
-        logger.info("TAO %s: reason %d, %d iterations, %d evaluations (%.3f s)", tao_type,
-                    reason, iterations, self._evaluations, t_eval[0])
-        self.timings_s["tao_evaluations"] = t_eval[0]
-        return a, J, iterations, True, text
-
-
-class _QuadraticHessian:
-    """PETSc shell context: H x from pyadjoint's second-order adjoint (`M1Model.hessian_action`).
-
-    J is quadratic in a, so H does not depend on the point TAO last evaluated.
-    """
-
-    def __init__(self, action, scale: float):
-        self.action, self.scale = action, scale
-
-    def mult(self, mat, x, y):
-        y.setArray(self.scale * self.action(x.getArray(readonly=True).copy()))
-
-
-def verify_gradient(model: M1Model, coefficients: Sequence[float] | None = None,
-                    direction: Sequence[float] | None = None,
-                    steps: Sequence[float] = (1e-2, 5e-3, 2.5e-3, 1.25e-3)) -> dict:
-    r"""Taylor check of the adjoint gradient (hIPPYlib's modelVerify): remainders
-    :math:`|J(a + \epsilon h) - J(a) - \epsilon \nabla J \cdot h|` and their rates (2 expected).
-
-    Defaults: a = 0.01 * (1, ..., 1), h a fixed pseudo-random direction scaled to 0.01.
-    Collective over the model's world.
-    """
-    n = model.num_coefficients
-    a = np.full(n, 0.01) if coefficients is None else np.asarray(coefficients, float)
-    h = (np.random.default_rng(12345).standard_normal(n) if direction is None
-         else np.asarray(direction, float))
-    h = 0.01 * h / np.linalg.norm(h) if direction is None else h
-    model.reduced_functional(a)
-    J0, grad = model.cost_and_gradient(a)
-    slope = float(grad @ h)
-    residuals = [abs(model.cost_and_gradient(a + eps * h)[0] - J0 - eps * slope)
-                 for eps in steps]
-    rates = [float(np.log(residuals[k] / residuals[k - 1]) / np.log(steps[k] / steps[k - 1]))
-             if residuals[k] > 0 and residuals[k - 1] > 0 else float("nan")
-             for k in range(1, len(steps))]
-    result = {"J": J0, "slope": slope, "steps": list(steps), "residuals": residuals,
-              "rates": rates, "min_rate": float(np.nanmin(rates)) if rates else float("nan")}
-    logger.info("gradient check: Taylor remainder rates %s (2 expected)",
-                ", ".join(f"{r:.3f}" for r in rates))
-    return result
+        a, J, iterations, converged, text, t_eval = serve_on_rank0(
+            self.world, {"gradient": self.cost_and_gradient, "hessian": self.hessian_action},
+            driver)
+        self.timings_s["tao_evaluations"] = t_eval
+        return a, J, iterations, converged, text
 
 
 def _solve_normal(N: np.ndarray, r: np.ndarray) -> np.ndarray:

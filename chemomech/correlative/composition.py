@@ -220,7 +220,7 @@ def read_od_stack(path: str | Path, *, dataset: str | None = None,
         data = np.asarray(tifffile.imread(path), dtype=float)
         field = "image stack"
     else:
-        from chemomech.stack import open_hdf5
+        from chemomech.io.stack import open_hdf5
 
         with open_hdf5(path) as h5:
             energy_path = None
@@ -314,7 +314,7 @@ def nnls_two_components(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nd
 def particle_mask(thickness: np.ndarray, threshold: float,
                   largest_component: bool = True) -> np.ndarray:
     """mask = thickness > threshold, optionally only its largest 4-connected part (voids kept)."""
-    from chemomech.stack import largest_component as keep_largest
+    from chemomech.io.stack import largest_component as keep_largest
 
     mask = np.asarray(thickness > threshold)
     return keep_largest(mask) if largest_component and mask.any() else mask

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from chemomech.results import atomic_path, write_text_atomic  # noqa: E402
+from chemomech.io.results import atomic_path, write_text_atomic  # noqa: E402
 
 COLORS = {"a": "tab:purple", "c": "tab:green"}
 
@@ -140,3 +140,48 @@ def write_pixel_fields(h5_path: str | Path, particles: Mapping[str, Mapping],
            '  <Grid Name="particles" GridType="Collection" CollectionType="Spatial">\n'
            + "\n".join(grids) + "\n  </Grid>\n  </Domain>\n</Xdmf>\n")
     return h5_path, write_text_atomic(xdmf_path, xml)
+
+
+def plot_density_map(density: np.ndarray, X: np.ndarray, mask: np.ndarray,
+                     pixel_size_nm: float, path: str | Path, title: str = "") -> Path:
+    """Density map (um^-2) with the phase boundary X = 0.5 (red dashed) overlaid (Fig. 3c)."""
+    h_um = pixel_size_nm * 1e-3
+    nx, ny = density.shape
+    # as chemomech.analysis.report.plot_residual_maps: x = axis 0 to the right, y = axis 1 down
+    extent = (0, nx * h_um, ny * h_um, 0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    shown = np.where(mask, density, np.nan)
+    finite = shown[np.isfinite(shown)]
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    image = ax.imshow(shown.T, extent=extent, cmap="magma", vmin=0, vmax=max(vmax, 1e-12))
+    Xs = np.where(mask, X, np.nan)
+    if np.nanmin(Xs) < 0.5 < np.nanmax(Xs):
+        xx = (np.arange(nx) + 0.5) * h_um
+        yy = (np.arange(ny) + 0.5) * h_um
+        ax.contour(xx, yy, np.nan_to_num(Xs, nan=-1.0).T, levels=[0.5], colors="red",
+                   linestyles="dashed", linewidths=1.0)
+    fig.colorbar(image, ax=ax, label=r"GND density ($\mu$m$^{-2}$)")
+    ax.set_xlabel(r"x ($\mu$m)")
+    ax.set_ylabel(r"y ($\mu$m)")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_alpha_curve(choice, path: str | Path) -> Path:
+    """L-curve of the alpha scan (misfit vs seminorm, log-log; alpha annotated), the chosen
+    alpha circled and the discrepancy target (if any) as a vertical line."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    pts = sorted(choice.curve, key=lambda c: -c["alpha"])
+    ax.loglog([c["misfit"] for c in pts], [c["seminorm"] for c in pts], "o-", ms=4)
+    for c in pts:
+        ax.annotate(f"{c['alpha']:.2g}", (c["misfit"], c["seminorm"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    best = min(choice.curve, key=lambda c: abs(np.log(c["alpha"] / choice.alpha)))
+    ax.loglog([best["misfit"]], [best["seminorm"]], "o", mfc="none", mec="red", ms=12)
+    if choice.target_misfit:
+        ax.axvline(choice.target_misfit, color="0.5", ls="--", lw=1, label="noise level")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("data misfit")
+    ax.set_ylabel("regularisation seminorm")
+    ax.set_title(f"alpha = {choice.alpha:.3g} ({choice.rule})", fontsize=9)
+    return save_figure(fig, path)

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize, stats
 
-from chemomech.frames import smooth_masked, strain_crystal_from_image
-from chemomech.materials import LATTICE_ANGSTROM
-from chemomech.stack import ParticleData, interior_pixels
+from chemomech.correlative.frames import crystal_strain, smooth_masked
+from chemomech.io.stack import ParticleData, interior_pixels
+from chemomech.mechanics.materials import LATTICE_ANGSTROM
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ TEN_NINETY_PER_W = math.atanh(0.8)
 
 
 # --------------------------------------------------------------------------- (a) lattice vs X
-
-
-def crystal_strain(particle: ParticleData) -> dict[str, np.ndarray]:
-    """e_aa, e_cc, e_ac in the crystal frame (rotated back from the image frame if needed)."""
-    if particle.strain_frame == "crystal":
-        return {"e_aa": particle.e_xx, "e_cc": particle.e_yy, "e_ac": particle.e_xy}
-    return strain_crystal_from_image(particle.e_xx, particle.e_yy, particle.e_xy,
-                                     particle.rotation_rad)
 
 
 def lattice_parameters(particle: ParticleData) -> dict[str, np.ndarray]:
@@ -362,7 +354,7 @@ def analyze_particles(particles: Sequence[ParticleData], output: str | Path, *,
     """Write analysis.json (widths per particle, binned a(X), c(X)) and figures under `output`."""
     import matplotlib.pyplot as plt
 
-    from chemomech.results import write_json_atomic
+    from chemomech.io.results import write_json_atomic
 
     output = Path(output)
     figures = output / "figures"
@@ -410,7 +402,7 @@ def add_analysis_arguments(parser) -> None:
 
 def cmd_analysis(args) -> int:
     """`chemomech analyze INPUTS -o DIR`: lattice parameters vs X and interface widths."""
-    from chemomech.readers import read_particles
+    from chemomech.io.readers import read_particles
 
     particles = read_particles(args.inputs)
     if args.particles:

@@ -2,7 +2,7 @@
 
 The Cartesian crystal frame is the standard one: a along x, b in the xy-plane, c completing a
 right-handed set.  For orthorhombic crystals (LiFePO4, FePO4) x = a, y = b, z = c, which is the
-frame of the Voigt stiffness in chemomech.materials (1 = a, 2 = b, 3 = c).
+frame of the Voigt stiffness in chemomech.mechanics.materials (1 = a, 2 = b, 3 = c).
 """
 
 from __future__ import annotations

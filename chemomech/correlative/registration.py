@@ -40,11 +40,11 @@ from scipy import ndimage, optimize
 from scipy.interpolate import BSpline, RectBivariateSpline
 
 from chemomech.exceptions import InputError
-from chemomech.stack import interior_pixels
+from chemomech.io.stack import interior_pixels
 
 if TYPE_CHECKING:
-    from chemomech.readers import CompositionMap, StrainMaps
-    from chemomech.stack import ParticleData
+    from chemomech.io.readers import CompositionMap, StrainMaps
+    from chemomech.io.stack import ParticleData
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RegistrationResult:
 
 def write_registration(result: RegistrationResult, path: str | Path) -> Path:
     """Write `registration.json` atomically."""
-    from chemomech.results import write_json_atomic
+    from chemomech.io.results import write_json_atomic
 
     return write_json_atomic(path, result.to_dict())
 
@@ -490,7 +490,7 @@ def particle_from_correlative(name: str, strain: StrainMaps, composition: Compos
     `warp_to_grid`; the particle is the largest connected part of the strain mask where the
     warped X is defined (`readers.combine_strain_and_composition`).
     """
-    from chemomech.readers import CompositionMap, combine_strain_and_composition
+    from chemomech.io.readers import CompositionMap, combine_strain_and_composition
 
     shape = np.asarray(strain.e_xx).shape
     X = warp_to_grid(composition.X, result.matrix, shape, composition.mask)
@@ -514,12 +514,12 @@ def particle_from_correlative(name: str, strain: StrainMaps, composition: Compos
 
 
 def read_strain_maps(path: str | Path) -> tuple[StrainMaps, tuple[float, str, int]]:
-    """4D-STEM maps via `chemomech.readers`: .npz, the study's .mat, or py4DSTEM HDF5.
+    """4D-STEM maps via `chemomech.io.readers`: .npz, the study's .mat, or py4DSTEM HDF5.
 
     Returns (StrainMaps, frame) with frame = (rotation_rad, strain_frame, theta_sign) as the
     reader documents it ((0, "image", +1) where the file says nothing).
     """
-    from chemomech import readers
+    from chemomech.io import readers
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -592,7 +592,7 @@ def add_register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """`chemomech register STRAIN COMPOSITION -o DIR`: affine X-ray -> 4D-STEM registration."""
-    from chemomech.readers import read_composition_map
+    from chemomech.io.readers import read_composition_map
 
     strain, (rotation, frame, theta_sign) = read_strain_maps(args.strain)
     rotation = rotation if args.rotation_rad is None else args.rotation_rad
@@ -612,7 +612,7 @@ def cmd_register(args: argparse.Namespace) -> int:
                               composition.mask)
     np.savez_compressed(out / "X_registered.npz", X=registered, mask=strain.mask)
     if args.stack:
-        from chemomech.stack import write_stack
+        from chemomech.io.stack import write_stack
 
         particle = particle_from_correlative(args.name, strain, composition, result,
                                              pixel_size_nm=args.pixel_size_nm,

@@ -18,7 +18,7 @@ only ~20 % (the estimates scatter ~7x more than the i.i.d. formula says).
 
 For the displacement misfit use `integrated_noise_covariance`: i.i.d. noise on the measured
 strain maps is propagated through the very integration that made d
-(`chemomech.displacement.integrate_gradient`) and through the fit by Monte Carlo,
+(`chemomech.correlative.displacement.integrate_gradient`) and through the fit by Monte Carlo,
 :math:`\hat a_k = (G^T G)^{-1} G^T P n_k`; the noise level is calibrated so that the expected
 residual norm matches the observed one (model error therefore widens the band, the
 conservative direction).  Cost: one integration per particle per draw.
@@ -35,8 +35,8 @@ import numpy as np
 from mpi4py import MPI
 from scipy import stats
 
-from chemomech import legendre
 from chemomech.exceptions import InputError
+from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,11 @@ def band_to_lists(band: dict[str, np.ndarray]) -> dict[str, list[float]]:
 def strain_noise_sampler(particle, pixel_ij: np.ndarray, misfit
                          ) -> Callable[[np.random.Generator], np.ndarray]:
     """Draws of unit-variance i.i.d. noise on the stored strain maps (e_xx, e_yy, e_xy, theta of
-    `particle`, a `chemomech.stack.ParticleData`), integrated to displacement like the data and
+    `particle`, a `chemomech.io.stack.ParticleData`), integrated to displacement like the data and
     returned at `misfit`'s local rows; `pixel_ij` (n_points, 2) are the image indices of the
     misfit's point list (`ParticleMesh.pixel_indices()`).  The integration is factorised once."""
-    from chemomech.displacement import GradientIntegrator
-    from chemomech.frames import gradient_crystal, rotate_tensor_field
+    from chemomech.correlative.displacement import GradientIntegrator
+    from chemomech.correlative.frames import gradient_crystal, rotate_tensor_field
 
     ij = np.asarray(pixel_ij)[misfit.point_indices]
     fields = ("e_xx", "e_yy", "e_xy", "theta")

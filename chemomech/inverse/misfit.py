@@ -22,7 +22,7 @@ Every misfit offers `cost(u)` (J, reduced over the communicator), `gradient(u)` 
 right-hand side :math:`B^T P^T P (B u - d)` as a ghost-consistent dolfinx vector) and the
 linear pieces `observe` / `project` / `weighted_data` used by the linear fast path.
 Observation rows are pixel-major, component-minor; columns are local DOFs (incl. ghosts)
-times the block size, the layout of `chemomech.fields.PixelSampler.matrix`.
+times the block size, the layout of `chemomech.mechanics.fields.PixelSampler.matrix`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ class DisplacementMisfit(PixelMisfit):
     @classmethod
     def from_sampler(cls, sampler, displacement: np.ndarray, used: np.ndarray | None = None,
                      name: str = "particle") -> DisplacementMisfit:
-        """From a `chemomech.fields.PixelSampler`: data (n_points, 2) nm and `used` (n_points,)
+        """From a `chemomech.mechanics.fields.PixelSampler`: data (n_points, 2) nm and `used`
+        (n_points,)
         aligned with `sampler.points_nm` (every rank passes the full arrays)."""
         owned = np.asarray(sampler.owned)
         keep = None if used is None else np.asarray(used, bool).ravel()[owned]
@@ -199,7 +200,7 @@ class StrainMisfit(PixelMisfit):
     @classmethod
     def from_sampler(cls, sampler, strain: np.ndarray, used: np.ndarray | None = None,
                      name: str = "particle") -> StrainMisfit:
-        """From a `chemomech.fields.PixelSampler`: image-frame strain (n_points, 3) =
+        """From a `chemomech.mechanics.fields.PixelSampler`: image-frame strain (n_points, 3) =
         (e_xx, e_yy, e_xy) and `used` (n_points,) aligned with `sampler.points_nm`."""
         owned = np.asarray(sampler.owned)
         keep = None if used is None else np.asarray(used, bool).ravel()[owned]

@@ -11,7 +11,7 @@ problem solves for 2(N+1) basis loads with the same factorisation).
 
 Dirichlet option (what the reference code did): u equals a measured displacement image on
 the boundary, :func:`dirichlet_from_image` (the image is carried onto V by
-:func:`chemomech.fields.image_to_function`, bilinear by default so that affine data are
+:func:`chemomech.mechanics.fields.image_to_function`, bilinear by default so that affine data are
 reproduced exactly).  Composition-dependent stiffness: pass
 ``Material("mixed").ufl_tensor(angle, X)`` as C.
 """
@@ -29,7 +29,7 @@ from dolfinx.fem import petsc as fem_petsc
 from petsc4py import PETSc
 
 from chemomech.exceptions import SolverError
-from chemomech.forms import eigenstrain_load_form, elastic_energy_form
+from chemomech.mechanics.forms import eigenstrain_load_form, elastic_energy_form
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def dirichlet_from_image(V: fem.FunctionSpace, displacement, pixel_size_nm: floa
     affine data; ``fill="nearest"`` copies it instead) before carrying d onto V.  Pass the
     same V to :class:`ElasticityProblem`.  Collective.
     """
-    from chemomech.fields import image_to_function
+    from chemomech.mechanics.fields import image_to_function
 
     u_boundary = image_to_function(displacement, pixel_size_nm, V, method, mask=mask,
                                    name="u_boundary", fill=fill)

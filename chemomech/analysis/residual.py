@@ -11,8 +11,12 @@ All strain arrays are pixel images in one frame (the norms are frame-invariant).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
+
+from chemomech.correlative.prepared import PreparedParticle, used_pixels
 
 #: Central-difference stencils (x = axis 0, y = axis 1) for ndimage.correlate, times h^2.
 _D_YY = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 1.0], [0.0, 0.0, 0.0]])
@@ -54,3 +58,16 @@ def incompatibility_rms(e_xx: np.ndarray, e_yy: np.ndarray, e_xy: np.ndarray,
     inc = incompatibility(e_xx, e_yy, e_xy, mask, pixel_size_nm)
     values = inc[np.isfinite(inc)]
     return float(np.sqrt(np.mean(values**2))) if values.size else float("nan")
+
+
+def m2_model_errors(prepared: Sequence[PreparedParticle], images: dict[str, dict],
+                    edge_exclusion_px: int) -> dict[str, float]:
+    """{name: model error} of model maps (`images[name]` with e_xx, e_yy, e_xy, meshed_mask)
+    over each particle's used pixels inside its meshed pixels (rank 0 holds the images)."""
+    errors = {}
+    for p in prepared:
+        maps = images[p.data.name]
+        used = used_pixels(p.data.mask & (maps["meshed_mask"] > 0), p, edge_exclusion_px)
+        errors[p.data.name] = model_error(*(p.strain_image[c] - maps[c]
+                                            for c in ("e_xx", "e_yy", "e_xy")), used)
+    return errors

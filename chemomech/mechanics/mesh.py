@@ -158,7 +158,8 @@ def repair_mask(mask, *, min_island_px: int = 20, min_hole_px: int = 4,
     if len(particles) > 1:
         raise InputError(f"the mask holds {len(particles)} separate particles of >= "
                          f"{min_island_px} px; mesh each one: "
-                         "chemomech.mesh.split_particles(mask) returns one mask per particle",
+                         "chemomech.mechanics.mesh.split_particles(mask) returns one mask "
+                         "per particle",
                          field="mask")
     mask = particles[0]
     background, n_bg = ndimage.label(~mask, structure=_EIGHT_CONNECTED)

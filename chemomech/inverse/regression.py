@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chemomech import legendre
 from chemomech.exceptions import InputError
+from chemomech.mechanics import legendre
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from chemomech.correlative.frames import rotation_matrix
 from chemomech.exceptions import InputError
 
 Reduction = Literal["plane_stress", "plane_strain"]
@@ -125,12 +126,6 @@ def isotropic_plane_tensor(E: float, nu: float,
     d = np.eye(2)
     return (lam * np.einsum("ij,kl->ijkl", d, d)
             + mu * (np.einsum("ik,jl->ijkl", d, d) + np.einsum("il,jk->ijkl", d, d)))
-
-
-def rotation_matrix(angle_rad: float) -> np.ndarray:
-    """R(phi) with v_image = R v_crystal; phi is the angle from image x to crystal a (ccw)."""
-    c, s = np.cos(angle_rad), np.sin(angle_rad)
-    return np.array([[c, -s], [s, c]])
 
 
 def rotate_stiffness(C_crystal: np.ndarray, angle_rad: float) -> np.ndarray:

@@ -24,9 +24,9 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 from scipy.sparse.linalg import factorized
 
+from chemomech.correlative.frames import gradient_image, strain_image
 from chemomech.exceptions import InputError
-from chemomech.frames import gradient_image, strain_image
-from chemomech.stack import ParticleData
+from chemomech.io.stack import ParticleData
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from chemomech.exceptions import InputError
-from chemomech.results import atomic_path
+from chemomech.io.results import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class ParticleData:
         if n_parts > 1:
             raise InputError(f"mask is fragmented into {n_parts} 4-connected pieces; one "
                              "particle must be one piece (keep the largest with "
-                             "chemomech.stack.largest_component, or split the particles)",
+                             "chemomech.io.stack.largest_component, or split the particles)",
                              path=path, field="mask")
 
     def _validate_composition(self, path: str | None) -> None:

@@ -23,12 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from chemomech.materials import rotation_matrix
-from chemomech.stack import ParticleData, interior_pixels
+from chemomech.io.stack import ParticleData, interior_pixels
 
 logger = logging.getLogger(__name__)
 
 MIRROR = np.diag([1.0, -1.0])
+
+
+def rotation_matrix(angle_rad: float) -> np.ndarray:
+    """R(phi) with v_image = R v_crystal; phi is the angle from image x to crystal a (ccw)."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    return np.array([[c, -s], [s, c]])
 
 
 def frame_matrix(rotation_rad: float, mirror: bool = False) -> np.ndarray:
@@ -52,6 +57,14 @@ def rotate_tensor_field(T: np.ndarray, rotation_rad: float, mirror: bool = False
     """T_img = Q T_cr Q^T per pixel, Q = frame_matrix(rotation_rad, mirror)."""
     Q = frame_matrix(rotation_rad, mirror)
     return np.einsum("ip,...pq,jq->...ij", Q, T, Q)
+
+
+def crystal_strain(particle: ParticleData) -> dict[str, np.ndarray]:
+    """e_aa, e_cc, e_ac in the crystal frame (rotated back from the image frame if needed)."""
+    if particle.strain_frame == "crystal":
+        return {"e_aa": particle.e_xx, "e_cc": particle.e_yy, "e_ac": particle.e_xy}
+    return strain_crystal_from_image(particle.e_xx, particle.e_yy, particle.e_xy,
+                                     particle.rotation_rad)
 
 
 def gradient_image(particle: ParticleData, rotation_rad: float | None = None,

@@ -1,7 +1,7 @@
 r"""Shifted Legendre series on [0, 1], the parameterisation of the eigenstrain law.
 
 :math:`f(X) = \sum_{n=0}^{N} a_n P_n(2X - 1)`, evaluated with numpy.polynomial.legendre.
-The UFL twin is chemomech.forms.shifted_legendre_series.
+The UFL twin is chemomech.mechanics.forms.shifted_legendre_series.
 """
 
 from __future__ import annotations

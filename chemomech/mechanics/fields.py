@@ -31,7 +31,7 @@ import scipy.sparse
 from mpi4py import MPI
 
 from chemomech.exceptions import InputError
-from chemomech.mesh import fill_nearest
+from chemomech.mechanics.mesh import fill_nearest
 
 logger = logging.getLogger(__name__)
 
@@ -375,3 +375,23 @@ def sample_expression(expr, sampler: PixelSampler, degree: int | None = None) ->
     w.interpolate(fem.Expression(expr, W.element.interpolation_points))
     values = sampler.for_space(W)(w)
     return values.reshape((len(sampler.owned), *shape))
+
+
+def model_maps(u, strain_expr, pm, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
+    sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
+    u_values = sampler.gather(sampler(u))
+    eps_values = sampler.gather(sample_expression(strain_expr, sampler).reshape(-1, 4))
+    if u_values is None:
+        return {}
+    idx = pm.pixel_indices()
+    out = {}
+    for key, column in (("u_x", u_values[:, 0]), ("u_y", u_values[:, 1]),
+                        ("e_xx", eps_values[:, 0]), ("e_yy", eps_values[:, 3]),
+                        ("e_xy", eps_values[:, 1])):
+        image = np.full(shape, np.nan)
+        image[idx[:, 0], idx[:, 1]] = column
+        out[key] = image
+    out["meshed_mask"] = np.zeros(shape)
+    out["meshed_mask"][idx[:, 0], idx[:, 1]] = 1.0
+    return out
