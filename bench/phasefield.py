@@ -28,10 +28,10 @@ from pathlib import Path  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
 
+from chemomech.io.results import versions, write_json_atomic  # noqa: E402
 from chemomech.phasefield.config import PhaseFieldConfig  # noqa: E402
 from chemomech.phasefield.run import build_model  # noqa: E402
 from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
-from chemomech.results import versions, write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "phasefield.json"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "LFP50_P2.mat"

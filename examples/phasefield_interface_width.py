@@ -24,12 +24,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from chemomech.analysis import interface_widths  # noqa: E402
+from chemomech.analysis.data import interface_widths  # noqa: E402
+from chemomech.io.results import versions, write_json_atomic  # noqa: E402
 from chemomech.phasefield.config import PhaseFieldConfig  # noqa: E402
 from chemomech.phasefield.outputs import particle_data, sample_state  # noqa: E402
 from chemomech.phasefield.run import build_model  # noqa: E402
 from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
-from chemomech.results import versions, write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "phasefield_width.json"
 WIDTHS_NM = (60.0, 100.0, 140.0)

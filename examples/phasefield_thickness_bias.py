@@ -39,17 +39,17 @@ from dolfinx import fem  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from chemomech import legendre  # noqa: E402
 from chemomech.cli import main as cli  # noqa: E402
-from chemomech.fields import bilinear_lookup  # noqa: E402
-from chemomech.mesh import fill_nearest  # noqa: E402
+from chemomech.io.results import versions, write_json_atomic  # noqa: E402
+from chemomech.io.stack import write_stack  # noqa: E402
+from chemomech.mechanics import legendre  # noqa: E402
+from chemomech.mechanics.fields import bilinear_lookup  # noqa: E402
+from chemomech.mechanics.mesh import fill_nearest  # noqa: E402
 from chemomech.phasefield.config import PhaseFieldConfig  # noqa: E402
 from chemomech.phasefield.geometry import extruded_platelet_mesh  # noqa: E402
 from chemomech.phasefield.outputs import particle_data, sample_state, sample_state_3d  # noqa: E402
 from chemomech.phasefield.run import build_model  # noqa: E402
 from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
-from chemomech.results import versions, write_json_atomic  # noqa: E402
-from chemomech.stack import write_stack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / \
     "phasefield_thickness_bias.json"

@@ -11,7 +11,7 @@ import ufl
 from dolfinx import fem, mesh
 from mpi4py import MPI
 
-from chemomech.materials import Material
+from chemomech.mechanics.materials import Material
 from chemomech.phasefield.initial import random_waves, set_initial_composition
 from chemomech.phasefield.model import Elasticity, FreeEnergy, Kinetics, PhaseFieldForms, vegard_law
 from chemomech.phasefield.solver import PhaseFieldSolver, StepControl

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from chemomech import legendre
 from chemomech.cli import main
 from chemomech.exceptions import ConfigError
+from chemomech.io.stack import read_stack
+from chemomech.mechanics import legendre
 from chemomech.phasefield.config import load_phasefield_config
-from chemomech.stack import read_stack
 
 SMALL = {"geometry": {"length_nm": 440.0, "width_nm": 280.0, "pixel_size_nm": 20.0},
          "free_energy": {"interface_width_nm": 60.0},

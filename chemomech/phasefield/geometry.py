@@ -4,7 +4,7 @@ The generated platelet is the superellipse :math:`|\xi/A|^p + |\eta/B|^p \le 1` 
 grid (x = i h, y = j h, nm; DESIGN §2), its long axis at `long_axis_rad` from image x, with
 ``pores`` circular through-thickness pores (2-D holes) of radius `pore_radius_nm`, placed by
 ``numpy.random.default_rng(seed)`` at least two pixels from the edge and from each other.
-The mask is then meshed by `chemomech.mesh.mesh_from_mask` (which also repairs it).
+The mask is then meshed by `chemomech.mechanics.mesh.mesh_from_mask` (which also repairs it).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def carve_pores(mask: np.ndarray, pixel_size_nm: float, pores: int, radius_nm: f
 
 def mask_from_file(path: str, particle: str | None = None) -> tuple[np.ndarray, float, str]:
     """(mask, pixel size nm, particle name) of one particle of a stack / .mat / py4DSTEM file."""
-    from chemomech.readers import read_particles
+    from chemomech.io.readers import read_particles
 
     particles = read_particles([path])
     if particle is not None:
@@ -119,7 +119,7 @@ def extruded_platelet_mesh(mask: np.ndarray, pixel_size_nm: float, thickness_nm:
     import gmsh
     from dolfinx.io import gmsh as gmshio
 
-    from chemomech.mesh import repair_mask, trace_boundaries
+    from chemomech.mechanics.mesh import repair_mask, trace_boundaries
 
     h, t = float(pixel_size_nm), float(thickness_nm)
     if not t > 0:

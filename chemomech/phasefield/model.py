@@ -13,7 +13,7 @@ with D = 1e-14 cm^2/s (= 1 nm^2/s) and the default D = 1 nm^2/tau, tau is one se
 
 with the regular solution per formula unit (volume v, default LiFePO4 cell volume / 4),
 :math:`f(c) = [\Omega c(1-c) + k_BT(c\ln c + (1-c)\ln(1-c))]/v`, the package's stiffness
-(`chemomech.materials.Material`, plane stress by default) and the shifted-Legendre
+(`chemomech.mechanics.materials.Material`, plane stress by default) and the shifted-Legendre
 eigenstrain :math:`\varepsilon^* = R\,\mathrm{diag}(f_a(c), f_c(c))R^T` (default: Vegard's
 law relative to LiFePO4, f(1) = 0, f_a(0) = -4.9 %, f_c(0) = +2.0 %).
 
@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import integrate, optimize
 
-from chemomech import legendre
 from chemomech.exceptions import InputError
-from chemomech.materials import LATTICE_ANGSTROM, Material, vegard_misfit
+from chemomech.mechanics import legendre
+from chemomech.mechanics.materials import LATTICE_ANGSTROM, Material, vegard_misfit
 
 #: Boltzmann constant (eV/K).
 K_B_EV = 8.617333262e-5
@@ -222,7 +222,7 @@ class Elasticity:
         """Image-frame stiffness as UFL: 2-D ac-plane reduction, or the 3-D tensor."""
         import ufl
 
-        from chemomech.materials import voigt_stiffness
+        from chemomech.mechanics.materials import voigt_stiffness
 
         if dim == 2:
             return self.material.ufl_tensor(self.rotation_rad, X=X)
@@ -240,7 +240,7 @@ class Elasticity:
         :math:`\varepsilon^*_{zz} = f_b` in 3-D (R the rotation about z)."""
         import ufl
 
-        from chemomech.forms import eigenstrain, shifted_legendre_series
+        from chemomech.mechanics.forms import eigenstrain, shifted_legendre_series
 
         e2 = eigenstrain(X, self.coefficients_a, self.coefficients_c, self.rotation_rad)
         if dim == 2:
@@ -288,7 +288,7 @@ class PhaseFieldForms:
         import ufl
         from dolfinx import default_scalar_type, fem
 
-        from chemomech.forms import epsilon, sigma
+        from chemomech.mechanics.forms import epsilon, sigma
 
         self.mesh = mesh
         self.free_energy = fe = free_energy

@@ -1,6 +1,6 @@
 r"""Outputs of a phase-field run: the stack file, the XDMF time series and the figures.
 
-**Stack** (DESIGN §3, `chemomech.stack.write_stack`): the equilibrium composition c and the
+**Stack** (DESIGN §3, `chemomech.io.stack.write_stack`): the equilibrium composition c and the
 displacement gradient sampled at the pixel centres of the meshed mask (x = i h, y = j h) as
 the detector sees them, stored in the crystal frame with theta_sign = +1:
 :math:`H_{cr} = R^T\nabla u\,R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chemomech.materials import rotation_matrix
+from chemomech.mechanics.materials import rotation_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def sample_state(forms, particle_mesh) -> dict[str, np.ndarray]:
     theta of the current state; collective, the same arrays on every rank."""
     import ufl
 
-    from chemomech.fields import PixelSampler, sample_expression
+    from chemomech.mechanics.fields import PixelSampler, sample_expression
 
     comm = forms.mesh.comm
     c, mu, u = forms.subfunctions()
@@ -56,9 +56,9 @@ def sample_state(forms, particle_mesh) -> dict[str, np.ndarray]:
 def particle_data(name: str, maps: dict[str, np.ndarray], particle_mesh, forms, history,
                   *, noise_strain: float = 0.0, noise_composition: float = 0.0,
                   seed: int = 0, extra_truth: dict | None = None):
-    """A `chemomech.stack.ParticleData` of the sampled maps, the truth under ``truth``."""
+    """A `chemomech.io.stack.ParticleData` of the sampled maps, the truth under ``truth``."""
     from chemomech import __version__
-    from chemomech.stack import STRAIN_FIELDS, ParticleData
+    from chemomech.io.stack import STRAIN_FIELDS, ParticleData
 
     mask = particle_mesh.mask
     rng = np.random.default_rng(np.random.SeedSequence([seed, 18]))
@@ -141,7 +141,7 @@ def energy_figure(history, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from chemomech.results import atomic_path
+    from chemomech.io.results import atomic_path
 
     t = history.series("t")[1:]
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
@@ -165,7 +165,7 @@ def final_state_figure(maps: dict[str, np.ndarray], pixel_size_nm: float,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from chemomech.results import atomic_path
+    from chemomech.io.results import atomic_path
 
     keys = (("X", "X (Li fraction)"), ("e_xx", "e_aa"), ("e_yy", "e_cc"), ("e_xy", "e_ac"))
     nx, ny = maps["X"].shape

@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
     """(domain, PhaseFieldForms, StepControl) of a validated config; collective.  The domain
-    is a `chemomech.mesh.ParticleMesh` in 2-D, a `geometry.Platelet3D` in 3-D."""
-    from chemomech.materials import Material
-    from chemomech.mesh import mesh_from_mask
+    is a `chemomech.mechanics.mesh.ParticleMesh` in 2-D, a `geometry.Platelet3D` in 3-D."""
+    from chemomech.mechanics.materials import Material
+    from chemomech.mechanics.mesh import mesh_from_mask
     from chemomech.phasefield.geometry import extruded_platelet_mesh, mask_from_file, platelet_mask
     from chemomech.phasefield.initial import random_waves, set_initial_composition
     from chemomech.phasefield.model import (
@@ -84,6 +84,8 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
 
 def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     """Run the configured relaxation and write the outputs; returns the summary dict."""
+    from chemomech.io.results import versions, write_json_atomic, write_text_atomic
+    from chemomech.io.stack import write_stack
     from chemomech.phasefield.outputs import (
         XdmfSeries,
         energy_figure,
@@ -93,8 +95,6 @@ def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) ->
         sample_state_3d,
     )
     from chemomech.phasefield.solver import PhaseFieldSolver
-    from chemomech.results import versions, write_json_atomic, write_text_atomic
-    from chemomech.stack import write_stack
 
     started = time.perf_counter()
     out = Path(config.output)

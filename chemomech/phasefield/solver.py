@@ -5,7 +5,7 @@ Each step solves the scaled theta-method residual of `chemomech.phasefield.model
 full Jacobian.  **Rigid modes** (traction-free u): the rigid motions of u (3 in 2-D, 6 in
 3-D; zero in c, mu) span the null space of the Jacobian and the residual is orthogonal to
 them, so they are attached to the Jacobian as a PETSc null space, MUMPS is told to detect the null
-pivots (ICNTL(24) = 1, as `chemomech.forward`), and they are projected out of the state
+pivots (ICNTL(24) = 1, as `chemomech.mechanics.forward`), and they are projected out of the state
 after each solve (u is reported orthogonal to the rigid modes).
 
 **Time steps.** A step is rejected (dt halved, state restored) when Newton fails, the state
