@@ -63,6 +63,7 @@ PORE_RADIUS_NM = 50.0
 
 def invert(stack: Path, folder: Path) -> dict:
     """`chemomech invert` (M1, degree 1, linear path) on one stack; its summary."""
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / "invert.yaml"
     config.write_text(yaml.safe_dump({"data": str(stack), "model": "M1", "legendre_degree": 1,
                                       "output": str(folder / "inv"),
