@@ -111,3 +111,28 @@ def test_generated_platelet_has_the_requested_pores():
     assert np.allclose(hole_area, np.pi * 60.0**2, rtol=0.15)
     assert np.array_equal(mask, platelet_mask(1200.0, 700.0, 16.6, pores=3,
                                               pore_radius_nm=60.0, seed=4))
+
+
+def test_noise_goes_on_the_stored_maps_only():
+    from mpi4py import MPI
+
+    from chemomech.mechanics.mesh import mesh_from_mask
+    from chemomech.phasefield.geometry import platelet_mask
+    from chemomech.phasefield.initial import random_waves, set_initial_composition
+    from chemomech.phasefield.model import Elasticity, FreeEnergy, PhaseFieldForms
+    from chemomech.phasefield.outputs import particle_data, sample_state
+    from chemomech.phasefield.solver import PhaseFieldSolver
+
+    pm = mesh_from_mask(platelet_mask(600.0, 400.0, 20.0), 20.0, MPI.COMM_SELF,
+                        mesh_size_px=2.0)
+    forms = PhaseFieldForms(pm.mesh, FreeEnergy.for_width(80.0), Elasticity(rotation_rad=0.2))
+    set_initial_composition(forms, 0.5, random_waves(0, 200.0), amplitude=0.2)
+    solver = PhaseFieldSolver(forms)
+    solver.initialise()
+    maps = sample_state(forms, pm)
+    p = particle_data("noisy", maps, pm, forms, solver.history, noise_strain=1e-3,
+                      noise_composition=0.02, seed=5)
+    inside = pm.mask
+    assert np.std((p.e_xx - p.truth["e_xx"])[inside]) == pytest.approx(1e-3, rel=0.15)
+    assert np.std((p.X - p.truth["X"])[inside]) == pytest.approx(0.02, rel=0.15)
+    assert np.array_equal(p.truth["e_yy"], maps["e_yy"], equal_nan=True)
