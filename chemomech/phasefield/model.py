@@ -15,7 +15,9 @@ with the regular solution per formula unit (volume v, default LiFePO4 cell volum
 :math:`f(c) = [\Omega c(1-c) + k_BT(c\ln c + (1-c)\ln(1-c))]/v`, the package's stiffness
 (`chemomech.mechanics.materials.Material`, plane stress by default) and the shifted-Legendre
 eigenstrain :math:`\varepsilon^* = R\,\mathrm{diag}(f_a(c), f_c(c))R^T` (default: Vegard's
-law relative to LiFePO4, f(1) = 0, f_a(0) = -4.9 %, f_c(0) = +2.0 %).
+law relative to LiFePO4, f(1) = 0, f_a(0) = -4.9 %, f_c(0) = +2.0 %).  In 3-D (platelet,
+crystal b along the beam z) the full 3-D stiffness tensor is rotated about z and
+:math:`\varepsilon^*_{zz} = f_b(c)` (Vegard: -3.6 % at c = 0); everything else is the same.
 
 **Log guard (a documented regularisation, not SNES VI).** Below ``log_delta`` (default 1e-4)
 :math:`s\ln s` is replaced by its second-order Taylor polynomial at delta (likewise for
@@ -37,7 +39,9 @@ dilute-limit diffusivity is D; :math:`\partial_c\psi = -\sigma:\partial_c\vareps
 (plus :math:`\tfrac12 e:C'(c):e` for the composition-dependent stiffness), obtained by UFL
 differentiation.  No flux and traction-free on the whole boundary (natural conditions).
 The mu and u equations are scaled by 1/(kT/v) and 1/C_0 so the three residual blocks are
-of comparable size (the solution does not depend on the scaling).
+of comparable size (the solution does not depend on the scaling).  The 1-D equilibrium
+profile and its slope width are analytic (`FreeEnergy.profile_position`,
+`FreeEnergy.interface_width`); the tests compare the discrete solution with them.
 """
 
 from __future__ import annotations
