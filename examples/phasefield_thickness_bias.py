@@ -5,10 +5,11 @@ whether pores alone make residual hot spots (Suppl. Fig. 12).
    law along a, b, c, average stiffness at 0.3 rad, seed 0) relaxes in 2-D (plane stress).
 2. Its equilibrium X map is extruded uniformly through the thickness t (Li diffuses fast
    along b, the beam direction) into a 3-D platelet (`geometry.extruded_platelet_mesh`,
-   P2 displacement, 50 nm tetrahedra), optionally with closed pores at mid-thickness, and
-   the 3-D traction-free mechanical equilibrium is solved (the dt = 0 solve of the 3-D
-   phase-field system: c fixed, mu and u consistent).  A full 3-D Cahn-Hilliard relaxation
-   (`chemomech phasefield --dim 3`) is not used here because of its cost on 2 cores.
+   P2 displacement, 50 nm tetrahedra; one 25 nm case for the mesh floor), optionally with
+   closed pores at mid-thickness, and the 3-D traction-free mechanical equilibrium is
+   solved (the dt = 0 solve of the 3-D phase-field system: c fixed, mu and u consistent).
+   A full 3-D Cahn-Hilliard relaxation (`chemomech phasefield --dim 3`) is not used here
+   because of its cost on 2 cores.
 3. X and the displacement gradient are projected along the beam as the detector sees them
    (`outputs.sample_state_3d`) and written as a stack; `chemomech invert` (M1, degree 1,
    displacement misfit, linear path) learns the law in 2-D plane stress.
@@ -53,11 +54,12 @@ from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / \
     "phasefield_thickness_bias.json"
-CASES = [(50.0, 0), (100.0, 0), (200.0, 0), (400.0, 0), (300.0, 2)]  # (thickness nm, pores)
+#: (thickness nm, pores, 3-D element size in pixels); the last case checks the mesh floor
+CASES = [(50.0, 0, 3.0), (100.0, 0, 3.0), (200.0, 0, 3.0), (400.0, 0, 3.0), (300.0, 2, 3.0),
+         (50.0, 0, 1.5)]
 CONFIG = {"mean_x": 0.5, "seed": 0, "free_energy": {"interface_width_nm": 120.0},
           "geometry": {"length_nm": 700.0, "width_nm": 420.0},
           "elasticity": {"rotation_rad": 0.3}, "steps": {"energy_tol": 1e-8}}
-MESH_3D_PX = 3.0
 PORE_RADIUS_NM = 50.0
 
 
@@ -114,11 +116,11 @@ def main() -> None:
     rows.append({"thickness_nm": 0.0, "pores": 0, "law_error": law_errors(s, ref.truth),
                  "model_error_M1": s["model_errors"]["M1"]})
     print(json.dumps(rows[-1]), flush=True)
-    for t, pores in CASES:
+    for t, pores, mesh_px in CASES:
         from chemomech.phasefield.model import PhaseFieldForms
 
         platelet = extruded_platelet_mesh(pm.mask, pm.pixel_size_nm, t, comm,
-                                          mesh_size_px=MESH_3D_PX, pores=pores,
+                                          mesh_size_px=mesh_px, pores=pores,
                                           pore_radius_nm=PORE_RADIUS_NM, seed=config.seed)
         forms3 = PhaseFieldForms(platelet.mesh, fe, el, forms.kinetics, u_degree=2)
         V, dofs = forms3.W.sub(0).collapse()
@@ -128,13 +130,14 @@ def main() -> None:
         solver = PhaseFieldSolver(forms3)
         solver.initialise()
         maps3 = sample_state_3d(forms3, platelet.mask, pm.pixel_size_nm, t)
-        name = f"t{t:g}_p{pores}"
+        name = f"t{t:g}_p{pores}_h{mesh_px:g}"
         particle = particle_data(name, maps3, platelet, forms3, solver.history,
                                  extra_truth={"thickness_nm": t})
         write_stack(tmp / f"{name}.h5", particle, comm=comm)
         dofs_total = forms3.W.dofmap.index_map.size_global * forms3.W.dofmap.index_map_bs
         s = invert(tmp / f"{name}.h5", tmp / name)
-        row = {"thickness_nm": t, "pores": pores, "dofs": int(dofs_total),
+        row = {"thickness_nm": t, "pores": pores, "mesh_3d_px": mesh_px,
+               "dofs": int(dofs_total),
                "law_error": law_errors(s, particle.truth),
                "model_error_M1": s["model_errors"]["M1"],
                "elastic_energy_per_thickness": solver.history.steps[-1].energy["elastic"] / t}
@@ -143,7 +146,7 @@ def main() -> None:
                                             platelet.mask)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    write_json_atomic(RESULTS, {"rows": rows, "config": CONFIG, "mesh_3d_px": MESH_3D_PX,
+    write_json_atomic(RESULTS, {"rows": rows, "config": CONFIG,
                                 "pore_radius_nm": PORE_RADIUS_NM, "wall_s":
                                 time.perf_counter() - t0, "versions": versions()})
 
