@@ -136,3 +136,24 @@ def test_noise_goes_on_the_stored_maps_only():
     assert np.std((p.e_xx - p.truth["e_xx"])[inside]) == pytest.approx(1e-3, rel=0.15)
     assert np.std((p.X - p.truth["X"])[inside]) == pytest.approx(0.02, rel=0.15)
     assert np.array_equal(p.truth["e_yy"], maps["e_yy"], equal_nan=True)
+
+
+def test_cli_in_3d_writes_the_projected_stack(tmp_path):
+    config = tmp_path / "pf3.yaml"
+    config.write_text(yaml.safe_dump({
+        "geometry": {"length_nm": 300.0, "width_nm": 200.0, "pixel_size_nm": 25.0,
+                     "mesh_size_px": 2.0, "pore_radius_nm": 40.0},
+        "free_energy": {"interface_width_nm": 60.0}, "steps": {"max_steps": 2},
+        "outputs": {"xdmf_every": 1, "thickness_points": 4}}))
+    out = tmp_path / "out"
+    assert main(["phasefield", str(config), "--output", str(out), "--dim", "3",
+                 "--thickness-nm", "60", "--pores", "1", "--seed", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dim"] == 3 and summary["steps"] == 2 and not summary["converged"]
+    (p,) = read_stack(out / "particle.h5")
+    inside = p.mask
+    assert np.nanmax(p.thickness[inside]) == pytest.approx(60.0)
+    assert np.nanmin(p.thickness[inside]) < 60.0 - 20.0  # the pore (r_z = 21 nm)
+    assert p.truth["voids_nm"].shape == (1, 5) and p.truth["thickness_nm"] == 60.0
+    assert np.all(np.isfinite(p.e_xx[inside])) and "coefficients_b" in p.truth
+    assert (out / "phasefield.xdmf").exists()
