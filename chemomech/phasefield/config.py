@@ -139,9 +139,9 @@ class PhaseFieldConfig(_Strict):
     def _supported(self):
         if self.dim == 2 and self.geometry.thickness_nm is not None:
             raise ValueError("geometry.thickness_nm is only used with dim: 3")
-        if self.geometry.mask_from is not None and self.geometry.pores:
-            raise ValueError("geometry.pores applies to the generated platelet, not to "
-                             "geometry.mask_from")
+        if self.dim == 2 and self.geometry.mask_from is not None and self.geometry.pores:
+            raise ValueError("geometry.pores in 2-D cuts holes in the generated platelet, not "
+                             "in geometry.mask_from (in 3-D pores are voids in any mask)")
         if "/" in self.outputs.name:
             raise ValueError("outputs.name must not contain '/'")
         return self
