@@ -17,9 +17,10 @@ whether pores alone make residual hot spots (Suppl. Fig. 12).
    error (mean Frobenius norm of the residual strain) and, with pores, the mean residual
    within 2 px of a pore footprint against the rest of the particle.
 
-  scripts/in-env python3 examples/phasefield_thickness_bias.py      (serial)
+  scripts/in-env python3 examples/phasefield_thickness_bias.py [T:PORES:MESH_PX ...]  (serial)
 
-writes bench/results/phasefield_thickness_bias.json.
+writes bench/results/phasefield_thickness_bias.json; with arguments only those 3-D cases run
+and their rows are merged into the file (replacing rows of the same case).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def pore_contrast(folder: Path, name: str, thickness: np.ndarray, t: float,
             "near_pixels": int(near.sum())}
 
 
-def main() -> None:
+def main(cases) -> None:
     comm = MPI.COMM_SELF  # serial: `chemomech invert` below runs on this process alone
     t0 = time.perf_counter()
     config = PhaseFieldConfig.model_validate(CONFIG)
@@ -114,9 +115,10 @@ def main() -> None:
     write_stack(tmp / "plane_stress.h5", ref, comm=comm)
     s = invert(tmp / "plane_stress.h5", tmp / "plane_stress")
     rows.append({"thickness_nm": 0.0, "pores": 0, "law_error": law_errors(s, ref.truth),
-                 "model_error_M1": s["model_errors"]["M1"]})
+                 "model_error_M1": s["model_errors"]["M1"],
+                 "elastic_energy_per_thickness": history.steps[-1].energy["elastic"]})
     print(json.dumps(rows[-1]), flush=True)
-    for t, pores, mesh_px in CASES:
+    for t, pores, mesh_px in cases:
         from chemomech.phasefield.model import PhaseFieldForms
 
         platelet = extruded_platelet_mesh(pm.mask, pm.pixel_size_nm, t, comm,
@@ -146,10 +148,19 @@ def main() -> None:
                                             platelet.mask)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if RESULTS.exists() and cases != CASES:
+        key = ("thickness_nm", "pores", "mesh_3d_px")
+        new = {tuple(r.get(k, 0.0) for k in key) for r in rows}
+        old = json.loads(RESULTS.read_text())["rows"]
+        rows = [r for r in old if tuple(r.get(k, 0.0) for k in key) not in new] + rows
+        rows.sort(key=lambda r: (r["pores"], r["thickness_nm"], -r.get("mesh_3d_px", 0.0)))
     write_json_atomic(RESULTS, {"rows": rows, "config": CONFIG,
                                 "pore_radius_nm": PORE_RADIUS_NM, "wall_s":
                                 time.perf_counter() - t0, "versions": versions()})
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main([tuple(float(v) if k != 1 else int(v) for k, v in enumerate(arg.split(":")))
+          for arg in sys.argv[1:]] or CASES)
