@@ -66,19 +66,16 @@ def run_case(name: str, comm: MPI.Comm) -> dict:
 
 def main(names: list[str]) -> None:
     comm = MPI.COMM_WORLD
-    results = {}
     for name in names:
-        results[name] = run_case(name, comm)
-        if comm.rank == 0:
-            print(name, json.dumps(results[name]), flush=True)
-    if comm.rank == 0:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        entry = data.setdefault(f"ranks_{comm.size}", {})
-        entry.update(results)
-        data["versions"] = versions()
-        data["notes"] = ("wall_per_step_s counts accepted and rejected steps; linear "
-                         "iterations = LU solves (preonly)")
-        write_json_atomic(RESULTS, data)
+        result = run_case(name, comm)
+        if comm.rank == 0:  # merged after every case: a long case does not lose the others
+            print(name, json.dumps(result), flush=True)
+            data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            data.setdefault(f"ranks_{comm.size}", {})[name] = result
+            data["versions"] = versions()
+            data["notes"] = ("wall_per_step_s counts accepted and rejected steps; linear "
+                             "iterations = LU solves (preonly)")
+            write_json_atomic(RESULTS, data)
 
 
 if __name__ == "__main__":
