@@ -157,3 +157,12 @@ def test_cli_in_3d_writes_the_projected_stack(tmp_path):
     assert p.truth["voids_nm"].shape == (1, 5) and p.truth["thickness_nm"] == 60.0
     assert np.all(np.isfinite(p.e_xx[inside])) and "coefficients_b" in p.truth
     assert (out / "phasefield.xdmf").exists()
+
+
+def test_the_example_config_validates():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "phasefield.yaml"
+    config = load_phasefield_config(path)
+    assert config.free_energy.interface_width_nm == 120.0 and config.dim == 2
+    assert Path(config.output).is_absolute()
