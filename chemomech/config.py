@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chemomech.exceptions import ConfigError
 
@@ -31,7 +38,8 @@ class MeshConfig(_Strict):
     """Meshing of the particle masks (units: pixels)."""
 
     size_px: float = Field(1.0, gt=0, description="target element size")
-    simplify_tol_px: float = Field(0.25, ge=0, le=1, description="contour simplification")
+    simplify_tol_px: float = Field(0.25, ge=0, lt=0.5, description="contour simplification "
+                                   "(< 0.5 px; every pixel centre stays inside below 0.35)")
     min_island_px: int = Field(50, ge=1, description="drop particles smaller than this")
     fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
 
@@ -83,6 +91,22 @@ class DislocationsConfig(_Strict):
     max_it: int = Field(2000, ge=1)
     grtol: float = Field(1e-7, ge=0)
 
+    @field_validator("alpha_decades")
+    @classmethod
+    def _descending(cls, value):
+        if value[0] < value[1]:
+            raise ValueError("the scan runs from alpha_0 10^k0 down to alpha_0 10^k1: "
+                             f"need k0 >= k1, got {list(value)}")
+        return value
+
+
+class GaugeConfig(_Strict):
+    """A user-set gauge of the law: f_a(X) = f_a and f_c(X) = f_c."""
+
+    X: float = Field(1.0, ge=0, le=1, description="Li fraction where f is fixed")
+    f_a: float = 0.0
+    f_c: float = 0.0
+
 
 class FrameConfig(_Strict):
     """Frame check of the measured gradient (DESIGN §2)."""
@@ -94,7 +118,7 @@ class FrameConfig(_Strict):
 class RunConfig(_Strict):
     """A chemomech run: data, model and options; every default documented here."""
 
-    data: list[Path | list[Path]]  # files, or [strain, composition] pairs
+    data: list[Path | list[Path]] = Field(min_length=1)  # files, or [strain, composition] pairs
     particles: Literal["all"] | list[str] = "all"
     model: Literal["M0", "M1", "M2"] = "M1"
     legendre_degree: int | Literal["auto"] = 2
@@ -103,12 +127,26 @@ class RunConfig(_Strict):
     output: Path = Path("results")
     misfit: Literal["displacement", "strain"] = "displacement"
     edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
-    boundary_condition: Literal["traction_free"] = Field(
-        "traction_free", description="the inversions solve the traction-free problem; "
-        "Dirichlet data (chemomech.mechanics.forward.dirichlet_from_image) are a "
-        "forward-model option")
-    stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = "average"
+    boundary_condition: Literal["traction_free", "dirichlet"] = Field(
+        "traction_free", description="traction-free (rigid modes removed), or dirichlet: the "
+        "integrated measured displacement imposed on the whole boundary, misfit over the "
+        "interior (what the study's code did; M1 only)")
+    gauge: Literal["auto", "none", "LiFePO4"] | GaugeConfig = Field(
+        "auto", description="fixes the constant parts of f_a, f_c, undetermined under "
+        "dirichlet with a constant stiffness (weakly determined with stiffness mixed): "
+        "auto = LiFePO4 (f(1) = 0) under dirichlet, none otherwise; none (dirichlet with "
+        "mixed only); or {X, f_a, f_c}: f_a(X) = f_a, f_c(X) = f_c; dirichlet only")
+    fragmented_data: Literal["per_piece", "refuse"] = Field(
+        "per_piece", description="valid displacement data in several connected pieces: each "
+        "piece gets its own rigid modes in the misfit, or the run is refused (dirichlet "
+        "always refuses)")
+    stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = Field(
+        "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1)")
     reduction: Literal["plane_stress", "plane_strain"] = "plane_stress"
+    b_law: Literal["vegard"] | list[float] | None = Field(
+        None, description="plane strain only: f_b(X) of the b-axis eigenstrain, 'vegard' "
+        "(default there: (1 - X)(b_FP/b_LFP - 1), -3.63 % at X = 0) or shifted-Legendre "
+        "coefficients")
     solver: Literal["auto", "lu", "gamg"] = "auto"
     pixel_size_nm: float | None = Field(None, gt=0, description="override the file's pixel size")
     band_level: float = Field(0.95, gt=0, lt=1, description="pointwise confidence level")
@@ -129,6 +167,50 @@ class RunConfig(_Strict):
         if value != "auto" and not 0 <= value <= 8:
             raise ValueError("legendre_degree must be 0..8 or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _supported_combination(self):
+        """Refuse option combinations the inversion cannot honour, before any work."""
+        dirichlet = self.boundary_condition == "dirichlet"
+        if self.gauge not in ("auto", "none") and not dirichlet:
+            raise ValueError("gauge: a gauge applies only with boundary_condition: dirichlet "
+                             "(traction-free data determine the constant parts of f_a, f_c)")
+        if self.gauge == "none" and dirichlet and self.stiffness != "mixed":
+            raise ValueError("gauge: none leaves the constant parts of f_a and f_c "
+                             "undetermined under boundary_condition: dirichlet with a "
+                             "constant stiffness (use auto or LiFePO4)")
+        if dirichlet and self.legendre_degree == 0 and self.gauge != "none":
+            raise ValueError("legendre_degree: 0 with boundary_condition: dirichlet leaves "
+                             "nothing to fit once the gauge fixes the constant")
+        if self.b_law is not None and self.reduction != "plane_strain":
+            raise ValueError("b_law: acts only with reduction: plane_strain (plane stress has "
+                             "sigma_bb = 0, so f_b does not enter the in-plane fields)")
+        if self.model == "M2" and (dirichlet or self.reduction == "plane_strain"
+                                   or self.stiffness == "mixed"):
+            key = ("boundary_condition" if dirichlet else
+                   "reduction" if self.reduction == "plane_strain" else "stiffness")
+            raise ValueError(f"{key}: model M2 supports only traction_free, plane_stress and a "
+                             f"constant stiffness so far")
+        if dirichlet and self.model == "M0":
+            raise ValueError("boundary_condition: dirichlet needs a mechanical model (M1)")
+        return self
+
+    def material_options(self) -> dict:
+        """Keyword arguments of `chemomech.mechanics.materials.Material` for this run."""
+        b_law = None if self.b_law in (None, "vegard") else tuple(self.b_law)
+        return {"stiffness": self.stiffness, "reduction": self.reduction, "b_law": b_law}
+
+    def gauge_object(self):
+        """The gauge for `chemomech.inverse.problem.M1Model`: "auto", None or a Gauge."""
+        from chemomech.inverse.identifiability import Gauge
+
+        if self.gauge == "auto":
+            return "auto"
+        if self.gauge == "none":
+            return None
+        if self.gauge == "LiFePO4":
+            return Gauge()
+        return Gauge(self.gauge.X, self.gauge.f_a, self.gauge.f_c)
 
     def resolved(self, base: Path) -> RunConfig:
         """Copy with relative `data` and `output` paths made relative to `base`."""

@@ -61,3 +61,43 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_strain_composition_pairs_are_resolved(tmp_path):
     cfg = load_config(_write(tmp_path, "data: [[strain.h5, x.tif], stack.h5]\n"))
     assert cfg.data == [[tmp_path / "strain.h5", tmp_path / "x.tif"], tmp_path / "stack.h5"]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("gauge: LiFePO4\n", "gauge"),  # traction-free: the constants are determined
+    ("gauge: {X: 0.5, f_a: 0.01}\n", "gauge"),
+    ("boundary_condition: dirichlet\ngauge: none\n", "gauge"),  # singular
+    ("boundary_condition: dirichlet\nlegendre_degree: 0\n", "legendre_degree"),
+    ("b_law: vegard\n", "b_law"),  # plane stress: f_b has no effect
+    ("reduction: plane_strain\nb_law: sometimes\n", "b_law"),
+    ("model: M2\nboundary_condition: dirichlet\n", "boundary_condition"),
+    ("model: M2\nstiffness: mixed\n", "stiffness"),
+    ("model: M2\nreduction: plane_strain\n", "reduction"),
+    ("model: M0\nboundary_condition: dirichlet\n", "boundary_condition"),
+    ("fragmented_data: ignore\n", "fragmented_data"),
+])
+def test_unsupported_study_combinations_are_refused_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(_write(tmp_path, "data: s.h5\n" + text))
+
+
+def test_study_options_validate_and_round_trip(tmp_path):
+    from chemomech.inverse.identifiability import Gauge
+
+    cfg = load_config(_write(tmp_path, "data: s.h5\nboundary_condition: dirichlet\n"
+                                       "stiffness: mixed\nreduction: plane_strain\n"
+                                       "b_law: [-0.02, 0.02]\ngauge: {X: 0.0, f_a: -0.05}\n"))
+    assert cfg.material_options() == {"stiffness": "mixed", "reduction": "plane_strain",
+                                      "b_law": (-0.02, 0.02)}
+    assert cfg.gauge_object() == Gauge(X=0.0, f_a=-0.05, f_c=0.0)
+    assert load_config(_write(tmp_path, dump_config(cfg))) == cfg
+    default = load_config(_write(tmp_path, "data: s.h5\nboundary_condition: dirichlet\n"))
+    assert default.gauge_object() == "auto" and default.material_options()["b_law"] is None
+    strain = load_config(_write(tmp_path, "data: s.h5\nreduction: plane_strain\n"))
+    assert strain.material_options()["b_law"] is None  # Vegard in Material
+
+
+def test_the_study_example_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "examples" / "lfp50_p2_study.yaml"
+    cfg = load_config(path)
+    assert cfg.boundary_condition == "dirichlet" and cfg.gauge == "LiFePO4"

@@ -3,28 +3,27 @@ twin recovery of a known slip field and GND density, alpha rules, 1 vs 2 ranks."
 
 from __future__ import annotations
 
+import dolfinx
 import numpy as np
+import pyadjoint
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-pyadjoint = pytest.importorskip("pyadjoint")
-
-from chemomech.analysis.report import plot_density_map  # noqa: E402
-from chemomech.analysis.residual import m2_model_errors  # noqa: E402
-from chemomech.analysis.slip_systems import compare_slip_systems  # noqa: E402
-from chemomech.config import RunConfig  # noqa: E402
-from chemomech.correlative.displacement import measured_displacement  # noqa: E402
-from chemomech.dislocations.alpha import estimate_strain_noise, lcurve_corner  # noqa: E402
-from chemomech.dislocations.model import M2Model  # noqa: E402
-from chemomech.dislocations.run import run_m2  # noqa: E402
-from chemomech.dislocations.settings import M2Settings, Regularisation  # noqa: E402
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse.problem import particle_setup  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
-from chemomech.mechanics.slip import IN_PLANE_SYSTEMS, slip_system  # noqa: E402
-from chemomech.pipeline import prepare  # noqa: E402
-from chemomech.synth import ParticleSpec, _slip_tensor, simulate_particle  # noqa: E402
+from chemomech.analysis.report import plot_density_map
+from chemomech.analysis.residual import m2_model_errors
+from chemomech.analysis.slip_systems import compare_slip_systems
+from chemomech.config import RunConfig
+from chemomech.correlative.displacement import measured_displacement
+from chemomech.dislocations.alpha import estimate_strain_noise, lcurve_corner
+from chemomech.dislocations.model import M2Model
+from chemomech.dislocations.run import run_m2
+from chemomech.dislocations.settings import M2Settings, Regularisation
+from chemomech.exceptions import InputError
+from chemomech.inverse.problem import particle_setup
+from chemomech.mechanics.mesh import mesh_from_mask
+from chemomech.mechanics.slip import IN_PLANE_SYSTEMS, slip_system
+from chemomech.pipeline import prepare
+from chemomech.synth import ParticleSpec, _slip_tensor, simulate_particle
 
 NOISE = 5e-4
 
@@ -224,6 +223,7 @@ def test_compare_systems_prefers_the_true_one(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_one_and_two_ranks_agree(twin_config):
     world = MPI.COMM_WORLD
     particle = _twin()
@@ -266,6 +266,7 @@ def test_blmvm_and_bqnls_agree(twin, twin_config):
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_two_particles_joint_fit_is_rank_independent(twin_config):
     spec = {"length_nm": 900, "width_nm": 600, "pixel_size_nm": 25, "slip_amplitude": 0.01,
             "slip_width_nm": 120, "noise_strain": NOISE, "noise_composition": 0.01}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from chemomech.exceptions import InputError
 from chemomech.mechanics.materials import (
     Material,
     ac_plane_moduli,
@@ -13,7 +14,9 @@ from chemomech.mechanics.materials import (
     plane_stiffness_tensor,
     rotate_stiffness,
     rotation_matrix,
+    vegard_b_coefficients,
     vegard_misfit,
+    voigt_stiffness,
 )
 
 
@@ -61,3 +64,21 @@ def test_bad_material_options_are_clear_errors():
         Material(stiffness="steel")
     with pytest.raises(ValueError, match="reduction"):
         Material(reduction="3d")
+
+
+def test_vegard_b_law_and_its_options():
+    delta = 5.792 / 6.010 - 1.0  # DESIGN lattice constants
+    assert vegard_b_coefficients() == pytest.approx((delta / 2, -delta / 2), rel=1e-12)
+    f_b = np.polynomial.legendre.legval(np.array([-1.0, 1.0]), vegard_b_coefficients())
+    assert f_b == pytest.approx([delta, 0.0], abs=1e-15)  # f_b(0) = delta, f_b(1) = 0
+    assert Material(reduction="plane_strain").b_coefficients == vegard_b_coefficients()
+    assert Material(reduction="plane_strain", b_law=(0.1,)).b_coefficients == (0.1,)
+    assert Material().b_coefficients == () and Material().b_coupling(0.3) is None
+    lfp = voigt_stiffness("LiFePO4")
+    assert np.allclose(Material("LiFePO4", "plane_strain").b_coupling(0.0),
+                       np.diag([lfp[0, 1], lfp[1, 2]]))
+    with pytest.raises(InputError, match="plane strain") as err:
+        Material(b_law=(0.1,))
+    assert err.value.field == "b_law"
+    with pytest.raises(InputError, match="finite"):
+        Material(reduction="plane_strain", b_law=(np.nan,))

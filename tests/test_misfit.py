@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dolfinx import fem, mesh
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-from dolfinx import fem, mesh  # noqa: E402
-
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse.misfit import (  # noqa: E402
+from chemomech.exceptions import InputError
+from chemomech.inverse.misfit import (
     DisplacementMisfit,
-    MultiParticleMisfit,
     StrainMisfit,
+    check_fragments,
+    piecewise_rigid_basis,
     rigid_mode_basis,
+    splitting_pixels,
     strain_observation_matrix,
 )
-from chemomech.io.stack import interior_pixels  # noqa: E402
-from chemomech.mechanics.fields import PixelSampler  # noqa: E402
+from chemomech.io.stack import interior_pixels
+from chemomech.mechanics.fields import PixelSampler
 
 H = 10.0  # pixel size, nm
 NX, NY = 16, 10
@@ -120,21 +119,22 @@ def test_strain_observation_of_affine_field_is_exact(degree):
     assert shifted.cost(u) == pytest.approx(0.5 * NX * NY * 2 * 1e-6, rel=1e-10)
 
 
-def test_multi_particle_misfit_sums():
+def test_used_pixels_equal_a_misfit_built_on_those_pixels_only():
+    """Selecting pixels with `used` is the same misfit as sampling only those pixels."""
     V = _space(MPI.COMM_SELF, 1)
-    sampler = PixelSampler(V, _points())
     u = fem.Function(V)
     u.interpolate(_smooth)
-    d1 = np.ones((NX * NY, 2))
+    points = _points()
     used = np.zeros(NX * NY, bool)
     used[::3] = True
-    m1 = DisplacementMisfit.from_sampler(sampler, d1 + np.sin(_points()), used)
-    m2 = DisplacementMisfit.from_sampler(sampler, np.cos(_points()))
-    multi = MultiParticleMisfit([m1, m2])
-    assert multi.cost([u, u]) == pytest.approx(m1.cost(u) + m2.cost(u), rel=1e-14)
-    assert m1.num_observations == 2 * used.sum()
-    g1, g2 = multi.gradient([u, u])
-    assert np.allclose(g1.array, m1.gradient(u).array)
+    d = 1.0 + np.sin(points)
+    selected = DisplacementMisfit.from_sampler(PixelSampler(V, points), d, used)
+    subset = DisplacementMisfit.from_sampler(PixelSampler(V, points[used]), d[used])
+    assert selected.num_observations == subset.num_observations == 2 * used.sum()
+    assert selected.cost(u) > 1e-3
+    assert selected.cost(u) == pytest.approx(subset.cost(u), rel=1e-12)
+    assert np.allclose(selected.gradient(u).array, subset.gradient(u).array, rtol=1e-12,
+                       atol=1e-14)
 
 
 def test_bad_data_is_rejected():
@@ -147,3 +147,39 @@ def test_bad_data_is_rejected():
     used = np.ones(NX * NY, bool)
     used[5] = False
     DisplacementMisfit.from_sampler(sampler, d, used)  # the NaN pixel is not used: fine
+
+
+@pytest.mark.mpi
+def test_piecewise_rigid_basis_removes_each_pieces_rigid_motion():
+    """Two pieces: Q is orthonormal over the world, and a different rigid motion on each
+    piece is removed exactly (one set of modes could not)."""
+    comm = MPI.COMM_WORLD
+    pts = _points()
+    pieces = (pts[:, 0] > 7.5 * H).astype(int) + 1
+    own = np.arange(len(pts))[comm.rank::comm.size]
+    Q = piecewise_rigid_basis(pts[own], pieces[own], comm)
+    assert Q.shape[1] == 6
+    assert np.allclose(comm.allreduce(Q.T @ Q), np.eye(6), atol=1e-12)
+    motion = np.where(pieces[:, None] == 1, [3.0, -1.0] + 0.01 * pts[:, ::-1] * [-1, 1],
+                      [-2.0, 5.0] - 0.02 * pts[:, ::-1] * [-1, 1])[own].ravel()
+    removed = motion - Q @ comm.allreduce(Q.T @ motion)
+    assert np.abs(removed).max() < 1e-10 * np.abs(motion).max()
+    Q1 = rigid_mode_basis(pts[own], comm)
+    assert np.abs(motion - Q1 @ comm.allreduce(Q1.T @ motion)).max() > 0.1
+
+
+def test_fragment_check_names_the_splitting_pixels():
+    mask = np.zeros((10, 12), bool)
+    mask[1:9, 1:11] = True
+    valid = mask.copy()
+    valid[:, 6] = False  # a NaN column splits the particle in two
+    valid[3, 2] = False  # an isolated hole splits nothing
+    assert splitting_pixels(valid, mask).tolist() == [[i, 6] for i in range(1, 9)]
+    assert check_fragments(valid, mask, "p") == 2  # per_piece: accepted
+    assert check_fragments(mask, mask, "p", "refuse", "dirichlet") == 1
+    for policy, bc, key in (("refuse", "traction_free", "fragmented_data"),
+                            ("per_piece", "dirichlet", "boundary_condition")):
+        with pytest.raises(InputError, match=r"2 separate pieces \(sizes \[39, 32\]\), split "
+                                             r"by 8 NaN pixel\(s\) \(i, j\) \(1, 6\)") as err:
+            check_fragments(valid, mask, "p", policy, bc)
+        assert err.value.field == key

@@ -11,6 +11,14 @@ import pytest
 from mpi4py import MPI
 from scipy import ndimage
 
+from chemomech.correlative.frames import (
+    curl_field,
+    frame_check,
+    gradient_image,
+    interior_pixels,
+    smooth_masked,
+)
+from chemomech.io.stack import read_stack, write_stack
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import vegard_misfit
 from chemomech.synth import (
@@ -27,17 +35,6 @@ from chemomech.synth import (
     slip_field,
     vegard_coefficients,
 )
-
-pytest.importorskip("dolfinx")
-
-from chemomech.correlative.frames import (  # noqa: E402
-    curl_field,
-    frame_check,
-    gradient_image,
-    interior_pixels,
-    smooth_masked,
-)
-from chemomech.io.stack import read_stack, write_stack  # noqa: E402
 
 STRAINS = ("e_xx", "e_yy", "e_xy", "theta")
 

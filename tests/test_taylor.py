@@ -9,17 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mpi4py import MPI
+from pyadjoint import AdjFloat, taylor_test
 
-dolfinx = pytest.importorskip("dolfinx")
-pyadjoint = pytest.importorskip("pyadjoint")
-
-from pyadjoint import AdjFloat, taylor_test  # noqa: E402
-
-from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles  # noqa: E402
-from chemomech.inverse.verify import verify_gradient  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
-from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain
+from chemomech.inverse.identifiability import Gauge
+from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.verify import verify_gradient
+from chemomech.mechanics.materials import Material
+from chemomech.mechanics.mesh import mesh_from_mask
+from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients
 
 TRUE_A, TRUE_C = vegard_coefficients(0.004, -0.002)
 
@@ -36,15 +34,16 @@ def particles():
     return [_particle("t0", 0.3, 1), _particle("t1", -0.9, 2)]
 
 
-def _setup(p, comm, misfit, fe_degree=1):
+def _setup(p, comm, misfit, fe_degree=1, **kw):
     pm = mesh_from_mask(p.mask, p.pixel_size_nm, comm)
     if misfit == "displacement":
         data = {"displacement": measured_displacement(p).u}
     else:
         e = measured_strain(p)
-        data = {"strain": np.stack([e["e_xx"], e["e_yy"], e["e_xy"]], axis=-1)}
+        data = {"strain": np.stack([e["e_xx"], e["e_yy"], e["e_xy"]], axis=-1),
+                "boundary_displacement": measured_displacement(p).u}
     return particle_setup(p.name, pm, p.X, p.rotation_rad, edge_exclusion_px=1,
-                          fe_degree=fe_degree, **data)
+                          fe_degree=fe_degree, **data, **kw)
 
 
 def _check(model: M1Model):
@@ -77,6 +76,24 @@ def test_taylor_two_particles_on_sub_communicators(particles):
     group, mine = split_for_particles(MPI.COMM_WORLD, len(particles))
     setups = [_setup(particles[i], group, "displacement") for i in mine]
     _check(M1Model(setups, degree=2, comm=MPI.COMM_WORLD))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("misfit,bc,stiffness,reduction", [
+    ("displacement", "dirichlet", "average", "plane_stress"),
+    ("strain", "dirichlet", "average", "plane_stress"),
+    ("displacement", "traction_free", "mixed", "plane_strain"),
+    ("displacement", "dirichlet", "mixed", "plane_strain")])
+def test_taylor_study_options(particles, misfit, bc, stiffness, reduction):
+    """Dirichlet data, C(X) and the plane-strain b-law make u affine in a (a fixed load
+    b_0): the adjoint gradient, Hessian and normal equations must include it."""
+    setup = _setup(particles[0], MPI.COMM_WORLD, misfit, boundary_condition=bc)
+    model = M1Model([setup], degree=2, material=Material(stiffness, reduction),
+                    gauge=Gauge() if bc == "dirichlet" else None)
+    assert (model.particles[0].offset is not None) == (bc == "dirichlet"
+                                                        or reduction == "plane_strain")
+    _check(model)
+    assert verify_gradient(model)["min_rate"] > 1.98
 
 
 def test_verify_gradient_reports_rate_two(particles):

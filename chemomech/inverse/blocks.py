@@ -89,7 +89,8 @@ class EigenstrainSolveBlock(Block):
         if all(t is None for t in tlm_inputs):
             return None
         du = dxa.Function(self.particle.V, name="du")
-        self.particle.solve([0.0 if t is None else float(t) for t in tlm_inputs], du)
+        self.particle.solve([0.0 if t is None else float(t) for t in tlm_inputs], du,
+                            homogeneous=True)
         return du
 
     def prepare_evaluate_hessian(self, inputs, hessian_inputs, adj_inputs,

@@ -28,12 +28,12 @@ times the block size, the layout of `chemomech.mechanics.fields.PixelSampler.mat
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse
 from dolfinx import fem, la
 from mpi4py import MPI
+from scipy import ndimage
 
 from chemomech.exceptions import InputError
 
@@ -61,6 +61,75 @@ def rigid_mode_basis(points: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     gram = comm.allreduce(Q.T @ Q)
     L = np.linalg.cholesky(gram)
     return np.linalg.solve(L, Q.T).T
+
+
+def piecewise_rigid_basis(points: np.ndarray, pieces: np.ndarray, comm: MPI.Comm
+                          ) -> np.ndarray:
+    r"""Orthonormal rigid modes of every connected piece: Q (n_local*2, 3 n_pieces).
+
+    `pieces` (n_local,) labels the pixels' pieces (the same labels on every rank); the modes of
+    piece k (`rigid_mode_basis` over its pixels) vanish on the other pieces, so the blocks are
+    mutually orthogonal.  Each piece needs at least 2 pixels.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    pieces = np.asarray(pieces).ravel()
+    labels = sorted({int(k) for part in comm.allgather(np.unique(pieces).tolist())
+                     for k in part})
+    Q = np.zeros((2 * points.shape[0], 3 * len(labels)))
+    for j, k in enumerate(labels):
+        sel = np.flatnonzero(pieces == k)
+        rows = np.repeat(2 * sel, 2) + np.tile([0, 1], sel.size)
+        Q[rows, 3 * j: 3 * j + 3] = rigid_mode_basis(points[sel], comm)
+    return Q
+
+
+def connected_pieces(valid: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected pieces of the valid pixels (those the gradient integration joins): labels
+    (0 off `valid`, 1..n) and n."""
+    labels, n = ndimage.label(np.asarray(valid, bool))
+    return labels, int(n)
+
+
+def splitting_pixels(valid: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(k, 2) indices of the invalid pixels inside `mask` whose 8-connected invalid region
+    touches two or more pieces of `valid` (the pixels that split the particle's data)."""
+    labels, n = connected_pieces(valid)
+    gaps, n_gaps = ndimage.label(np.asarray(mask, bool) & ~np.asarray(valid, bool),
+                                 structure=np.ones((3, 3)))
+    out = []
+    for g in range(1, n_gaps + 1):
+        region = gaps == g
+        touched = np.unique(labels[ndimage.binary_dilation(region, np.ones((3, 3)))])
+        if np.count_nonzero(touched) >= 2:
+            out.append(np.argwhere(region))
+    return np.concatenate(out) if out else np.zeros((0, 2), int)
+
+
+def check_fragments(valid: np.ndarray, mask: np.ndarray, name: str, policy: str = "per_piece",
+                    boundary_condition: str = "traction_free") -> int:
+    """The number of pieces of `valid`; raises when they cannot be used as configured.
+
+    `policy` "refuse" (key ``fragmented_data``) refuses more than one piece; a Dirichlet run
+    always does, since the pieces' integration constants are arbitrary and the boundary data
+    would jump between them.  The message names the splitting pixels."""
+    labels, n = connected_pieces(valid)
+    if n <= 1:
+        return n
+    key = "boundary_condition" if boundary_condition == "dirichlet" else "fragmented_data"
+    if policy == "refuse" or boundary_condition == "dirichlet":
+        split = splitting_pixels(valid, mask)
+        shown = ", ".join(f"({i}, {j})" for i, j in split[:12])
+        more = f" and {len(split) - 12} more" if len(split) > 12 else ""
+        why = ("each piece has its own integration constant, so the Dirichlet data would "
+               "jump between pieces" if key == "boundary_condition" else
+               "fragmented_data: refuse")
+        sizes = sorted(np.bincount(labels.ravel())[1:].tolist(), reverse=True)
+        raise InputError(f"particle {name!r}: its valid pixels form {n} separate pieces "
+                         f"(sizes {sizes}), "
+                         f"split by {len(split)} NaN pixel(s) (i, j) {shown}{more}; {why}. "
+                         f"Use fragmented_data: per_piece with boundary_condition: "
+                         f"traction_free, or the strain misfit", field=key)
+    return n
 
 
 class PixelMisfit:
@@ -137,12 +206,15 @@ class DisplacementMisfit(PixelMisfit):
     pixel centres (n_local, 2) in nm, `displacement` the data (n_local, 2) in nm and `used`
     (n_local,) marks the pixels kept (inside and away from the edge).  `point_indices`
     (n_local,): the pixels' indices in the caller's full point list (kept, for the used
-    pixels, as `self.point_indices`, e.g. to map residuals back to images).
+    pixels, as `self.point_indices`, e.g. to map residuals back to images).  `pieces`
+    (n_local,): connected-piece labels; each piece then gets its own rigid modes
+    (`piecewise_rigid_basis`).  ``rigid_modes=False``: no projection (Dirichlet data).
     """
 
     def __init__(self, V: fem.FunctionSpace, observation: scipy.sparse.csr_matrix,
                  points: np.ndarray, displacement: np.ndarray, used: np.ndarray | None = None,
-                 name: str = "particle", point_indices: np.ndarray | None = None):
+                 name: str = "particle", point_indices: np.ndarray | None = None,
+                 pieces: np.ndarray | None = None, rigid_modes: bool = True):
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         displacement = np.asarray(displacement, dtype=float).reshape(-1, 2)
         used = np.ones(points.shape[0], bool) if used is None else np.asarray(used, bool)
@@ -156,21 +228,28 @@ class DisplacementMisfit(PixelMisfit):
         self.points = points[used]
         self.point_indices = (np.arange(used.size) if point_indices is None
                               else np.asarray(point_indices))[used]
-        super().__init__(V, B, displacement[used].ravel(),
-                         rigid_mode_basis(self.points, V.mesh.comm), name=name)
+        if not rigid_modes:  # Dirichlet data fix the rigid motion: P = I
+            Q = None
+        elif pieces is None:
+            Q = rigid_mode_basis(self.points, V.mesh.comm)
+        else:
+            Q = piecewise_rigid_basis(self.points, np.asarray(pieces)[used], V.mesh.comm)
+        super().__init__(V, B, displacement[used].ravel(), Q, name=name)
         logger.debug("%s: %d used pixels", name, self.num_observations // 2)
 
     @classmethod
     def from_sampler(cls, sampler, displacement: np.ndarray, used: np.ndarray | None = None,
-                     name: str = "particle") -> DisplacementMisfit:
-        """From a `chemomech.mechanics.fields.PixelSampler`: data (n_points, 2) nm and `used`
-        (n_points,)
-        aligned with `sampler.points_nm` (every rank passes the full arrays)."""
+                     name: str = "particle", pieces: np.ndarray | None = None,
+                     rigid_modes: bool = True) -> DisplacementMisfit:
+        """From a `chemomech.mechanics.fields.PixelSampler`: data (n_points, 2) nm, `used` and
+        `pieces` (n_points,) aligned with `sampler.points_nm` (every rank passes the full
+        arrays)."""
         owned = np.asarray(sampler.owned)
         keep = None if used is None else np.asarray(used, bool).ravel()[owned]
         d = np.asarray(displacement, float).reshape(-1, 2)[owned]
+        labels = None if pieces is None else np.asarray(pieces).ravel()[owned]
         return cls(sampler.V, sampler.matrix, sampler.points_nm[owned], d, keep, name=name,
-                   point_indices=owned)
+                   point_indices=owned, pieces=labels, rigid_modes=rigid_modes)
 
 
 class StrainMisfit(PixelMisfit):
@@ -207,21 +286,6 @@ class StrainMisfit(PixelMisfit):
         e = np.asarray(strain, float).reshape(-1, 3)[owned]
         return cls(sampler.V, strain_observation_matrix(sampler), e, keep, name=name,
                    points=sampler.points_nm[owned], point_indices=owned)
-
-
-class MultiParticleMisfit:
-    """Sum of independent misfits, J = sum_k J_k(u_k) (hIPPYlib's MultiStateMisfit)."""
-
-    def __init__(self, misfits: Sequence[PixelMisfit]):
-        self.misfits = list(misfits)
-
-    def cost(self, us: Sequence[fem.Function]) -> float:
-        """J = sum_k J_k(u_k) over the particles held here."""
-        return float(sum(m.cost(u) for m, u in zip(self.misfits, us, strict=True)))
-
-    def gradient(self, us: Sequence[fem.Function]) -> list[la.Vector]:
-        """[dJ_k/du_k] for every particle held here."""
-        return [m.gradient(u) for m, u in zip(self.misfits, us, strict=True)]
 
 
 def strain_observation_matrix(sampler) -> scipy.sparse.csr_matrix:

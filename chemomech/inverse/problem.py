@@ -48,15 +48,23 @@ with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-subst
 
 Several particles are one joint problem: `split_for_particles` splits COMM_WORLD into particle
 groups (one rank may hold several particles; several ranks may share one particle, which
-DOLFINx then partitions).  Stiffness: constant tensors ("average", "LiFePO4", "FePO4");
-only the traction-free boundary condition is supported here.
+DOLFINx then partitions).
+
+Options, all affine in a so that every path above holds: stiffness constant ("average",
+"LiFePO4", "FePO4") or C(X) ("mixed", `Material.ufl_tensor`); plane stress, or plane strain
+with the b-eigenstrain f_b(X) as a fixed load; traction-free or Dirichlet data
+(``ParticleSetup.u_boundary``: u = A^-1 (b_0 + sum_k a_k b_k) with the lifted data in b_0,
+basis loads zero on the boundary, misfit without rigid modes).  Dirichlet with a constant
+stiffness has the constant Legendre terms in its null space: the `Gauge`
+(`chemomech.inverse.identifiability`) fixes them, both paths then work in the free
+coefficients.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dolfinx_adjoint as dxa
@@ -74,9 +82,10 @@ from chemomech.inverse.blocks import (
     PixelMisfitBlock,
     ReplicateBlock,
 )
+from chemomech.inverse.identifiability import Gauge, identifiability
 from chemomech.inverse.misfit import PixelMisfit
 from chemomech.inverse.optimise import minimise, serve_on_rank0
-from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forms import eigenstrain
 from chemomech.mechanics.forward import ElasticityProblem, SolverKind
 from chemomech.mechanics.materials import Material
 
@@ -121,6 +130,15 @@ class ParticleSetup:
     rotation_rad: float
     misfit: PixelMisfit
     fe_degree: int = 1
+    u_boundary: fem.Function | None = None  # Dirichlet data on misfit.V (None: traction-free)
+    pieces: int = 1  # connected pieces of the valid data (each with its own rigid modes)
+    misfit_mask: np.ndarray | None = None  # the meshed pixel mask (for boundary images)
+    pixel_size_nm: float | None = None
+
+    @property
+    def boundary_condition(self) -> str:
+        """"dirichlet" when boundary data are imposed, else "traction_free"."""
+        return "traction_free" if self.u_boundary is None else "dirichlet"
 
     @property
     def mesh(self):
@@ -131,7 +149,9 @@ class ParticleSetup:
 def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: float, *,
                    displacement: np.ndarray | None = None, strain: np.ndarray | None = None,
                    edge_exclusion_px: int = 2, fe_degree: int = 1,
-                   X_method: str = "l2") -> ParticleSetup:
+                   X_method: str = "l2", boundary_condition: str = "traction_free",
+                   boundary_displacement: np.ndarray | None = None,
+                   fragmented_data: str = "per_piece") -> ParticleSetup:
     """A `ParticleSetup` from a `chemomech.mechanics.mesh.ParticleMesh` and images on its
     pixel grid.
 
@@ -140,29 +160,101 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
     misfit).  Pixels of the meshed mask within `edge_exclusion_px` of its edge and pixels with
     non-finite data are left out.  X is carried onto P1 by
     `chemomech.mechanics.fields.image_to_function`.
+
+    ``boundary_condition="dirichlet"``: the measured displacement (`boundary_displacement`, or
+    `displacement`) is imposed on the whole boundary (bilinear image interpolation, NaN pixels
+    filled by linear extrapolation, `chemomech.mechanics.forward.dirichlet_from_image`); the
+    misfit then has no rigid modes (the data fix them).  Connected pieces of valid
+    displacement data each get their own rigid modes (`fragmented_data="per_piece"`) or are
+    refused (`"refuse"`; always under Dirichlet), `chemomech.inverse.misfit.check_fragments`.
     """
-    from chemomech.inverse.misfit import DisplacementMisfit, StrainMisfit
+    from chemomech.inverse.misfit import (
+        DisplacementMisfit,
+        StrainMisfit,
+        check_fragments,
+        connected_pieces,
+    )
     from chemomech.io.stack import interior_pixels
     from chemomech.mechanics.fields import PixelSampler, image_to_function
 
     if (displacement is None) == (strain is None):
         raise InputError("give exactly one of displacement and strain", field="misfit")
+    if boundary_condition not in ("traction_free", "dirichlet"):
+        raise InputError(f"must be 'traction_free' or 'dirichlet', got {boundary_condition!r}",
+                         field="boundary_condition")
+    if fragmented_data not in ("per_piece", "refuse"):
+        raise InputError(f"must be 'per_piece' or 'refuse', got {fragmented_data!r}",
+                         field="fragmented_data")
+    mask = particle_mesh.mask
+    dirichlet = boundary_condition == "dirichlet"
+    u_data = boundary_displacement if boundary_displacement is not None else displacement
+    if dirichlet:
+        if u_data is None:
+            raise InputError("dirichlet needs the measured displacement (boundary_displacement)",
+                             field="boundary_condition")
+        check_boundary_data(name, mask, u_data)
+    n_pieces, labels = 1, None
+    if displacement is not None or dirichlet:
+        # the pieces of the integration (finite data), not of the meshed mask: removing a
+        # one-pixel bridge in meshing does not split consistently integrated data
+        valid = np.all(np.isfinite(np.asarray(u_data, float)), axis=-1)
+        n_pieces = check_fragments(valid, mask | valid, name, fragmented_data,
+                                   boundary_condition)
+        labels = connected_pieces(valid)[0] if n_pieces > 1 else None
     mesh, h = particle_mesh.mesh, particle_mesh.pixel_size_nm
     X = image_to_function(X_image, h, fem.functionspace(mesh, ("Lagrange", 1)), X_method,
-                          mask=particle_mesh.mask, name="X")
+                          mask=mask, name="X")
     V = fem.functionspace(mesh, ("Lagrange", fe_degree, (2,)))
     idx = particle_mesh.pixel_indices()
     sampler = PixelSampler(V, idx * h)
-    used = interior_pixels(particle_mesh.mask, edge_exclusion_px)[idx[:, 0], idx[:, 1]]
+    used = interior_pixels(mask, edge_exclusion_px)[idx[:, 0], idx[:, 1]]
     if displacement is not None:
         d = np.asarray(displacement, float)[idx[:, 0], idx[:, 1]]
         used &= np.all(np.isfinite(d), axis=1)
-        misfit = DisplacementMisfit.from_sampler(sampler, np.nan_to_num(d), used, name=name)
+        pieces = None
+        if labels is not None:
+            pieces = labels[idx[:, 0], idx[:, 1]]
+            counts = np.bincount(pieces[used], minlength=pieces.max() + 1)
+            small = np.flatnonzero((counts > 0) & (counts < 3))
+            if small.size:  # too few pixels to carry their own rigid modes: no information
+                logger.warning("%s: %d data piece(s) with < 3 used pixels left out", name,
+                               small.size)
+                used &= ~np.isin(pieces, small)
+        misfit = DisplacementMisfit.from_sampler(sampler, np.nan_to_num(d), used, name=name,
+                                                 pieces=pieces, rigid_modes=not dirichlet)
     else:
         e = np.asarray(strain, float)[idx[:, 0], idx[:, 1]]
         used &= np.all(np.isfinite(e), axis=1)
         misfit = StrainMisfit.from_sampler(sampler, np.nan_to_num(e), used, name=name)
-    return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree)
+    u_boundary = None
+    if dirichlet:
+        u_boundary = image_to_function(np.asarray(u_data, float), h, V, "bilinear", mask=mask,
+                                       name="u_boundary", fill="linear")
+    return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree,
+                         u_boundary=u_boundary, pieces=n_pieces, misfit_mask=mask,
+                         pixel_size_nm=h)
+
+
+def check_boundary_data(name: str, mask: np.ndarray, displacement: np.ndarray) -> None:
+    """Dirichlet needs finite measured displacement on the particle's outermost pixels (the
+    mask's boundary ring); raises naming the particle when all of them are NaN, warns when
+    more than half are (they are filled by linear extrapolation)."""
+    from chemomech.io.stack import interior_pixels
+
+    mask = np.asarray(mask, bool)
+    d = np.asarray(displacement, float)
+    if d.shape != mask.shape + (2,):
+        raise InputError(f"particle {name!r}: displacement shape {d.shape} does not match the "
+                         f"mask {mask.shape} + (2,)", field="boundary_condition")
+    ring = mask & ~interior_pixels(mask, 1)
+    finite = ring & np.all(np.isfinite(d), axis=-1)
+    if not finite.any():
+        raise InputError(f"particle {name!r}: boundary_condition dirichlet needs measured "
+                         f"displacement on the boundary, but all {int(ring.sum())} boundary "
+                         f"pixels are NaN", field="boundary_condition")
+    if finite.sum() < 0.5 * ring.sum():
+        logger.warning("%s: %d of %d boundary pixels have no displacement data (filled by "
+                       "extrapolation)", name, int(ring.sum() - finite.sum()), int(ring.sum()))
 
 
 def coefficient_count(degree: int) -> int:
@@ -177,27 +269,36 @@ def split_coefficients(coefficients: Sequence[float], degree: int) -> tuple[np.n
 
 
 class _Particle:
-    """Factorised forward operator and basis loads of one particle."""
+    """Factorised forward operator, basis loads and fixed load of one particle.
+
+    u(a) = A^-1 (b_0 + sum_k a_k b_k): the basis loads b_k vanish on Dirichlet DOFs; the fixed
+    load b_0 (None if zero) holds the lifted Dirichlet data and, in plane strain, the load of
+    the b-eigenstrain f_b(X) (`Material.b_coupling`).  Without Dirichlet data A is singular
+    and A^-1 is the pseudo-inverse A^+ (rigid modes removed).
+    """
 
     def __init__(self, setup: ParticleSetup, degree: int, material: Material,
                  solver: SolverKind):
-        if material.stiffness == "mixed":
-            raise InputError("M1Model supports constant stiffness only", field="stiffness")
+        from chemomech.mechanics.forms import out_of_plane_load_form, shifted_legendre_series
+        from chemomech.mechanics.forward import dirichlet_bc
+
         self.setup = setup
         self.misfit = setup.misfit
         mesh = setup.mesh
         n_c = coefficient_count(degree)
         t0 = time.perf_counter()
-        C = stiffness_tensor(material.image_tensor(setup.rotation_rad))
-        self.problem = ElasticityProblem(mesh, C, degree=setup.fe_degree, solver=solver)
-        self.V = self.problem.V
+        C = material.ufl_tensor(setup.rotation_rad, setup.X)
         Vm = self.misfit.V
-        if (Vm.dofmap.index_map.size_local != self.V.dofmap.index_map.size_local
-                or Vm.dofmap.index_map_bs != self.V.dofmap.index_map_bs
-                or Vm.mesh is not mesh):
-            raise InputError(f"particle {setup.name!r}: the misfit space is not a vector "
-                             f"Lagrange space of degree {setup.fe_degree} on the particle mesh",
-                             field="misfit")
+        if Vm.mesh is not mesh:
+            raise InputError(f"particle {setup.name!r}: the misfit space is not on the "
+                             f"particle mesh", field="misfit")
+        bcs = [] if setup.u_boundary is None else [dirichlet_bc(setup.u_boundary)]
+        try:
+            self.problem = ElasticityProblem(mesh, C, degree=setup.fe_degree, solver=solver,
+                                             bcs=bcs, V=Vm)
+        except ValueError as err:
+            raise InputError(f"particle {setup.name!r}: {err}", field="misfit") from None
+        self.V = self.problem.V
         self.setup_time = time.perf_counter() - t0
         t0 = time.perf_counter()
         unit = fem.Constant(mesh, np.zeros(n_c))
@@ -208,7 +309,18 @@ class _Particle:
         for k in range(n_c):
             unit.value[:] = 0.0
             unit.value[k] = 1.0
-            self.loads.append(self.problem.load_vector(eps_star))
+            self.loads.append(self.problem.load_vector(eps_star, homogeneous=True))
+        self.offset = self.problem.boundary_load()
+        B = material.b_coupling(setup.rotation_rad, setup.X)
+        if B is not None and np.any(material.b_coefficients):
+            f_b = shifted_legendre_series(setup.X, material.b_coefficients)
+            b_law = self.problem.assemble_load(
+                out_of_plane_load_form(f_b, B, self.problem.test_function), homogeneous=True)
+            if self.offset is None:
+                self.offset = b_law
+            else:
+                self.offset.axpy(1.0, b_law)
+                b_law.destroy()
         self.load_time = time.perf_counter() - t0
         self._rhs = self.loads[0].duplicate()
 
@@ -216,27 +328,58 @@ class _Particle:
     def comm(self) -> MPI.Comm:
         return self.setup.mesh.comm
 
-    def solve(self, coefficients: Sequence[float], u: fem.Function | None = None
-              ) -> fem.Function:
-        """u = A^+ sum_k a_k b_k (one back-substitution)."""
+    def solve(self, coefficients: Sequence[float], u: fem.Function | None = None,
+              homogeneous: bool = False) -> fem.Function:
+        """u = A^-1 (b_0 + sum_k a_k b_k) (one back-substitution); without b_0 if
+        `homogeneous` (the tangent-linear response)."""
         self._rhs.zeroEntries()
         self._rhs.maxpy([float(c) for c in coefficients], self.loads)
+        if self.offset is not None and not homogeneous:
+            self._rhs.axpy(1.0, self.offset)
         return self.problem.solve_vector(self._rhs, u)
 
     def solve_adjoint(self, g) -> fem.Function:
-        """lambda = A^+ g for a ghost-consistent dual vector g (dolfinx la vector)."""
+        """lambda = A^-1 g for a ghost-consistent dual vector g (A symmetric)."""
         n_owned = self.V.dofmap.index_map.size_local * self.V.dofmap.index_map_bs
         self._rhs.array_w[:] = g.array[:n_owned]
         return self.problem.solve_vector(self._rhs, fem.Function(self.V))
 
     def basis_responses(self) -> list[fem.Function]:
-        """u_k = A^+ b_k for every basis load."""
+        """u_k = A^-1 b_k for every basis load."""
         out = []
         for b in self.loads:
             self._rhs.zeroEntries()
             self._rhs.axpy(1.0, b)
             out.append(self.problem.solve_vector(self._rhs, fem.Function(self.V)))
         return out
+
+    def boundary_response(self, displacement: np.ndarray) -> np.ndarray:
+        """B A^-1 b_0(n): the observed response to a displacement image n (nx, ny, 2) nm
+        imposed as Dirichlet data (eigenstrain zero); the data themselves are restored.
+        Collective on the particle's communicator."""
+        from chemomech.mechanics.fields import image_to_function
+
+        g = self.setup.u_boundary
+        if g is None:
+            raise InputError(f"particle {self.setup.name!r} has no Dirichlet data",
+                             field="boundary_condition")
+        saved = g.x.array.copy()
+        mask = self.setup.misfit_mask
+        g.x.array[:] = image_to_function(displacement, self.setup.pixel_size_nm, self.V,
+                                         "bilinear", mask=mask, fill="linear").x.array
+        try:
+            b = self.problem.boundary_load()
+            u = self.problem.solve_vector(b, fem.Function(self.V))
+            b.destroy()
+        finally:
+            g.x.array[:] = saved
+        return self.misfit.observe(u)
+
+    def offset_response(self) -> fem.Function | None:
+        """u_0 = A^-1 b_0, the response at a = 0 (None when b_0 = 0)."""
+        if self.offset is None:
+            return None
+        return self.solve(np.zeros(len(self.loads)), fem.Function(self.V))
 
 
 @dataclass
@@ -258,11 +401,35 @@ class FitResult:
     data_norm_sq: float | None = None
     reason: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    gauge: Gauge | None = None
+    transform: np.ndarray | None = None  # the gauge's T (a = T z + t), None without gauge
 
     @property
     def coefficients(self) -> np.ndarray:
         """The stacked control vector (a_{.,a}, a_{.,c})."""
         return np.concatenate([self.coefficients_a, self.coefficients_c])
+
+    @property
+    def num_parameters(self) -> int:
+        """Free parameters: 2(N+1), or 2N when the gauge fixes the constants."""
+        return self.coefficients.size if self.transform is None else self.transform.shape[1]
+
+    def normal_inverse(self) -> np.ndarray:
+        """(G^T G)^-1 in the coefficients, T (T^T G^T G T)^-1 T^T under the gauge
+        (pseudo-inverses; the Gauss-Newton covariance per unit noise variance)."""
+        if self.normal_matrix is None:
+            raise InputError("the fit has no normal matrix (fit(..., with_normal_matrix=True))")
+        N = self.normal_matrix
+        if self.transform is None:
+            return np.linalg.pinv(N, rcond=1e-14, hermitian=True)
+        T = self.transform
+        return T @ np.linalg.pinv(T.T @ N @ T, rcond=1e-14, hermitian=True) @ T.T
+
+    def identifiability(self) -> dict:
+        """The `identifiability` block (`chemomech.inverse.identifiability.identifiability`)."""
+        if self.normal_matrix is None:
+            raise InputError("the fit has no normal matrix (fit(..., with_normal_matrix=True))")
+        return identifiability(self.normal_matrix, self.degree, self.transform, self.gauge)
 
     def summary(self) -> dict:
         """JSON-ready dictionary of the fit."""
@@ -271,12 +438,14 @@ class FitResult:
                                  "c": self.coefficients_c.tolist()},
                 "J": self.cost, "iterations": self.iterations, "converged": self.converged,
                 "reason": self.reason, "num_observations": self.num_observations,
+                "gauge": None if self.gauge is None else self.gauge.summary(),
                 "per_particle_cost": self.per_particle_cost, "timings_s": self.timings_s}
 
 
 @dataclass
 class LinearSystem:
-    """Per-particle linear least-squares pieces: raw columns G_raw = B u_k, data d, nuisance Q.
+    """Per-particle linear least-squares pieces: raw columns G_raw = B u_k, data d - B u_0
+    (u_0 the response to the fixed load: Dirichlet data, plane-strain f_b), nuisance Q.
 
     Local rows only (this rank's used pixels); `points` are the pixel centres (nm) of the
     rows (one per pixel, `components` rows per pixel).
@@ -296,12 +465,15 @@ class M1Model:
     """The joint M1 inversion over the particles held by this rank (see the module docstring).
 
     `setups`: this rank's particles (meshes on the group communicator from
-    `split_for_particles`); `degree`: highest Legendre degree N; `comm`: the world.
+    `split_for_particles`); `degree`: highest Legendre degree N; `comm`: the world;
+    `gauge`: "auto" (the default `Gauge` f(1) = 0 when every particle has Dirichlet data,
+    else none; `resolve_gauge`), None (refused if `has_null_space`), or a `Gauge` (refused
+    unless every particle has Dirichlet data).
     """
 
     def __init__(self, setups: Sequence[ParticleSetup], degree: int = 2,
                  material: Material | None = None, comm: MPI.Comm = MPI.COMM_WORLD,
-                 solver: SolverKind = "auto"):
+                 solver: SolverKind = "auto", gauge: Gauge | str | None = "auto"):
         if degree < 0:
             raise InputError(f"must be >= 0, got {degree}", field="legendre_degree")
         if not setups:
@@ -313,6 +485,12 @@ class M1Model:
         for s in setups:
             if MPI.Comm.Compare(s.mesh.comm, self.group) not in (MPI.IDENT, MPI.CONGRUENT):
                 raise InputError("the particles of one rank must share one communicator")
+        local = [s.boundary_condition == "dirichlet" for s in setups] if self.group.rank == 0 \
+            else []
+        flags = [f for part in comm.allgather(local) for f in part]
+        self.all_dirichlet = all(flags)
+        self.gauge = resolve_gauge(gauge, self.all_dirichlet, self.material.stiffness)
+        self._transform = None if self.gauge is None else self.gauge.transform(degree)
         t0 = time.perf_counter()
         self.particles = [_Particle(s, degree, self.material, solver) for s in setups]
         self.timings_s = {"setup": time.perf_counter() - t0,
@@ -336,6 +514,11 @@ class M1Model:
                     return p
             raise InputError(f"no particle named {key!r} on this rank")
         return self.particles[key]
+
+    def boundary_response(self, particle: int | str) -> Callable[[np.ndarray], np.ndarray]:
+        """n -> B A^-1 b_0(n) for one particle with Dirichlet data (`_Particle`), e.g. for
+        `chemomech.inverse.uncertainty.strain_noise_sampler`."""
+        return self._particle(particle).boundary_response
 
     def cost(self, coefficients: Sequence[float]) -> float:
         """J(a) = sum over all particles of the misfits (plain evaluation, no tape)."""
@@ -404,20 +587,23 @@ class M1Model:
                 cols = np.column_stack([m.observe(u) for u in p.basis_responses()])
                 points = getattr(m, "points", None)
                 components = m.d.size // max(1, len(points)) if points is not None else 1
-                systems.append(LinearSystem(p.setup.name, m.comm, cols, m.d.copy(), m.Q,
+                u0 = p.offset_response()
+                data = m.d.copy() if u0 is None else m.d - m.observe(u0)
+                systems.append(LinearSystem(p.setup.name, m.comm, cols, data, m.Q,
                                             points, components, m))
             self._system = systems
         return self._system
 
     def normal_equations(self, columns: Sequence[int] | None = None
                          ) -> tuple[np.ndarray, np.ndarray, float]:
-        """(G^T G, G^T P d, |P d|^2) summed over all particles, G = P B A^+ [b_k]."""
+        """(G^T G, G^T P d', |P d'|^2) summed over all particles, G = P B A^-1 [b_k],
+        d' = d - B u_0."""
         idx = np.arange(self.num_coefficients) if columns is None else np.asarray(columns)
         n = len(idx)
         N, r, c = np.zeros((n, n)), np.zeros(n), 0.0
         for s in self.linear_system():
             G = s.misfit.project(s.columns[:, idx])
-            Pd = s.misfit.weighted_data()
+            Pd = s.misfit.project(s.data)
             part = s.comm.allreduce(np.concatenate([(G.T @ G).ravel(), G.T @ Pd, [Pd @ Pd]]))
             if s.comm.rank == 0:
                 N += part[: n * n].reshape(n, n)
@@ -441,7 +627,11 @@ class M1Model:
         t0 = time.perf_counter()
         if method == "linear":
             N, r, c = self.normal_equations()
-            a = _solve_normal(N, r)
+            if self._transform is None:
+                a = _solve_normal(N, r)
+            else:
+                T, t = self._transform
+                a = T @ _solve_normal(T.T @ N @ T, T.T @ (r - N @ t)) + t
             J = float("nan")
             iterations, converged, reason = 0, True, "normal equations"
         elif method == "tao":
@@ -466,7 +656,8 @@ class M1Model:
             J = float(sum(per_particle.values()))
         result = FitResult(method, self.degree, a_a, a_c, J, iterations, converged, n_obs,
                            n_nuisance, per_particle, N, r, c, reason,
-                           dict(self.timings_s, fit=t_fit))
+                           dict(self.timings_s, fit=t_fit), self.gauge,
+                           None if self._transform is None else self._transform[0])
         logger.info("M1 %s fit: J = %.6g, %d iterations, %.3f s; a_a = %s, a_c = %s",
                     method, J, iterations, t_fit, np.array2string(a_a, precision=5),
                     np.array2string(a_c, precision=5))
@@ -488,22 +679,68 @@ class M1Model:
             raise InputError(f"tao_type {tao_type!r} takes no bounds (use blmvm or bqnls)",
                              field="tao_type")
         a0 = np.zeros(self.num_coefficients) if initial is None else np.asarray(initial, float)
+        gradient, hessian, x0 = self.cost_and_gradient, self.hessian_action, a0
+        if self._transform is not None:  # optimise the free coefficients z, a = T z + t
+            if bounds is not None:
+                raise InputError("bounds are not supported with a gauge", field="gauge")
+            T, t = self._transform
+            x0 = np.linalg.lstsq(T, a0 - t, rcond=None)[0]
+            a0 = T @ x0 + t
+
+            def gradient(z):
+                J, g = self.cost_and_gradient(T @ np.asarray(z) + t)
+                return J, T.T @ g
+
+            def hessian(h):
+                return T.T @ self.hessian_action(T @ np.asarray(h))
         self.reduced_functional(a0)
         J_ref, _ = self.cost_and_gradient(a0)
 
         def driver(calls):
-            out = minimise(calls["gradient"], a0, tao_type=tao_type, prefix="chemomech_m1_",
+            out = minimise(calls["gradient"], x0, tao_type=tao_type, prefix="chemomech_m1_",
                            J0=J_ref, gatol=gatol, grtol=grtol, gttol=gttol, max_it=max_it,
                            bounds=bounds,
                            hessian_action=calls["hessian"] if tao_type == "nls" else None,
                            option_defaults=LINE_SEARCH_DEFAULTS, label="M1 TAO")
             return out.x, out.J, out.iterations, out.converged, out.text, out.evaluation_time_s
 
-        a, J, iterations, converged, text, t_eval = serve_on_rank0(
-            self.world, {"gradient": self.cost_and_gradient, "hessian": self.hessian_action},
-            driver)
+        x, J, iterations, converged, text, t_eval = serve_on_rank0(
+            self.world, {"gradient": gradient, "hessian": hessian}, driver)
         self.timings_s["tao_evaluations"] = t_eval
+        a = x if self._transform is None else T @ np.asarray(x) + t
         return a, J, iterations, converged, text
+
+
+def has_null_space(all_dirichlet: bool, stiffness: str) -> bool:
+    """True when the constant parts of f_a, f_c have no effect: every particle has Dirichlet
+    data and the stiffness is constant (with C(X) a uniform eigenstrain still loads the
+    interior through grad C, weakly)."""
+    return all_dirichlet and stiffness != "mixed"
+
+
+def resolve_gauge(gauge: Gauge | str | None, all_dirichlet: bool, stiffness: str
+                  ) -> Gauge | None:
+    """The gauge to use: "auto" -> `Gauge()` (f(1) = 0) when every particle has Dirichlet
+    data, else None; a given `Gauge` is refused when some particle is traction-free (the data
+    then fix the constants); None is refused when the configuration has a null space.
+
+    With C(X) and Dirichlet data the constants are identifiable only through the stiffness
+    contrast; on LFP50_P2 that fit gives f_c(1) = -0.15 (a 15 % strain of the reference
+    phase), so "auto" fixes them there too; ``gauge=None`` fits them."""
+    null = has_null_space(all_dirichlet, stiffness)
+    if isinstance(gauge, str):
+        if gauge != "auto":
+            raise InputError(f"must be 'auto', None or a Gauge, got {gauge!r}", field="gauge")
+        return Gauge() if all_dirichlet else None
+    if gauge is not None and not all_dirichlet:
+        raise InputError("a gauge applies only with boundary_condition dirichlet: with a "
+                         "traction-free boundary the constant parts of f_a and f_c are "
+                         "determined by the data", field="gauge")
+    if gauge is None and null:
+        raise InputError("boundary_condition dirichlet with a constant stiffness leaves the "
+                         "constant parts of f_a and f_c undetermined: give a gauge "
+                         "(default f(1) = 0)", field="gauge")
+    return gauge
 
 
 def _solve_normal(N: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -11,6 +11,9 @@ all degrees and folds).
 * Several particles: leave one particle out; the held-out particle's rigid modes are fitted
   on its own pixels (its error is the rigid-projected residual).
 
+Under a gauge (`M1Model.gauge`, Dirichlet data) every degree is fitted in its free
+coefficients and degree 0, which the gauge fixes entirely, is skipped.
+
 Table rows (dicts): ``degree``, ``train`` and ``heldout`` errors (RMS per observation, units
 of the data) and ``heldout_se``, the standard error of ``heldout`` over folds.
 Rule ``"one_se"`` (default) picks the smallest degree whose held-out RMS is within one
@@ -113,19 +116,23 @@ def select_degree(model, max_degree: int | None = None, folds: int = 5, block_px
     def world_sum(x):
         return world.allreduce(np.asarray(x, float) if leader else np.zeros_like(x, float))
 
+    gauge = getattr(model, "gauge", None)
     table = []
-    for n in range(max_degree + 1):
+    for n in range(1 if gauge is not None else 0, max_degree + 1):
         cols = np.r_[np.arange(n + 1), D + 1 + np.arange(n + 1)]
-        p = cols.size
+        T, t = gauge.transform(n) if gauge is not None else (np.eye(cols.size), 0.0 * cols)
+        p = T.shape[1]
+        columns = [s.columns[:, cols] @ T for s in systems]  # the free coefficients
+        data = [s.data - s.columns[:, cols] @ t for s in systems]
         fold_mse, train_sq, train_count, held_sq, held_count = [], 0.0, 0, 0.0, 0
         for f in range(n_folds):
             N, r = np.zeros((p, p)), np.zeros(p)
-            for s, fo in zip(systems, fold_of, strict=True):
+            for s, fo, G_s, d_s in zip(systems, fold_of, columns, data, strict=True):
                 train = fo != f
                 if s.comm.allreduce(int(train.sum())) == 0:
                     continue
-                G = _projected(s.nuisance, train, s.columns[:, cols], s.comm)
-                d = _projected(s.nuisance, train, s.data, s.comm)
+                G = _projected(s.nuisance, train, G_s, s.comm)
+                d = _projected(s.nuisance, train, d_s, s.comm)
                 part = s.comm.allreduce(np.concatenate([(G.T @ G).ravel(), G.T @ d]))
                 if leader:
                     N += part[: p * p].reshape(p, p)
@@ -133,9 +140,9 @@ def select_degree(model, max_degree: int | None = None, folds: int = 5, block_px
             NR = world_sum(np.concatenate([N.ravel(), r]))
             a = np.linalg.lstsq(NR[: p * p].reshape(p, p), NR[p * p:], rcond=1e-13)[0]
             sq = np.zeros(4)  # train sum, train count, held sum, held count
-            for s, fo in zip(systems, fold_of, strict=True):
+            for s, fo, G_s, d_s in zip(systems, fold_of, columns, data, strict=True):
                 train, held = fo != f, fo == f
-                residual = s.data - s.columns[:, cols] @ a
+                residual = d_s - G_s @ a
                 has_train = s.comm.allreduce(int(train.sum())) > 0
                 theta = _nuisance_fit(s.nuisance, train if has_train else held, residual,
                                       s.comm)

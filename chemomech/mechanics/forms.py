@@ -4,7 +4,9 @@ Small strain :math:`\varepsilon(u) = \mathrm{sym}\,\nabla u`, stress
 :math:`\sigma = C : (\varepsilon(u) - \varepsilon^*(X))` with the anisotropic stiffness
 rotated to the image frame, and the shifted-Legendre eigenstrain
 :math:`\varepsilon^* = R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T`,
-:math:`f_i(X) = \sum_n a_{n,i} P_n(2X - 1)`.
+:math:`f_i(X) = \sum_n a_{n,i} P_n(2X - 1)`.  In plane strain the out-of-plane eigenstrain
+:math:`f_b(X)` adds :math:`-B f_b` to the in-plane stress, :math:`B_{ij} = C_{ij\,bb}`
+(`chemomech.mechanics.materials.Material.b_coupling`).
 """
 
 from __future__ import annotations
@@ -74,3 +76,22 @@ def elastic_energy_form(u, v, C):
 def eigenstrain_load_form(eps_star, v, C):
     r"""Linear form :math:`L(v) = \int C:\varepsilon^* : \varepsilon(v)\,dx`."""
     return ufl.inner(sigma(eps_star, C), epsilon(v)) * ufl.dx
+
+
+def _matrix(B):
+    """A 2x2 numpy array or UFL expression as UFL."""
+    return ufl.as_matrix(np.asarray(B, dtype=float).tolist()) if isinstance(B, np.ndarray) else B
+
+
+def out_of_plane_load_form(f_b, B, v):
+    r"""Plane-strain load of the b-eigenstrain :math:`L_b(v) = \int f_b(X)\,B : \varepsilon(v)\,dx`
+    (B = C_{ij bb}, image frame, numpy or UFL)."""
+    dx = ufl.dx(domain=ufl.domain.extract_unique_domain(v))  # f_b, B may be constants
+    return f_b * ufl.inner(_matrix(B), epsilon(v)) * dx
+
+
+def in_plane_stress(u, eps_star, C, f_b=None, B=None):
+    r"""In-plane stress :math:`\sigma = C:(\varepsilon(u) - \varepsilon^*) - B f_b` (units of C);
+    the last term only in plane strain (B and f_b given)."""
+    s = sigma(epsilon(u) - eps_star, C)
+    return s if B is None else s - f_b * _matrix(B)

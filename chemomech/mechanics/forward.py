@@ -130,10 +130,37 @@ class ElasticityProblem:
         ksp.setUp()
         return ksp
 
-    def load_vector(self, eps_star) -> PETSc.Vec:
-        """Assemble b = L(v) for the eigenstrain `eps_star` (a UFL 2x2 tensor)."""
-        L = fem.form(eigenstrain_load_form(eps_star, self._v, self.C))
-        b = fem_petsc.assemble_vector(L)
+    def load_vector(self, eps_star, homogeneous: bool = False) -> PETSc.Vec:
+        """Assemble b = L(v) for the eigenstrain `eps_star` (a UFL 2x2 tensor).
+
+        With Dirichlet conditions the boundary values are lifted into b, unless
+        `homogeneous` (then b = 0 on the constrained DOFs: the load of a response that
+        vanishes on the boundary, e.g. one basis load of the inverse problem)."""
+        return self.assemble_load(eigenstrain_load_form(eps_star, self._v, self.C), homogeneous)
+
+    def assemble_load(self, linear_form, homogeneous: bool = False) -> PETSc.Vec:
+        """Assemble a UFL linear form in the test function `self.test_function` with the
+        boundary values lifted (or zero on the constrained DOFs if `homogeneous`)."""
+        b = fem_petsc.assemble_vector(fem.form(linear_form))
+        if self.bcs and not homogeneous:
+            fem_petsc.apply_lifting(b, [self.a], bcs=[self.bcs])
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        fem_petsc.set_bc(b, self.bcs, alpha=0.0 if homogeneous else 1.0)
+        return b
+
+    @property
+    def test_function(self):
+        """The test function v of the displacement space."""
+        return self._v
+
+    def boundary_load(self) -> PETSc.Vec | None:
+        """The load of the Dirichlet values alone, -A g lifted and g on the constrained DOFs
+        (so A^-1 of it is the elastic extension of the boundary data); None without bcs."""
+        if not self.bcs:
+            return None
+        b = fem_petsc.create_vector(self.V)
+        with b.localForm() as local:
+            local.set(0.0)
         fem_petsc.apply_lifting(b, [self.a], bcs=[self.bcs])
         b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         fem_petsc.set_bc(b, self.bcs)

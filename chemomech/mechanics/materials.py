@@ -139,11 +139,15 @@ class Material:
     """In-plane elastic description used by the forward model.
 
     `stiffness`: "average" (default), "LiFePO4", "FePO4" or "mixed" (C(X) varies with X);
-    `reduction`: plane stress (default) or plane strain.
+    `reduction`: plane stress (default) or plane strain; `b_law`: shifted-Legendre
+    coefficients of the out-of-plane eigenstrain f_b(X) used in plane strain (None: Vegard,
+    `vegard_b_coefficients`); rejected in plane stress, where sigma_bb = 0 and f_b has no
+    effect on the in-plane fields.
     """
 
     stiffness: str = "average"
     reduction: Reduction = "plane_stress"
+    b_law: tuple[float, ...] | None = None
 
     def __post_init__(self):
         allowed = ("average", "mixed", *MAXISCH_CEDER_GPA)
@@ -151,16 +155,57 @@ class Material:
             raise InputError(f"stiffness must be one of {allowed}, got {self.stiffness!r}",
                              field="stiffness")
         ac_plane_moduli(np.eye(6), self.reduction)  # validates the reduction
+        if self.b_law is not None:
+            if self.reduction != "plane_strain":
+                raise InputError("a b-law acts only in plane strain (plane stress has "
+                                 "sigma_bb = 0)", field="b_law")
+            if len(self.b_law) == 0 or not np.all(np.isfinite(self.b_law)):
+                raise InputError(f"b_law needs finite coefficients, got {self.b_law!r}",
+                                 field="b_law")
+
+    @property
+    def b_coefficients(self) -> tuple[float, ...]:
+        """Coefficients of f_b(X) in plane strain (Vegard by default); () in plane stress."""
+        if self.reduction != "plane_strain":
+            return ()
+        return tuple(self.b_law) if self.b_law is not None else vegard_b_coefficients()
+
+    def b_coupling(self, angle_rad: float, X=None):
+        r"""Image-frame tensor :math:`B_{ij} = C_{ij\,bb}` of the plane-strain in-plane stress
+        :math:`\sigma = Q:(\varepsilon - \varepsilon^*) - B\,f_b(X)` (GPa).
+
+        Crystal frame :math:`B = \mathrm{diag}(C_{12}, C_{23})` (orthorhombic: no ac term);
+        None in plane stress.  Numpy 2x2, or UFL when ``stiffness="mixed"`` (X a UFL
+        expression).
+        """
+        if self.reduction != "plane_strain":
+            return None
+        R = rotation_matrix(angle_rad)
+        if self.stiffness != "mixed":
+            C = self.voigt()
+            return R @ np.diag([C[0, 1], C[1, 2]]) @ R.T
+        import ufl
+
+        if X is None:
+            raise InputError("stiffness 'mixed' needs the composition X (a UFL expression)",
+                             field="X")
+        lfp, fp = voigt_stiffness("LiFePO4"), voigt_stiffness("FePO4")
+        b_a = X * lfp[0, 1] + (1 - X) * fp[0, 1]
+        b_c = X * lfp[1, 2] + (1 - X) * fp[1, 2]
+        Rm = ufl.as_matrix(R.tolist())
+        return Rm * ufl.as_matrix([[b_a, 0], [0, b_c]]) * Rm.T
+
+    def voigt(self, X: float = 0.5) -> np.ndarray:
+        """The 6x6 Voigt stiffness (GPa) of this material (X used only by "mixed")."""
+        if self.stiffness == "average":
+            return average_voigt_stiffness()
+        if self.stiffness == "mixed":
+            return mixed_voigt_stiffness(X)
+        return voigt_stiffness(self.stiffness)
 
     def crystal_tensor(self, X: float = 0.5) -> np.ndarray:
         """2x2x2x2 ac-plane stiffness (GPa) in the crystal frame (X used only by "mixed")."""
-        if self.stiffness == "average":
-            C = average_voigt_stiffness()
-        elif self.stiffness == "mixed":
-            C = mixed_voigt_stiffness(X)
-        else:
-            C = voigt_stiffness(self.stiffness)
-        return plane_stiffness_tensor(ac_plane_moduli(C, self.reduction))
+        return plane_stiffness_tensor(ac_plane_moduli(self.voigt(X), self.reduction))
 
     def image_tensor(self, angle_rad: float, X: float = 0.5) -> np.ndarray:
         """The crystal tensor rotated to the image frame by `angle_rad`."""
@@ -198,3 +243,13 @@ def vegard_misfit(reference: str = "LiFePO4") -> dict[str, float]:
     other = "FePO4" if reference == "LiFePO4" else "LiFePO4"
     ref, oth = LATTICE_ANGSTROM[reference], LATTICE_ANGSTROM[other]
     return {"a": oth[0] / ref[0] - 1.0, "c": oth[2] / ref[2] - 1.0}
+
+
+def vegard_b_coefficients(reference: str = "LiFePO4") -> tuple[float, float]:
+    r"""Vegard b-law :math:`f_b(X) = (1 - X)\,\delta_b` relative to LiFePO4, as shifted-Legendre
+    coefficients :math:`(\delta_b/2, -\delta_b/2)`; :math:`\delta_b = b_{FP}/b_{LFP} - 1
+    \approx -3.63\,\%` from `LATTICE_ANGSTROM`."""
+    if reference != "LiFePO4":
+        raise InputError("the b-law is defined relative to LiFePO4", field="reference")
+    delta = LATTICE_ANGSTROM["FePO4"][1] / LATTICE_ANGSTROM["LiFePO4"][1] - 1.0
+    return 0.5 * delta, -0.5 * delta
