@@ -3,7 +3,7 @@
 IN_ENV := scripts/in-env
 NP ?= 2
 
-.PHONY: env demo test test-serial test-mpi bench lint clean-results
+.PHONY: env demo test test-serial test-mpi bench lint docs notebooks clean-results
 
 env:            ## build (or reuse) the environment and print its versions
 	$(IN_ENV) python3 -c "import dolfinx, dolfinx_adjoint, sys; print('dolfinx', dolfinx.__version__, '| python', sys.version.split()[0])"
@@ -19,6 +19,12 @@ test-serial:
 
 bench:          ## benchmarks, JSON under bench/results/
 	$(IN_ENV) bash -c 'for b in bench/*.py; do echo "== $$b"; python3 $$b || exit 1; done'
+
+docs:           ## the HTML user guide (Sphinx, warnings are errors) -> build/docs/html/index.html
+	$(IN_ENV) python3 -m sphinx -W --keep-going -q -b html docs build/docs/html
+
+notebooks:      ## re-pair notebooks/*.ipynb (no outputs) with their reviewed .py sources
+	$(IN_ENV) python3 -m jupytext --sync notebooks/[0-9][0-9]_*.py
 
 lint:
 	$(IN_ENV) ruff check chemomech tests scripts bench forms meshes

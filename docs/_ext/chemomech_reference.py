@@ -1,0 +1,172 @@
+"""Sphinx directives generating the reference pages from the code, so they cannot drift.
+
+``config-reference`` walks the pydantic model `chemomech.config.RunConfig` (nested models
+become dotted keys); ``cli-reference`` walks the argparse parsers of `chemomech.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pkgutil
+import typing
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from pydantic import BaseModel
+from sphinx.util.docutils import SphinxDirective
+
+
+def _type_name(annotation) -> str:
+    """A short readable type: `float | 'auto'`, `list[str]`, ..."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "block"
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "None")
+
+
+def _model_class(annotation):
+    """The pydantic model inside an annotation (a block, or a block among alternatives)."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                None)
+
+
+def config_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every field, blocks expanded."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        sub = _model_class(field.annotation)
+        default = "(required)" if field.is_required() else repr(field.default)
+        if isinstance(field.default, BaseModel):
+            default = "(block)"
+        doc = (field.description or "").replace("\n", " ")
+        if not doc and sub is not None and sub.__doc__:
+            doc = sub.__doc__.strip().split("\n")[0]
+        rows.append((key, _type_name(field.annotation), default, doc))
+        if sub is not None:
+            rows.extend(config_rows(sub, key + "."))
+    return rows
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A MyST pipe table (cells escaped)."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [f"`{row[0]}`", *(_escape(c) for c in row[1:])]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+class _MarkdownDirective(SphinxDirective):
+    """Emit generated Markdown, parsed as if it were written in the page."""
+
+    def markdown(self) -> list[str]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def run(self) -> list[nodes.Node]:
+        node = nodes.container()
+        text = StringList(self.markdown(), source="generated")
+        self.state.nested_parse(text, self.content_offset, node)
+        return node.children
+
+
+class ConfigReference(_MarkdownDirective):
+    """Table of every RunConfig key (dotted for blocks) with type, default and meaning."""
+
+    def markdown(self) -> list[str]:
+        from chemomech.config import RunConfig
+
+        return _table(("key", "type", "default", "meaning"), config_rows(RunConfig))
+
+
+def cli_rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str]]:
+    """(flags, default, help) of every optional and positional argument of one parser."""
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            continue
+        flags = ", ".join(action.option_strings) or action.dest
+        default = "" if action.default in (None, argparse.SUPPRESS, False) else repr(action.default)
+        text = (action.help or "") % {"default": action.default} if action.help else ""
+        if action.choices:
+            text += f" (choices: {', '.join(map(str, action.choices))})"
+        rows.append((flags, default, text))
+    return rows
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of `chemomech`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+class CliReference(_MarkdownDirective):
+    """One section per subcommand of `chemomech` with its flags, defaults and help."""
+
+    def markdown(self) -> list[str]:
+        from chemomech.cli import COMMANDS, build_parser
+
+        parser = build_parser()
+        out = ["## `chemomech` (global options)", "", *_table(("flag", "default", "meaning"),
+                                                              cli_rows(parser))]
+        for name, sub in subparsers(parser).items():
+            out += ["", f"## `chemomech {name}`", "", COMMANDS[name][3] + ".", "",
+                    "```text", *sub.format_usage().strip().splitlines(), "```", "",
+                    *_table(("argument", "default", "meaning"), cli_rows(sub))]
+        return out
+
+
+#: sub-packages in the order of the data flow (DESIGN §5); the rest is the top level
+PACKAGE_ORDER = ("io", "correlative", "mechanics", "inverse", "dislocations", "analysis",
+                 "xrd", "phasefield")
+
+
+def package_modules() -> dict[str, list[str]]:
+    """Every module of chemomech, grouped by sub-package ('' = top level)."""
+    import chemomech
+
+    groups: dict[str, list[str]] = {}
+    for info in pkgutil.walk_packages(chemomech.__path__, "chemomech."):
+        name = info.name
+        if name.endswith("__main__") or info.ispkg:
+            continue
+        sub = name.split(".")[1]
+        groups.setdefault(sub if sub in PACKAGE_ORDER else "", []).append(name)
+    return groups
+
+
+class ApiReference(_MarkdownDirective):
+    """automodule of every module of the package, found by walking it (none forgotten)."""
+
+    def markdown(self) -> list[str]:
+        groups = package_modules()
+        out: list[str] = []
+        for sub in (*PACKAGE_ORDER, ""):
+            if sub not in groups:
+                continue
+            out += ["", f"## `chemomech.{sub}`" if sub else "## Top level", ""]
+            for module in sorted(groups[sub]):
+                out += ["```{eval-rst}", f".. automodule:: {module}", "```", ""]
+        return out
+
+
+def setup(app):
+    """Register the directives."""
+    app.add_directive("config-reference", ConfigReference)
+    app.add_directive("cli-reference", CliReference)
+    app.add_directive("api-reference", ApiReference)
+    return {"parallel_read_safe": True, "version": "1"}
