@@ -20,6 +20,7 @@ from chemomech.correlative.frames import (
     strain_crystal_from_image,
     strain_image,
 )
+from chemomech.exceptions import InputError
 from chemomech.io.stack import ParticleData
 
 
@@ -174,3 +175,73 @@ def test_image_frame_data_keep_their_crystal_orientation_when_adopting():
     assert adopted.strain_frame == "image" and adopted.rotation_rad == 1.2
     assert adopted.theta_sign == 1
     np.testing.assert_allclose(gradient_image(adopted), gradient_image(p), atol=1e-15)
+
+
+def tied_particle(values: dict[str, np.ndarray], rotation: float, theta_sign: int,
+                  ) -> ParticleData:
+    """A crystal-frame particle on an elliptical mask with the given maps."""
+    shape = next(iter(values.values())).shape
+    i, j = np.indices(shape, dtype=float)
+    mask = ((i - shape[0] / 2) / (0.45 * shape[0])) ** 2 \
+        + ((j - shape[1] / 2) / (0.45 * shape[1])) ** 2 < 1
+    return ParticleData("tie", np.full(shape, 0.5), values["e_xx"], values["e_yy"],
+                        values["e_xy"], values["theta"], mask, 10.0, rotation_rad=rotation,
+                        theta_sign=theta_sign)
+
+
+def test_frame_check_keeps_the_stated_frame_on_a_uniform_field(caplog):
+    """Every frame has zero curl up to rounding: nothing may be adopted, nothing flipped."""
+    shape = (40, 30)
+    values = {"e_xx": np.full(shape, -0.013), "e_yy": np.full(shape, 0.021),
+              "e_xy": np.full(shape, 0.004), "theta": np.full(shape, 0.0017)}
+    p = tied_particle(values, 0.9, -1)
+    with caplog.at_level(logging.WARNING, logger="chemomech.correlative.frames"):
+        result = frame_check(p, step_deg=1.0, adopt=True)
+    assert not result.adopted and result.stated_is_best()
+    assert "not the most compatible" not in caplog.text
+    assert result.best.curl_rms_per_nm < 1e-12          # a tie indeed: all (near) zero
+    q = result.particle
+    assert (q.rotation_rad, q.theta_sign, q.strain_frame) == (0.9, -1, "crystal")
+    for name in ("e_xx", "e_yy", "e_xy", "theta"):
+        np.testing.assert_array_equal(getattr(q, name), values[name])
+
+
+def test_frame_check_keeps_the_stated_frame_when_sign_and_mirror_cannot_be_told_apart():
+    """e_ac = theta = 0: theta sign and mirror leave H unchanged, so four frames tie at the
+    true rotation (their curls differ by rounding only); the stated one must stay."""
+    phi = 0.6
+    i, j = np.indices((48, 36), dtype=float)
+    a = i * np.cos(phi) + j * np.sin(phi)                 # crystal coordinates (px)
+    c = -i * np.sin(phi) + j * np.cos(phi)
+    values = {"e_xx": 0.02 * np.sin(a / 6.0), "e_yy": 0.015 * np.cos(c / 5.0),
+              "e_xy": np.zeros_like(a), "theta": np.zeros_like(a)}   # u_a(a), u_c(c)
+    p = tied_particle(values, phi, -1)
+    result = frame_check(p, step_deg=1.0, adopt=True)
+    tied = [row for row in result.table
+            if angle_distance_mod_pi(row.rotation_rad, phi) < 1e-9]
+    assert {(row.theta_sign, row.mirror) for row in tied} == {(1, False), (1, True),
+                                                               (-1, False), (-1, True)}
+    curls = [row.curl_rms_per_nm for row in tied]
+    assert max(curls) - min(curls) <= 1e-9 * max(curls)   # equal up to rounding
+    wrong = [row.curl_rms_per_nm for row in result.table
+             if angle_distance_mod_pi(row.rotation_rad, phi) > math.radians(10)]
+    assert min(wrong) > 10 * max(curls)                    # the rotation itself is clear
+    assert not result.adopted and result.stated_is_best()
+    assert result.best.theta_sign == -1 and not result.best.mirror   # stated first on ties
+    assert result.particle.theta_sign == -1
+    np.testing.assert_array_equal(result.particle.theta, values["theta"])
+
+
+def test_frame_check_margin_decides_between_keeping_and_adopting():
+    """A frame better than the stated one by less than the margin is not adopted."""
+    p = synthetic_particle(0.7, 1, stated_rotation=0.7 + math.radians(5.0))
+    close = frame_check(p, step_deg=0.5, adopt=True)
+    gain = 1 - close.best.curl_rms_per_nm / close.stated.curl_rms_per_nm
+    assert 0 < gain                                       # the true frame is a bit better...
+    kept = frame_check(p, step_deg=0.5, adopt=True, margin=min(0.99, 2 * gain))
+    assert not kept.adopted and kept.particle.rotation_rad == p.rotation_rad
+    taken = frame_check(p, step_deg=0.5, adopt=True, margin=0.5 * gain)
+    assert taken.adopted
+    assert angle_distance_mod_pi(taken.particle.rotation_rad, 0.7) < math.radians(0.6)
+    with pytest.raises(InputError, match="margin"):
+        frame_check(p, margin=1.0)

@@ -185,7 +185,8 @@ def test_py4dstem_layouts(tmp_path, writer, h_nm):
     s = read_py4dstem_strain(path)
     assert s.pixel_size_nm == pytest.approx(h_nm)
     for key in ("e_xx", "e_yy", "e_xy", "theta"):
-        np.testing.assert_array_equal(getattr(s, key), m[key])
+        np.testing.assert_array_equal(getattr(s, key)[m["mask"]], m[key][m["mask"]])
+        assert np.isnan(getattr(s, key)[~m["mask"]]).all()
     np.testing.assert_array_equal(s.mask > 0.5, m["mask"])
     comp = tmp_path / "composition.npz"
     np.savez(comp, t_LFP=m["t_LFP"], t_FP=m["t_FP"])

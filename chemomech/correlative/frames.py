@@ -12,6 +12,13 @@ A measured gradient must be compatible: curl_i = d H_iy/dx - d H_ix/dy = 0 for b
 wrong rotation, theta sign or handedness breaks that, so `frame_check` scans them for the
 smallest RMS curl.  H_img is unchanged by rotation_rad -> rotation_rad + pi (Q -> -Q): angles
 are only determined modulo pi.
+
+Ties: a field may not separate some frames at all (a uniform field has zero curl in every
+frame; with e_xy = theta = 0 the theta sign and the mirror change nothing), and then float
+rounding alone would rank them.  The stated frame is therefore kept unless another one is
+better by more than the relative margin `RELATIVE_MARGIN` and more than rounding:
+curl_best + floor < (1 - margin) curl_stated, with floor = `ROUNDING_FLOOR` x (RMS strain
+component over the scored pixels) / (pixel size), the curl that rounding of the maps can make.
 """
 
 from __future__ import annotations
@@ -23,11 +30,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from chemomech.exceptions import InputError
 from chemomech.io.stack import ParticleData, interior_pixels
 
 logger = logging.getLogger(__name__)
 
 MIRROR = np.diag([1.0, -1.0])
+
+#: A frame replaces the stated one only if its RMS curl is lower by more than this fraction.
+RELATIVE_MARGIN = 0.05
+
+#: Curls below this fraction of (RMS strain component) / (pixel size) are rounding, not data.
+ROUNDING_FLOOR = 1e-9
 
 
 def rotation_matrix(angle_rad: float) -> np.ndarray:
@@ -140,17 +154,30 @@ class FrameCheckResult:
     stated: FrameCandidate
     particle: ParticleData
     adopted: bool
+    margin: float = RELATIVE_MARGIN
+    floor_per_nm: float = 0.0
 
     @property
     def best(self) -> FrameCandidate:
-        """The most compatible frame."""
+        """The most compatible frame; the stated one when no frame beats it by the margin."""
         return self.table[0]
 
+    def same_as_stated(self, frame: FrameCandidate,
+                       tolerance_rad: float = math.radians(2.0)) -> bool:
+        """Whether `frame` is the stated frame (rotation modulo pi within tolerance)."""
+        s = self.stated
+        return (frame.theta_sign == s.theta_sign and frame.mirror == s.mirror
+                and angle_distance_mod_pi(frame.rotation_rad, s.rotation_rad) <= tolerance_rad)
+
     def stated_is_best(self, tolerance_rad: float = math.radians(2.0)) -> bool:
-        """Whether the stated frame equals the best one (rotation modulo pi within tolerance)."""
-        b, s = self.best, self.stated
-        return (b.theta_sign == s.theta_sign and b.mirror == s.mirror
-                and angle_distance_mod_pi(b.rotation_rad, s.rotation_rad) <= tolerance_rad)
+        """Whether the stated frame stands: it is the best one, or no frame is better by more
+        than the relative `margin` and the rounding floor (curl_best + floor >= (1 - margin)
+        curl_stated; ties keep it)."""
+        if self.same_as_stated(self.best, tolerance_rad):
+            return True
+        best, stated = self.best.curl_rms_per_nm, self.stated.curl_rms_per_nm
+        return not (np.isfinite(best) and np.isfinite(stated)
+                    and best + self.floor_per_nm < (1.0 - self.margin) * stated)
 
     def format_table(self, rows: int = 10) -> str:
         """The first `rows` rows of the ranking as text."""
@@ -182,14 +209,18 @@ def _candidate_angles(stated: float, step_rad: float) -> list[tuple[float, str]]
 
 def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: float = 1.0,
                 erosion_px: int = 3, include_mirror: bool = True, adopt: bool = False,
-                ) -> FrameCheckResult:
+                margin: float = RELATIVE_MARGIN) -> FrameCheckResult:
     """Rank frames (rotation mod pi, theta sign, handedness) by RMS curl of smoothed H_img (1/nm).
 
     The strain maps are smoothed (normalised Gaussian, `sigma_px`), differentiated by central
     differences, and the curl of Q H Q^T is evaluated over the mask eroded by `erosion_px`.
-    Warns when the stated frame is not the best; with `adopt=True` the returned particle carries
-    the best frame (a mirrored best frame is adopted by negating e_xy and theta).
+    Warns when another frame is more compatible than the stated one by more than the relative
+    `margin` (default `RELATIVE_MARGIN`); with `adopt=True` the returned particle then carries
+    that frame (a mirrored frame is adopted by negating e_xy and theta).  Ties, and differences
+    within the margin, keep the stated frame.
     """
+    if not 0.0 <= margin < 1.0:
+        raise InputError(f"margin must be in [0, 1), got {margin}", field="margin")
     h = particle.pixel_size_nm
     mask = particle.mask
     stated_angle = 0.0 if particle.strain_frame == "image" else particle.rotation_rad
@@ -205,6 +236,10 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
         logger.warning("frame check: only %d interior pixels (erosion %d px); ranking is "
                        "unreliable", int(keep.sum()), erosion_px)
     comps = {k: (dx[keep], dy[keep]) for k, (dx, dy) in comps.items()}
+    values = np.concatenate([getattr(particle, k)[interior][keep] for k in
+                             ("e_xx", "e_yy", "e_xy", "theta")])
+    values = values[np.isfinite(values)]
+    floor = ROUNDING_FLOOR * float(np.sqrt(np.mean(values**2))) / h if values.size else 0.0
 
     names = ("e_xx", "e_yy", "e_xy", "theta")
 
@@ -231,17 +266,24 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
     stated = FrameCandidate(stated_angle, particle.theta_sign, False,
                             float(curl_rms(np.array([stated_angle]), particle.theta_sign,
                                            False)[0]), "stated")
-    table.sort(key=lambda c: (c.curl_rms_per_nm, c.label == ""))
-    result = FrameCheckResult(table=table, stated=stated, particle=particle, adopted=False)
+    result = FrameCheckResult(table=table, stated=stated, particle=particle, adopted=False,
+                              margin=margin, floor_per_nm=floor)
+    table.sort(key=lambda c: (c.curl_rms_per_nm, not result.same_as_stated(c), c.label == ""))
+    if result.stated_is_best():   # nothing beats it by the margin: rank the stated frame first
+        first = next((k for k, c in enumerate(table) if result.same_as_stated(c)), None)
+        if first is not None:
+            table.insert(0, table.pop(first))
     best = result.best
     logger.info("frame check of %s:\n%s", particle.name, result.format_table(6))
     if not result.stated_is_best():
         logger.warning("particle %s: the stated frame (rotation %.4f rad, theta_sign %+d) is "
-                       "not the most compatible; best is rotation %.4f rad (mod pi), "
+                       "not the most compatible (margin %.0f %%); best is rotation %.4f rad "
+                       "(mod pi), "
                        "theta_sign %+d, mirror %s (curl RMS %.3e vs %.3e 1/nm)%s",
                        particle.name, stated.rotation_rad, stated.theta_sign,
-                       best.rotation_rad, best.theta_sign, best.mirror, best.curl_rms_per_nm,
-                       stated.curl_rms_per_nm, "; adopting it" if adopt else "")
+                       100 * margin, best.rotation_rad, best.theta_sign, best.mirror,
+                       best.curl_rms_per_nm, stated.curl_rms_per_nm,
+                       "; adopting it" if adopt else "")
     if adopt and not result.stated_is_best():
         result.particle = adopt_frame(particle, best)
         result.adopted = True

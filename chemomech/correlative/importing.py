@@ -66,6 +66,9 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default +1)")
     parser.add_argument("--frame-check", choices=("off", "warn", "adopt"), default="warn",
                         help="compatibility check of the frame (default: warn)")
+    parser.add_argument("--group", default=None, metavar="NAME",
+                        help="which strain map of a py4DSTEM file holding several: its last "
+                             "path component (e.g. strain_map_rotated) or its full path")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest connected piece of the mask")
     parser.add_argument("--append", action="store_true", help="add to an existing stack")
@@ -77,7 +80,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                    rotation_rad=args.rotation_rad,
                                    strain_frame=args.strain_frame, theta_sign=args.theta_sign,
                                    mat_rotation=args.mat_rotation,
-                                   keep_largest=args.keep_largest)
+                                   keep_largest=args.keep_largest, group=args.group)
     out = import_to_stack(args.inputs, args.output, frame_check=args.frame_check,
                           append=args.append, **options)
     logger.info("wrote %s", out)

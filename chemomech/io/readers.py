@@ -1,9 +1,11 @@
 """Readers of real data files, all converting to `ParticleData` and the stack file (DESIGN §3).
 
 - the reference study's MATLAB file (`read_reference_mat`, v5 by scipy or v7.3 by h5py);
-- py4DSTEM strain maps (`read_py4dstem_strain`): legacy v0.12
+- py4DSTEM strain maps (`read_py4dstem_strain`, DESIGN §6): the 2019 layout of the study
+  (`realslices/strain_map_rotated_by_<deg>/{e_xx, ...}`, string mask, DF_image), legacy v0.12
   `/<top>/data/realslices/<name>/data` (Rx, Ry, N) with labels in `dim3`, and the v0.14 EMD
-  Array (`data` (N, Rx, Ry), labels in `dim2` named `_labels_`);
+  Array (`data` (N, Rx, Ry), labels in `dim2` named `_labels_`, pixel size from the root's
+  calibration);
 - composition maps (`read_composition_map`): .npz, TIFF (tifffile), HDF5 (generic datasets or a
   chemomech composition file), holding X or the thicknesses t_LFP, t_FP;
 - a whole particle as plain .npz (`read_particle_npz`).
@@ -15,6 +17,7 @@ Pure numpy/scipy/h5py: no DOLFINx here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +139,12 @@ def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT
 
 @dataclass
 class StrainMaps:
-    """Strain maps (dimensionless, rad) with an optional validity mask and pixel size (nm)."""
+    """Strain maps (dimensionless, rad; NaN where not measured) with an optional validity mask,
+    pixel size (nm), the frame the file states and an optional dark-field image.
+
+    `rotation_rad` / `strain_frame` are what the file says (None: it says nothing, and the
+    maps are taken as image-frame strain).
+    """
 
     e_xx: np.ndarray
     e_yy: np.ndarray
@@ -146,18 +154,34 @@ class StrainMaps:
     pixel_size_nm: float | None = None
     source: str = ""
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    rotation_rad: float | None = None
+    strain_frame: str | None = None
+    dark_field: np.ndarray | None = None
+
+
+#: py4DSTEM of 2019 names a rotated strain map `strain_map_rotated_by_<degrees>`.
+ROTATED_BY = re.compile(r"_rotated_by_(-?\d+(?:\.\d+)?)(?:_?deg)?$")
+#: Per-label datasets of the 2019 layout's strain group.
+LABELS_2019 = ("e_xx", "e_yy", "e_xy", "theta")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode_labels(dataset: h5py.Dataset) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(dataset[()])
-            .ravel()]
+    return [_text(v) for v in np.asarray(dataset[()]).ravel()]
 
 
 def _is_label_dim(dataset: h5py.Dataset) -> bool:
-    kind = dataset.dtype.kind
-    name = dataset.attrs.get("name", b"")
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return kind in ("S", "O", "U") or name == "_labels_"
+    return dataset.dtype.kind in ("S", "O", "U") or _text(dataset.attrs.get("name", b"")) \
+        == "_labels_"
+
+
+def _length_nm(value: float, units: str) -> float | None:
+    """value (in `units`) in nm, or None when the units are not a length (e.g. 'pixels')."""
+    factor = LENGTH_UNITS_NM.get(units.strip().lower())
+    return value * factor if factor is not None and value > 0 else None
 
 
 def _dim_pixel_size_nm(group: h5py.Group, key: str) -> float | None:
@@ -165,23 +189,36 @@ def _dim_pixel_size_nm(group: h5py.Group, key: str) -> float | None:
     if key not in group or not isinstance(group[key], h5py.Dataset):
         return None
     dim = group[key]
-    units = dim.attrs.get("units", b"")
-    units = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()
     values = np.asarray(dim[()], dtype=float).ravel() if dim.dtype.kind in "fiu" else None
-    if units not in LENGTH_UNITS_NM or values is None or values.size < 2:
+    if values is None or values.size < 2:
         return None
-    step = float(values[1] - values[0])
-    return step * LENGTH_UNITS_NM[units] if step > 0 else None
+    return _length_nm(float(values[1] - values[0]), _text(dim.attrs.get("units", b"")))
+
+
+def _calibration_pixel_size_nm(f: h5py.File, gpath: str) -> float | None:
+    """py4DSTEM 0.14: R_pixel_size and R_pixel_units of /<root>/metadatabundle/calibration."""
+    root = gpath.strip("/").split("/")[0]
+    cal = f.get(f"/{root}/metadatabundle/calibration")
+    if not isinstance(cal, h5py.Group) or "R_pixel_size" not in cal:
+        return None
+    size = np.asarray(cal["R_pixel_size"][()], dtype=float).ravel()
+    units = _text(cal["R_pixel_units"][()]) if "R_pixel_units" in cal else "pixels"
+    return _length_nm(float(size[0]), units) if size.size == 1 else None
 
 
 def _find_strain_groups(f: h5py.File) -> list[tuple[str, str]]:
-    """(group path, layout) of every 3-D `data` array carrying strain slice labels."""
+    """(group path, layout) of every strain map: a 3-D `data` array with strain labels
+    ("v0.12" under realslices/, else "emd"), or a realslices/ group holding one 2-D dataset
+    per label ("2019")."""
     found: list[tuple[str, str]] = []
 
     def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Group) or "data" not in obj:
+        if not isinstance(obj, h5py.Group):
             return
-        data = obj["data"]
+        if all(isinstance(obj.get(k), h5py.Dataset) and obj[k].ndim == 2 for k in LABELS_2019):
+            found.append((obj.name, "2019"))
+            return
+        data = obj.get("data")
         if not isinstance(data, h5py.Dataset) or data.ndim != 3:
             return
         for key in obj:
@@ -197,51 +234,130 @@ def _find_strain_groups(f: h5py.File) -> list[tuple[str, str]]:
     return found
 
 
+def _select_group(candidates: list[tuple[str, str]], group: str | None, path: Path,
+                  ) -> tuple[str, str]:
+    """The one strain map named by `group`: its full path ('/a/b', 'a/b') or its last path
+    component ('b'); without `group` the file must hold exactly one."""
+    names = [c[0] for c in candidates]
+    if group is not None:
+        want = group.strip()
+        if "/" in want.strip("/") or want.startswith("/"):
+            candidates = [c for c in candidates if c[0] == "/" + want.strip("/")]
+        else:
+            candidates = [c for c in candidates if c[0].rsplit("/", 1)[-1] == want]
+    if not candidates:
+        what = f"named {group!r} (strain maps in the file: {names})" if group else \
+            "(a 3-D 'data' array labelled e_xx/exx, e_yy, e_xy, theta, or the 2019 layout)"
+        raise InputError(f"no py4DSTEM strain map {what}", path=str(path),
+                         field=group or "data")
+    if len(candidates) > 1:
+        raise InputError(f"several strain maps {[c[0] for c in candidates]}; choose one with "
+                         "--group NAME (its last path component or its full path)",
+                         path=str(path), field="group")
+    return candidates[0]
+
+
+def _read_array_layout(g: h5py.Group, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Slices of a labelled `data` array: (N, Rx, Ry) in EMD 0.14, (Rx, Ry, N) in 0.12."""
+    label_key = next(k for k in g if k.startswith("dim") and _is_label_dim(g[k]))
+    labels = [lbl.lower() for lbl in _decode_labels(g[label_key])]
+    try:
+        data = np.asarray(g["data"][()], dtype=float)
+    except OSError as err:
+        raise InputError(f"unreadable data (truncated?): {err}", path=str(path),
+                         field=f"{g.name}/data") from None
+    first, last = data.shape[0] == len(labels), data.shape[-1] == len(labels)
+    if not (first or last):
+        raise InputError(f"{len(labels)} labels {labels} but data shape {data.shape}",
+                         path=str(path), field=f"{g.name}/{label_key}")
+    axis = 0 if first and ("/realslices/" not in g.name or not last) else data.ndim - 1
+    return {lbl: np.take(data, k, axis=axis) for k, lbl in enumerate(labels)}, labels
+
+
+def _mask_2019(value: np.ndarray) -> np.ndarray:
+    """The 2019 mask: strings 'TRUE'/'FALSE' (bytes or str), or numbers/booleans."""
+    value = np.asarray(value)
+    if value.dtype.kind in ("S", "O", "U"):
+        text = np.char.upper(np.char.strip(value.astype("U")))
+        unknown = sorted(set(text.ravel()) - {"TRUE", "FALSE"})
+        if unknown:
+            raise InputError(f"mask strings must be 'TRUE' or 'FALSE', got {unknown[:3]}",
+                             field="mask_realspace")
+        return text == "TRUE"
+    return np.asarray(value, dtype=float) > 0.5
+
+
+def _read_2019_layout(g: h5py.Group) -> tuple[dict[str, np.ndarray], list[str],
+                                                             np.ndarray | None]:
+    """One dataset per label, the string mask and the dark field beside it (realslices/)."""
+    slices = {k: np.asarray(g[k][()], dtype=float) for k in g
+              if isinstance(g[k], h5py.Dataset) and g[k].ndim == 2}
+    parent = g.parent
+    mask = parent.get("mask_realspace/realslice")
+    if isinstance(mask, h5py.Dataset):
+        slices["mask"] = _mask_2019(mask[()]).astype(float)
+    dark = parent.get("DF_image/realslice")
+    dark_field = np.asarray(dark[()], dtype=float) if isinstance(dark, h5py.Dataset) else None
+    return slices, sorted(slices), dark_field
+
+
 def read_py4dstem_strain(path: str | Path, *, group: str | None = None) -> StrainMaps:
-    """Strain maps from a py4DSTEM file: v0.12 (Rx, Ry, N) with dim3 labels or EMD (N, Rx, Ry)."""
+    """Strain maps from a py4DSTEM file (DESIGN §6), NaN where py4DSTEM measured nothing.
+
+    Layouts: 0.14 EMD (N, Rx, Ry) labelled e_xx/exx, e_yy/eyy, e_xy/exy, theta, mask, error
+    (the never-written `error` slice is dropped; the pixel size comes from
+    /<root>/metadatabundle/calibration R_pixel_size, R_pixel_units); 0.12 (Rx, Ry, N) with
+    labels in dim3; and the 2019 layout realslices/<name>/{e_xx, e_yy, e_xy, theta} with the
+    mask realslices/mask_realspace/realslice ('TRUE'/'FALSE') and the dark field
+    realslices/DF_image/realslice.  A 2019 group named `..._rotated_by_<deg>` holds the
+    image-frame strain in axes rotated counter-clockwise by <deg> degrees from image x (as
+    py4DSTEM's get_rotated_strain_map with x axis (cos, sin)): crystal-frame strain with
+    rotation_rad = radians(<deg>) (DESIGN §2).  Outside the mask, and wherever py4DSTEM left
+    its unfitted e_xx = e_yy = 1 (exactly), the maps are NaN and the mask is 0.
+    `group`: which strain map, by its last path component or full path.
+    """
     path = Path(path)
+    dark_field = None
+    rotation = None
     with open_hdf5(path) as f:
-        candidates = _find_strain_groups(f)
-        if group is not None:
-            candidates = [c for c in candidates if c[0].rstrip("/").endswith(group.strip("/"))]
-        if not candidates:
-            raise InputError("no py4DSTEM strain map (a 3-D 'data' array labelled e_xx/exx, "
-                             "e_yy, e_xy, theta) found" + (f" named {group!r}" if group else ""),
-                             path=str(path), field=group or "data")
-        if len(candidates) > 1:
-            raise InputError(f"several strain maps {[c[0] for c in candidates]}; choose one "
-                             "with group=...", path=str(path), field="data")
-        gpath, layout = candidates[0]
+        gpath, layout = _select_group(_find_strain_groups(f), group, path)
         g = f[gpath]
-        label_key = next(k for k in g if k.startswith("dim") and _is_label_dim(g[k]))
-        labels = [lbl.lower() for lbl in _decode_labels(g[label_key])]
-        try:
-            data = np.asarray(g["data"][()], dtype=float)
-        except OSError as err:
-            raise InputError(f"unreadable data (truncated?): {err}", path=str(path),
-                             field=f"{gpath}/data") from None
-        # the label axis: first in EMD v0.14 (N, Rx, Ry), last in v0.12 / v0.13 (Rx, Ry, N)
-        first, last = data.shape[0] == len(labels), data.shape[-1] == len(labels)
-        if not (first or last):
-            raise InputError(f"{len(labels)} labels {labels} but data shape {data.shape}",
-                             path=str(path), field=f"{gpath}/{label_key}")
-        axis = 0 if first and (layout == "emd" or not last) else data.ndim - 1
-        slices = {lbl: np.take(data, k, axis=axis) for k, lbl in enumerate(labels)}
-        spatial = sorted(k for k in g if k.startswith("dim") and k != label_key)
-        pixel = _dim_pixel_size_nm(g, spatial[0]) if spatial else None
+        if layout == "2019":
+            slices, labels, dark_field = _read_2019_layout(g)
+            pixel = None
+            hit = ROTATED_BY.search(gpath.rsplit("/", 1)[-1])
+            rotation = float(np.radians(float(hit.group(1)))) if hit else None
+        else:
+            slices, labels = _read_array_layout(g, path)
+            spatial = sorted(k for k in g if k.startswith("dim") and not _is_label_dim(g[k]))
+            pixel = _dim_pixel_size_nm(g, spatial[0]) if spatial else None
+            if pixel is None:
+                pixel = _calibration_pixel_size_nm(f, gpath)
+    slices.pop("error", None)
     maps: dict[str, np.ndarray] = {}
     for ours, aliases in STRAIN_LABELS.items():
-        hit = next((a for a in aliases if a in slices), None)
-        if hit is None and ours != "mask":
+        hit_label = next((a for a in aliases if a in slices), None)
+        if hit_label is None and ours != "mask":
             raise InputError(f"no slice labelled {aliases} (labels: {labels})", path=str(path),
-                             field=f"{gpath}/{label_key}")
-        if hit is not None:
-            maps[ours] = slices.pop(hit)
-    source = f"{path.name}: py4DSTEM {layout} strain map {gpath}"
-    logger.info("read %s (labels %s, pixel size %s nm)", source, labels, pixel)
-    return StrainMaps(e_xx=maps["e_xx"], e_yy=maps["e_yy"], e_xy=maps["e_xy"],
-                      theta=maps["theta"], mask=maps.get("mask"), pixel_size_nm=pixel,
-                      source=source, extra=slices)
+                             field=gpath)
+        if hit_label is not None:
+            maps[ours] = slices.pop(hit_label)
+    unfitted = (maps["e_xx"] == 1.0) & (maps["e_yy"] == 1.0)
+    mask = ~unfitted if "mask" not in maps else (np.nan_to_num(maps["mask"]) > 0.5) & ~unfitted
+    strain = {k: np.where(mask, maps[k], np.nan) for k in ("e_xx", "e_yy", "e_xy", "theta")}
+    if dark_field is not None and dark_field.shape != mask.shape:
+        logger.warning("%s: DF_image %s does not match the strain maps %s: ignored", path,
+                       dark_field.shape, mask.shape)
+        dark_field = None
+    frame = f", crystal frame rotated by {np.degrees(rotation):g} deg" if rotation is not None \
+        else ""
+    source = f"{path.name}: py4DSTEM {layout} strain map {gpath}{frame}"
+    logger.info("read %s (labels %s, pixel size %s nm, %d measured pixels)", source, labels,
+                pixel, int(mask.sum()))
+    return StrainMaps(**strain, mask=mask, pixel_size_nm=pixel, source=source, extra=slices,
+                      rotation_rad=rotation,
+                      strain_frame="crystal" if rotation is not None else None,
+                      dark_field=dark_field)
 
 
 # --------------------------------------------------------------------------- composition
@@ -249,7 +365,8 @@ def read_py4dstem_strain(path: str | Path, *, group: str | None = None) -> Strai
 
 @dataclass
 class CompositionMap:
-    """Li fraction X (NaN outside), the particle mask and optional thickness t_LFP + t_FP."""
+    """Li fraction X (NaN outside), the particle mask, and optionally the thickness map
+    t_LFP + t_FP (or an optical-density image standing in for it) on the same X-ray grid."""
 
     X: np.ndarray
     mask: np.ndarray
@@ -257,29 +374,64 @@ class CompositionMap:
     source: str = ""
 
 
+def _morphology_image(arrays: dict[str, np.ndarray], keys: dict[str, str], lfp: str | None,
+                      fp: str | None) -> tuple[np.ndarray | None, str]:
+    """The X-ray thickness: 'thickness', t_LFP + t_FP, or an OD image ('od'; a stack
+    (energies, nx, ny) is averaged over energies), with the name of its source."""
+    if "thickness" in keys:
+        return np.asarray(arrays[keys["thickness"]], dtype=float), keys["thickness"]
+    if lfp and fp:
+        return (np.asarray(arrays[lfp], dtype=float) + np.asarray(arrays[fp], dtype=float),
+                f"{lfp}+{fp}")
+    if "od" in keys:
+        od = np.asarray(arrays[keys["od"]], dtype=float)
+        return (od.mean(axis=0) if od.ndim == 3 else od), f"mean {keys['od']}"
+    return None, ""
+
+
+def _otsu_mask(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """image > Otsu's threshold (unit-free: thickness or OD in any units)."""
+    from skimage.filters import threshold_otsu
+
+    finite = image[np.isfinite(image)]
+    if finite.size == 0 or np.ptp(finite) == 0:
+        raise InputError("the thickness/OD image is uniform: cannot make a particle mask",
+                         field="thickness")
+    cut = float(threshold_otsu(finite))
+    return np.nan_to_num(image, nan=-np.inf) > cut, cut
+
+
 def _composition_from_arrays(arrays: dict[str, np.ndarray], path: Path, threshold: float,
                              ) -> CompositionMap:
-    """X given directly (mask = finite X, or a 'mask' array) or from t_LFP, t_FP thicknesses."""
+    """X given directly or from t_LFP, t_FP thicknesses; the mask is, in this order, a 'mask'
+    array, the thickness (or OD) above Otsu's threshold, or the finite pixels of X."""
     keys = {k.lower(): k for k in arrays}
     lfp = next((keys[k] for k in ("t_lfp", "lfp") if k in keys), None)
     fp = next((keys[k] for k in ("t_fp", "fp") if k in keys), None)
+    if lfp and fp and np.shape(arrays[lfp]) != np.shape(arrays[fp]):
+        raise InputError(f"{lfp} {np.shape(arrays[lfp])} and {fp} {np.shape(arrays[fp])} "
+                         "differ", path=str(path), field=fp)
+    thickness, thickness_name = _morphology_image(arrays, keys, lfp, fp)
     if "x" in keys:
         X = np.asarray(arrays[keys["x"]], dtype=float)
+        if thickness is not None and thickness.shape != X.shape:
+            raise InputError(f"{thickness_name} {thickness.shape} and X {X.shape} differ",
+                             path=str(path), field=thickness_name)
         if "mask" in keys:
             mask = np.asarray(arrays[keys["mask"]]) > 0.5
+            how = "X and mask as stored"
+        elif thickness is not None:
+            mask, cut = _otsu_mask(thickness)
+            how = f"X as stored, mask {thickness_name} > {cut:.4g} (Otsu)"
         else:
             mask = np.isfinite(X)
-        thickness = None
-        if lfp and fp:
-            thickness = np.asarray(arrays[lfp], dtype=float) + np.asarray(arrays[fp], float)
-        how = "X as stored"
+            how = "X as stored, mask = finite X"
+            logger.warning("%s: no mask and no thickness/OD: every finite X pixel counts as "
+                           "particle (X = 0 outside it would count as data)", path)
+        mask &= np.isfinite(X)
+        X = np.where(mask, X, np.nan)
     elif lfp and fp:
         t_lfp = np.asarray(arrays[lfp], dtype=float)
-        t_fp = np.asarray(arrays[fp], dtype=float)
-        if t_lfp.shape != t_fp.shape:
-            raise InputError(f"{lfp} {t_lfp.shape} and {fp} {t_fp.shape} differ", path=str(path),
-                             field=fp)
-        thickness = t_lfp + t_fp
         mask = thickness > threshold
         with np.errstate(invalid="ignore", divide="ignore"):
             X = np.where(mask, t_lfp / np.where(mask, thickness, 1.0), np.nan)
@@ -322,7 +474,7 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
                          f"{image.shape}", path=str(path), field="X")
     with open_hdf5(path) as f:
         arrays = {k: v[()] for k, v in f.items()
-                  if isinstance(v, h5py.Dataset) and v.ndim == 2}
+                  if isinstance(v, h5py.Dataset) and v.ndim in (2, 3)}
     return _composition_from_arrays(arrays, path, threshold)
 
 
@@ -362,20 +514,28 @@ def read_particle_npz(path: str | Path, *, name: str | None = None,
 
 
 def read_strain_npz(path: str | Path) -> StrainMaps:
-    """Strain maps from .npz: e_xx, e_yy, e_xy, theta (+ optional mask, pixel_size_nm)."""
+    """Strain maps from .npz: e_xx, e_yy, e_xy, theta (+ optional mask, pixel_size_nm, and a
+    dark-field image `dark_field` or `HAADF`)."""
     path = Path(path)
     arrays = _load_npz(path, ("e_xx", "e_yy", "e_xy", "theta"))
     h = arrays["pixel_size_nm"].item() if "pixel_size_nm" in arrays else None
+    dark = next((arrays[k] for k in ("dark_field", "HAADF") if k in arrays), None)
     return StrainMaps(arrays["e_xx"], arrays["e_yy"], arrays["e_xy"], arrays["theta"],
-                      arrays.get("mask"), h, f"{path.name}: strain .npz")
+                      arrays.get("mask"), h, f"{path.name}: strain .npz",
+                      dark_field=None if dark is None else np.asarray(dark, dtype=float))
 
 
 def combine_strain_and_composition(strain: StrainMaps, composition: CompositionMap, *,
                                    name: str, pixel_size_nm: float | None = None,
-                                   rotation_rad: float = 0.0, strain_frame: str = "image",
-                                   theta_sign: int = 1, strain_path: str | None = None,
+                                   rotation_rad: float | None = None,
+                                   strain_frame: str | None = None, theta_sign: int = 1,
+                                   strain_path: str | None = None,
                                    keep_largest: bool = False) -> ParticleData:
-    """One particle from registered maps: mask = composition mask & strain mask (if any)."""
+    """One particle from registered maps: mask = composition mask & strain mask (if any).
+
+    The frame is the one given, else the strain file's (`StrainMaps.rotation_rad`,
+    `strain_frame`), else the image frame at rotation 0.
+    """
     where = strain_path
     shape = strain.e_xx.shape
     if composition.X.shape != shape:
@@ -388,12 +548,16 @@ def combine_strain_and_composition(strain: StrainMaps, composition: CompositionM
     if keep_largest:
         mask = largest_component(mask)
     h = pixel_size_nm if pixel_size_nm is not None else strain.pixel_size_nm
+    if rotation_rad is None:
+        rotation_rad = strain.rotation_rad if strain.rotation_rad is not None else 0.0
+    if strain_frame is None:
+        strain_frame = strain.strain_frame or "image"
     source = "; ".join(s for s in (strain.source, composition.source) if s)
     return ParticleData(name=name, X=composition.X, e_xx=strain.e_xx, e_yy=strain.e_yy,
                         e_xy=strain.e_xy, theta=strain.theta, mask=mask, pixel_size_nm=h,
                         rotation_rad=rotation_rad, strain_frame=strain_frame,
                         theta_sign=theta_sign, source=source, thickness=composition.thickness,
-                        file=where)
+                        dark_field=strain.dark_field, file=where)
 
 
 def _kind(path: Path) -> str:
@@ -423,13 +587,20 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
                    pixel_size_nm: float | None = None, rotation_rad: float | None = None,
                    strain_frame: str | None = None, theta_sign: int | None = None,
                    mat_rotation: str = "documented", keep_largest: bool = False,
-                   ) -> list[ParticleData]:
-    """Particles from a stack, a .mat, a particle .npz, or a strain file + a composition file."""
+                   group: str | None = None) -> list[ParticleData]:
+    """Particles from a stack, a .mat, a particle .npz, or a strain file + a composition file.
+
+    `group` chooses the strain map of a py4DSTEM file holding several (last path component or
+    full path); the frame not given here is the strain file's, else the image frame.
+    """
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
             raise InputError("no such file", path=str(p))
     kinds = {p: _kind(p) for p in paths}
+    if group is not None and "py4dstem" not in kinds.values():
+        raise InputError(f"group={group!r} chooses a strain map of a py4DSTEM file, but none "
+                         f"is given ({[f'{p} ({kinds[p]})' for p in paths]})", field="group")
     if len(paths) == 1 and kinds[paths[0]] in ("stack", "mat", "npz-particle"):
         p, kind = paths[0], kinds[paths[0]]
         if kind == "stack":
@@ -455,15 +626,14 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
                          path=", ".join(map(str, paths)), field="inputs")
     sp, cp = strain_paths[0], comp_paths[0]
     if kinds[sp] == "py4dstem":
-        strain = read_py4dstem_strain(sp)
+        strain = read_py4dstem_strain(sp, group=group)
     else:
         strain = read_strain_npz(sp)
     composition = read_composition_map(cp)
     return [combine_strain_and_composition(
         strain, composition, name=name or sp.stem, pixel_size_nm=pixel_size_nm,
-        rotation_rad=0.0 if rotation_rad is None else rotation_rad,
-        strain_frame=strain_frame or "image", theta_sign=theta_sign or 1, strain_path=str(sp),
-        keep_largest=keep_largest)]
+        rotation_rad=rotation_rad, strain_frame=strain_frame, theta_sign=theta_sign or 1,
+        strain_path=str(sp), keep_largest=keep_largest)]
 
 
 def read_data(data: str | Path | Sequence[str | Path | Sequence[str | Path]],
