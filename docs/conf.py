@@ -15,7 +15,7 @@ extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.mathjax",
               "sphinx.ext.viewcode", "chemomech_reference"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 # Other helpers' notes are folded into README.md by the lead, not into the guide.
-exclude_patterns = ["notes-*.md", "_build"]
+exclude_patterns = ["notes-*.md", "_build", "_generated"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 autodoc_member_order = "bysource"

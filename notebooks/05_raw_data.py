@@ -95,13 +95,16 @@ print(f"mask {comp.mask.sum()} px (true {inside.sum()}), max |X - X_true| = {err
 # %% [markdown]
 # ## Step 2: registration
 #
-# `register_affine` maximises the correlation of $e_{aa}(q)$ with $X(u(q))$ over pixels
-# 4 px inside the particle, coarse to fine from 15 starts; the default score is the spline
-# correlation ratio (not biased by a nonlinear X-ray contrast). The error is the RMS
-# distance, over the particle, between the pixels the true and found maps send to.
+# `register_affine` finds the map from the 4D-STEM grid to the X-ray grid, coarse to fine
+# from 15 starts. Its default metric matches the particle's *outline*: the 4D-STEM mask,
+# blurred to the X-ray resolution, against the X-ray thickness, independent of the
+# composition–strain law we want to learn. An ellipse's outline cannot fix an affine map
+# (it maps onto itself under a family of them); the `auto` metric detects that and adds
+# the correlation of $e_{aa}$ with $X$ (`joint`). The error is the RMS distance, over the
+# particle, between the pixels the true and the found maps send to.
 
 # %%
-result = register_affine(e_aa, mask, comp.X, comp.mask)
+result = register_affine(e_aa, mask, comp.X, comp.mask, thickness=comp.thickness)
 rms_px = pixel_rms_distance(result.matrix, M_true, mask)
 print(f"Pearson r {result.score:.3f}, {result.iterations} iterations, "
       f"RMS error {rms_px:.3f} px")

@@ -1,7 +1,9 @@
-"""Sphinx directives generating the reference pages from the code, so they cannot drift.
+"""Reference pages generated from the code when the guide is built, so they cannot drift.
 
-``config-reference`` walks the pydantic model `chemomech.config.RunConfig` (nested models
-become dotted keys); ``cli-reference`` walks the argparse parsers of `chemomech.cli`.
+At ``builder-inited`` this writes Markdown into ``docs/_generated/`` (not in git), which the
+pages pull in with ``{include}``: ``configuration.md`` walks the pydantic model
+`chemomech.config.RunConfig` (nested models become dotted keys), ``cli.md`` the argparse
+parsers of `chemomech.cli`, ``api.md`` an ``automodule`` for every module of the package.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ import argparse
 import pkgutil
 import typing
 
-from docutils import nodes
-from docutils.statemachine import StringList
+from pathlib import Path
+
 from pydantic import BaseModel
-from sphinx.util.docutils import SphinxDirective
 
 
 def _type_name(annotation) -> str:
@@ -69,26 +70,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return out
 
 
-class _MarkdownDirective(SphinxDirective):
-    """Emit generated Markdown, parsed as if it were written in the page."""
-
-    def markdown(self) -> list[str]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def run(self) -> list[nodes.Node]:
-        node = nodes.container()
-        text = StringList(self.markdown(), source="generated")
-        self.state.nested_parse(text, self.content_offset, node)
-        return node.children
-
-
-class ConfigReference(_MarkdownDirective):
+def configuration_markdown() -> list[str]:
     """Table of every RunConfig key (dotted for blocks) with type, default and meaning."""
+    from chemomech.config import RunConfig
 
-    def markdown(self) -> list[str]:
-        from chemomech.config import RunConfig
-
-        return _table(("key", "type", "default", "meaning"), config_rows(RunConfig))
+    return _table(("key", "type", "default", "meaning"), config_rows(RunConfig))
 
 
 def cli_rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str]]:
@@ -114,20 +100,18 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
     return {}
 
 
-class CliReference(_MarkdownDirective):
+def cli_markdown() -> list[str]:
     """One section per subcommand of `chemomech` with its flags, defaults and help."""
+    from chemomech.cli import COMMANDS, build_parser
 
-    def markdown(self) -> list[str]:
-        from chemomech.cli import COMMANDS, build_parser
-
-        parser = build_parser()
-        out = ["## `chemomech` (global options)", "", *_table(("flag", "default", "meaning"),
-                                                              cli_rows(parser))]
-        for name, sub in subparsers(parser).items():
-            out += ["", f"## `chemomech {name}`", "", COMMANDS[name][3] + ".", "",
-                    "```text", *sub.format_usage().strip().splitlines(), "```", "",
-                    *_table(("argument", "default", "meaning"), cli_rows(sub))]
-        return out
+    parser = build_parser()
+    out = ["## `chemomech` (global options)", "",
+           *_table(("flag", "default", "meaning"), cli_rows(parser))]
+    for name, sub in subparsers(parser).items():
+        out += ["", f"## `chemomech {name}`", "", COMMANDS[name][3] + ".", "",
+                "```text", *sub.format_usage().strip().splitlines(), "```", "",
+                *_table(("argument", "default", "meaning"), cli_rows(sub))]
+    return out
 
 
 #: sub-packages in the order of the data flow (DESIGN §5); the rest is the top level
@@ -149,24 +133,35 @@ def package_modules() -> dict[str, list[str]]:
     return groups
 
 
-class ApiReference(_MarkdownDirective):
-    """automodule of every module of the package, found by walking it (none forgotten)."""
+def api_markdown() -> list[str]:
+    """An automodule of every module, by sub-package in the order of the data flow."""
+    groups = package_modules()
+    out: list[str] = []
+    for sub in (*PACKAGE_ORDER, ""):
+        if sub not in groups:
+            continue
+        out += ["", f"## `chemomech.{sub}`" if sub else "## Top level", ""]
+        for module in sorted(groups[sub]):
+            out += ["```{eval-rst}", f".. automodule:: {module}", "```", ""]
+    return out
 
-    def markdown(self) -> list[str]:
-        groups = package_modules()
-        out: list[str] = []
-        for sub in (*PACKAGE_ORDER, ""):
-            if sub not in groups:
-                continue
-            out += ["", f"## `chemomech.{sub}`" if sub else "## Top level", ""]
-            for module in sorted(groups[sub]):
-                out += ["```{eval-rst}", f".. automodule:: {module}", "```", ""]
-        return out
+
+GENERATED = {"configuration.md": configuration_markdown, "cli.md": cli_markdown,
+             "api.md": api_markdown}
+
+
+def generate(app) -> None:
+    """Write the generated pages under docs/_generated/ (only when their text changed)."""
+    folder = Path(app.srcdir) / "_generated"
+    folder.mkdir(exist_ok=True)
+    for name, make in GENERATED.items():
+        text = "\n".join(make()) + "\n"
+        path = folder / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
 
 
 def setup(app):
-    """Register the directives."""
-    app.add_directive("config-reference", ConfigReference)
-    app.add_directive("cli-reference", CliReference)
-    app.add_directive("api-reference", ApiReference)
+    """Generate the reference pages before the sources are read."""
+    app.connect("builder-inited", generate)
     return {"parallel_read_safe": True, "version": "1"}
