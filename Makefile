@@ -27,7 +27,7 @@ notebooks:      ## re-pair notebooks/*.ipynb (no outputs) with their reviewed .p
 	$(IN_ENV) python3 -m jupytext --sync notebooks/[0-9][0-9]_*.py
 
 lint:
-	$(IN_ENV) ruff check chemomech tests scripts bench forms meshes
+	$(IN_ENV) ruff check chemomech tests scripts bench forms meshes notebooks docs
 
 clean-results:
 	rm -rf results

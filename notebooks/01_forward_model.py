@@ -73,7 +73,8 @@ angle = 0.2  # rad, from image x to crystal a (ccw): c is near y, the long axis
 # %%
 pm = mesh_from_mask(mask, h, comm, mesh_size_px=1.5)
 n_cells = pm.mesh.topology.index_map(2).size_global
-print(f"{n_cells} cells, area {pm.area_nm2 * 1e-6:.3f} um^2 (mask: {mask.sum() * h * h * 1e-6:.3f})")
+print(f"{n_cells} cells, area {pm.area_nm2 * 1e-6:.3f} um^2 "
+      f"(mask: {mask.sum() * h * h * 1e-6:.3f})")
 
 # %% [markdown]
 # ## Eigenstrain from the composition

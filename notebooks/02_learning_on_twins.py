@@ -110,7 +110,8 @@ assert rate > 1.98
 # %%
 tao = model.fit("tao", tao_type="blmvm")
 linear = model.fit("linear")
-difference = np.abs(tao.coefficients - linear.coefficients).max() / np.abs(linear.coefficients).max()
+scale = np.abs(linear.coefficients).max()
+difference = np.abs(tao.coefficients - linear.coefficients).max() / scale
 print(f"TAO: {tao.iterations} iterations, J = {tao.cost:.6g}; linear: J = {linear.cost:.6g}; "
       f"max |a_TAO - a_lin| / |a| = {difference:.1e}")
 assert difference < 1e-6

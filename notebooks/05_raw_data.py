@@ -20,8 +20,8 @@
 # walks the three steps on synthetic data with a known answer:
 #
 # 1. **composition**: per pixel, the two-phase Beer–Lambert fit
-#    $\mathrm{OD}(E_k) = t_\mathrm{LFP}\,\mu_\mathrm{LFP}(E_k) + t_\mathrm{FP}\,\mu_\mathrm{FP}(E_k)$
-#    with $t \ge 0$ (non-negative least squares), then $X = t_\mathrm{LFP} / (t_\mathrm{LFP} + t_\mathrm{FP})$;
+#    $\mathrm{OD}(E_k) = t_L\,\mu_L(E_k) + t_F\,\mu_F(E_k)$ (L: LiFePO4, F: FePO4)
+#    with $t \ge 0$ (non-negative least squares), then $X = t_L / (t_L + t_F)$;
 # 2. **registration**: the affine map $u = A q + t$ from 4D-STEM pixels $q$ to X-ray pixels
 #    that best explains the strain $e_{aa}$ by $X$ (Vegard: $e_{aa}$ rises with $X$);
 # 3. **stack**: $X$ resampled on the 4D-STEM grid and written with the strain maps.

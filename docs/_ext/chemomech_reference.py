@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import pkgutil
 import typing
-
 from pathlib import Path
 
 from pydantic import BaseModel
