@@ -27,3 +27,5 @@ html_static_path = ["_static"]
 # DOLFINx/PETSc need MPI at import; autodoc imports the modules for real (no mocks),
 # so a docstring that does not build is a warning, and `make docs` runs with -W.
 nitpicky = False
+# defaults are shown as Python literals (`'all'`): no typographic quotes
+smartquotes = False

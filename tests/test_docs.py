@@ -60,9 +60,10 @@ def test_every_config_key_appears_with_its_default(site):
     text = _text(site / "configuration.html")
     rows = config_rows(RunConfig)
     assert len(rows) > 40
-    for key, _, default, _ in rows:
+    for key, _, default, meaning in rows:
         assert key in text, f"config key {key} is not in the guide"
         assert default in text
+        assert meaning, f"config key {key} has no description (Field(description=...))"
     # nested blocks are expanded to dotted keys
     assert "mesh.size_px" in text and "dislocations.regularisation.alpha" in text
 

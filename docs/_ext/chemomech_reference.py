@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pkgutil
+import re
 import typing
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def config_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("`", "'")
+    """A table cell: pipes escaped, backticks dropped, brackets escaped (no Markdown links)."""
+    return (text.replace("|", "\\|").replace("`", "'").replace("[", "\\[")
+            .replace("]", "\\]"))
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -160,7 +163,47 @@ def generate(app) -> None:
             path.write_text(text)
 
 
+#: a backtick span (`x`, ``x``, :math:`x`): kept as written
+_LITERAL = re.compile(r"(:\w+:)?(``.*?``|`[^`]*`)")
+
+
+def plain_text_escapes(line: str) -> str:
+    """Escape the plain-text notation of the docstrings that reStructuredText would misread,
+    outside backtick spans: ``|x|`` (a norm, not a substitution) and a word ending in ``_``
+    (a name, not a link target)."""
+    out, last = [], 0
+    for match in _LITERAL.finditer(line):
+        out.append(_escape_plain(line[last:match.start()]))
+        out.append(match.group(0))
+        last = match.end()
+    out.append(_escape_plain(line[last:]))
+    return "".join(out)
+
+
+def _escape_plain(text: str) -> str:
+    text = text.replace("|", "\\|")
+    return re.sub(r"(\w)_(?=\W|$)", r"\1\\_", text)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def process_docstring(app, what, name, obj, options, lines: list[str]) -> None:
+    """autodoc hook: `plain_text_escapes` on every docstring line (in place), except in
+    literal blocks (the indented lines after a line ending in ``::``)."""
+    literal_below = None  # indentation of the paragraph that opened a literal block
+    for k, line in enumerate(lines):
+        if literal_below is not None and line.strip() and _indent(line) <= literal_below:
+            literal_below = None
+        if literal_below is None:
+            lines[k] = plain_text_escapes(line)
+            if line.rstrip().endswith("::"):
+                literal_below = _indent(line)
+
+
 def setup(app):
-    """Generate the reference pages before the sources are read."""
+    """Generate the reference pages before the sources are read; escape the docstrings."""
     app.connect("builder-inited", generate)
+    app.connect("autodoc-process-docstring", process_docstring)
     return {"parallel_read_safe": True, "version": "1"}
