@@ -27,5 +27,6 @@ html_static_path = ["_static"]
 # DOLFINx/PETSc need MPI at import; autodoc imports the modules for real (no mocks),
 # so a docstring that does not build is a warning, and `make docs` runs with -W.
 nitpicky = False
+# Formulas are typeset by MathJax from its CDN (the default); offline, they show as TeX.
 # defaults are shown as Python literals (`'all'`): no typographic quotes
 smartquotes = False
