@@ -12,8 +12,6 @@ import importlib
 import logging
 import sys
 
-from chemomech.exceptions import ChemomechError
-
 logger = logging.getLogger("chemomech")
 
 #: subcommand -> (module, function adding its arguments, entry point, one-line help)
@@ -40,23 +38,38 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+def _degree(text: str) -> int | str:
+    """`--degree`: an integer 0..8 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+
+
 def add_invert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `chemomech invert`."""
     parser.add_argument("config", help="YAML run configuration (see README)")
     parser.add_argument("--output", help="override the config's output folder")
-    parser.add_argument("--degree", help="override legendre_degree (integer or 'auto')")
+    parser.add_argument("--degree", type=_degree,
+                        help="override legendre_degree (integer or 'auto')")
     parser.add_argument("--model", choices=("M0", "M1", "M2"), help="override the model")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest killed or failed run into the same output "
+                             "from its optimiser checkpoints (same answer as uninterrupted)")
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
     """`chemomech invert config.yaml`: run the configured inversion (chemomech.pipeline)."""
     from chemomech.config import load_config
+    from chemomech.io.parallel import stage
     from chemomech.pipeline import run
 
-    degree = args.degree if args.degree in (None, "auto") else int(args.degree)
-    config = load_config(args.config, output=args.output, legendre_degree=degree,
-                         model=args.model)
-    run(config)
+    with stage("reading the configuration"):
+        config = load_config(args.config, output=args.output, legendre_degree=args.degree,
+                             model=args.model)
+    run(config, resume=args.resume)
     return 0
 
 
@@ -124,9 +137,16 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `chemomech STEP: error: ...`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `chemomech`, one subparser per entry of COMMANDS."""
-    parser = argparse.ArgumentParser(prog="chemomech", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="chemomech", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add, cmd, text) in COMMANDS.items():
@@ -138,11 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `chemomech` console script; domain errors exit with status 2."""
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    """Entry point of the `chemomech` console script.
+
+    Errors are one line on stderr (`chemomech.io.parallel.exit_on_error`): domain and
+    file-system errors exit 2, SIGINT 130 and SIGTERM 143 (both clean up temporaries first),
+    bugs 1 with a traceback; under MPI an error on one rank ends every rank."""
+    from chemomech.io.parallel import (
+        exit_on_error,
+        install_signal_handlers,
+        restore_signal_handlers,
+    )
+
+    def command() -> int:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        return args.func(args)
+
+    previous = install_signal_handlers()
     try:
-        return int(args.func(args) or 0)
-    except ChemomechError as err:
-        logger.error("%s", err)
-        return 2
+        return exit_on_error(command)
+    finally:
+        restore_signal_handlers(previous)

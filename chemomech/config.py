@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from chemomech.dislocations.settings import DislocationsConfig
 from chemomech.exceptions import ConfigError
 
 
@@ -38,7 +39,8 @@ class MeshConfig(_Strict):
     """Meshing of the particle masks (units: pixels)."""
 
     size_px: float = Field(1.0, gt=0, description="target element size")
-    simplify_tol_px: float = Field(0.25, ge=0, le=1, description="contour simplification")
+    simplify_tol_px: float = Field(0.25, ge=0, lt=0.5, description="contour simplification "
+                                   "(< 0.5 px; every pixel centre stays inside below 0.35)")
     min_island_px: int = Field(50, ge=1, description="drop particles smaller than this")
     fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
 
@@ -67,32 +69,6 @@ class UncertaintyConfig(_Strict):
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
 
 
-class RegularisationConfig(_Strict):
-    """Regularisation of the M2 slip fields."""
-
-    kind: Literal["h1", "tv"] = Field("h1", description="H1 seminorm or smoothed TV")
-    alpha: float | Literal["auto"] = Field("auto", description="weight, or chosen by `rule`")
-    rule: Literal["discrepancy", "lcurve"] = Field(
-        "discrepancy", description="alpha by the discrepancy principle or the L-curve corner")
-    tv_epsilon_per_nm: float = Field(1e-6, gt=0, description="TV smoothing (1/nm)")
-
-
-class DislocationsConfig(_Strict):
-    """Model M2 (chemomech.dislocations.model): slip fields of in-plane systems."""
-
-    slip_systems: list[str] = Field(["D"], description="labels of chemomech.mechanics.slip systems")
-    regularisation: RegularisationConfig = RegularisationConfig()
-    noise_strain: float | Literal["auto", "m1"] = Field(
-        "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
-        "the M1 residual, or a number")
-    discrepancy_tau: float = Field(1.0, gt=0, description="discrepancy target: tau x noise")
-    alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
-    noise_draws: int = Field(4, ge=1, description="Monte Carlo draws of the noise level")
-    tao_type: Literal["blmvm", "bqnls"] = Field("blmvm", description="TAO method of the M2 fit")
-    max_it: int = Field(2000, ge=1, description="most TAO iterations per alpha")
-    grtol: float = Field(1e-7, ge=0, description="gradient tolerance relative to J")
-
-
 class GaugeConfig(_Strict):
     """A user-set gauge of the law: f_a(X) = f_a and f_c(X) = f_c."""
 
@@ -112,6 +88,7 @@ class RunConfig(_Strict):
     """A chemomech run: data, model and options; every default documented here."""
 
     data: list[Path | list[Path]] = Field(  # files, or [strain, composition] pairs
+        min_length=1,
         description="stack, .mat, py4DSTEM or .npz files, or [strain, composition] pairs")
     particles: Literal["all"] | list[str] = Field("all", description="particle names to use")
     model: Literal["M0", "M1", "M2"] = Field(

@@ -59,7 +59,8 @@ def run_demo(output: str | Path, seed: int = 0, n_particles: int = 10,
 
     comm = MPI.COMM_WORLD
     output = Path(output)
-    data = output / "data" / f"twins_seed{seed}_n{n_particles}.h5"
+    # beside the run folder, not inside: a run replaces its output folder as a whole
+    data = output.with_name(f"{output.name}-data") / f"twins_seed{seed}_n{n_particles}.h5"
     exists = comm.bcast(data.exists() if comm.rank == 0 else None, root=0)
     if not exists:
         make_default_dataset(data, seed=seed, n_particles=n_particles, comm=comm)

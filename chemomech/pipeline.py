@@ -15,8 +15,8 @@
    `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt`
    (`chemomech.analysis.report`).
 
-Each output file is written atomically; `summary.json` is written last, so its presence
-marks a complete run.
+The run writes into ``OUTPUT.partial-<id>/``, renamed over ``OUTPUT`` only when complete
+(see `run`): a folder holds exactly one complete run or none.
 """
 
 from __future__ import annotations
@@ -37,11 +37,19 @@ from chemomech.correlative.frames import (
     strain_crystal_from_image,
 )
 from chemomech.correlative.prepared import PreparedParticle, prepare_particle, used_pixels
+from chemomech.exceptions import ConfigError
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
+from chemomech.io.parallel import describe, signals_deferred, stage
 from chemomech.io.readers import read_data
-from chemomech.io.results import versions, write_json_atomic, write_text_atomic
-from chemomech.io.stack import ParticleData
+from chemomech.io.results import (
+    CHECKPOINTS,
+    RunFolder,
+    versions,
+    write_json_atomic,
+    write_text_atomic,
+)
+from chemomech.io.stack import ParticleData, check_interior
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import Material
 
@@ -114,11 +122,43 @@ class M1Outcome:
     selection: object | None  # chemomech.inverse.selection.DegreeSelection
     images: dict[str, dict[str, np.ndarray]]  # name -> model maps (rank 0 only)
     timings_s: dict[str, float]
+    model: object | None = None  # the M1Model (factorised operators; reused by M2)
+    meshes: list | None = None  # this rank's ParticleMesh es
+    particle_indices: list[int] | None = None  # their indices in `prepared`
+
+
+def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MPI.Comm,
+                    config: RunConfig, setups: list, meshes: list) -> None:
+    """Mesh this rank group's particles and append their M1 setups; errors name the particle."""
+    from chemomech.exceptions import InputError
+    from chemomech.inverse.problem import particle_setup
+    from chemomech.mechanics.mesh import mesh_from_mask
+
+    for k in mine:
+        p = prepared[k]
+        logger.info("meshing %s (%d pixels, h = %.3g nm)", p.data.name, int(p.data.mask.sum()),
+                    p.data.pixel_size_nm)
+        try:
+            pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
+                                mesh_size_px=config.mesh.size_px,
+                                simplify_tol_px=config.mesh.simplify_tol_px,
+                                min_island_px=config.mesh.min_island_px)
+        except InputError as err:
+            raise InputError(f"particle {p.data.name!r}: {err}", path=p.data.file) from None
+        meshes.append(pm)
+        data = ({"displacement": p.displacement} if config.misfit == "displacement" else
+                {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
+        setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
+                                     edge_exclusion_px=config.edge_exclusion_px,
+                                     fe_degree=config.mesh.fe_degree,
+                                     boundary_condition=config.boundary_condition,
+                                     boundary_displacement=p.displacement,
+                                     fragmented_data=config.fragmented_data, **data))
 
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
     """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
-    from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+    from chemomech.inverse.problem import M1Model, split_for_particles
     from chemomech.inverse.selection import select_degree
     from chemomech.inverse.uncertainty import (
         fit_covariance,
@@ -128,28 +168,12 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     from chemomech.inverse.verify import verify_gradient
     from chemomech.mechanics.fields import model_maps
     from chemomech.mechanics.forms import epsilon
-    from chemomech.mechanics.mesh import mesh_from_mask
 
     t0 = time.perf_counter()
     group, mine = split_for_particles(comm, len(prepared))
     setups, meshes = [], []
-    for k in mine:
-        p = prepared[k]
-        logger.info("meshing %s (%d pixels, h = %.3g nm)", p.data.name, int(p.data.mask.sum()),
-                    p.data.pixel_size_nm)
-        pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
-                            mesh_size_px=config.mesh.size_px,
-                            simplify_tol_px=config.mesh.simplify_tol_px,
-                            min_island_px=config.mesh.min_island_px)
-        meshes.append(pm)
-        data = ({"displacement": p.displacement} if config.misfit == "displacement" else
-                {"strain": np.stack([p.strain_image[k] for k in ("e_xx", "e_yy", "e_xy")], -1)})
-        setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
-                                     edge_exclusion_px=config.edge_exclusion_px,
-                                     fe_degree=config.mesh.fe_degree,
-                                     boundary_condition=config.boundary_condition,
-                                     boundary_displacement=p.displacement,
-                                     fragmented_data=config.fragmented_data, **data))
+    with stage("meshing", comm):
+        _mesh_particles(prepared, mine, group, config, setups, meshes)
     t_mesh = time.perf_counter() - t0
     material = Material(**config.material_options())
     gauge = config.gauge_object()
@@ -203,45 +227,114 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
     images = {k: v for d in (gathered or []) for k, v in d.items()}
     timings = {"mesh": t_mesh, "m1_total": time.perf_counter() - t0}
-    return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings)
+    return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings,
+                     model, meshes, mine)
 
 
-def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
-    """Run the configured inversion; returns the summary on rank 0 (None elsewhere)."""
+def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = False
+        ) -> dict | None:
+    """Run the configured inversion; returns the summary on rank 0 (None elsewhere).
+
+    The run writes into ``OUTPUT.partial-<id>/`` and replaces ``OUTPUT`` with it only when it
+    is complete (`chemomech.io.results.RunFolder`: the old run becomes ``OUTPUT.previous``, a
+    failed run ``OUTPUT.failed`` whose log.txt ends with the error; a second run into the same
+    output fails at once).  Every TAO call is checkpointed; `resume` continues the newest
+    killed or failed run from its checkpoints (`chemomech.inverse.optimise.checkpointing`).
+    An error on any rank ends the run on every rank (`chemomech.io.parallel`)."""
+    from chemomech.inverse.optimise import checkpointing
+
     t_start = time.perf_counter()
-    out = Path(config.output)
+    with stage("checking the inputs", comm):  # before the output folder is touched
+        for entry in config.data:
+            for path in entry if isinstance(entry, list) else [entry]:
+                if not Path(path).exists():
+                    raise ConfigError(f"data: no such file {path}")
+    folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
+    with stage("opening the output folder", comm):
+        if folder is not None:
+            folder.open()
+    work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
     package_logger = logging.getLogger("chemomech")
     level = package_logger.level
     handler = None
-    if comm.rank == 0:  # progress and the log file on rank 0 only
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "log.txt", mode="w")
+    if folder is not None:  # progress and the log file on rank 0 only
+        handler = logging.FileHandler(work / "log.txt", mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                "%(message)s"))
         handler.setLevel(logging.INFO)
         package_logger.addHandler(handler)
         if package_logger.getEffectiveLevel() > logging.INFO:
             package_logger.setLevel(logging.INFO)
+        _resume_note(folder, config, work)
     try:
-        return _run(config, comm, out, t_start)
+        with checkpointing(work / CHECKPOINTS) as store:
+            summary = _run(config, comm, work, t_start)
+        if store.replayed and comm.rank == 0:
+            logger.info("%d TAO evaluation(s) taken from the checkpoints", store.replayed)
+        with stage("replacing the output folder", comm), signals_deferred():
+            if folder is not None:
+                logger.info("results in %s", folder.output)
+                _close_log(package_logger, handler)
+                handler = None
+                folder.commit()
+        return summary
+    except BaseException as exc:
+        if folder is not None:
+            if handler is not None:  # the error is the last line of log.txt
+                handler.handle(package_logger.makeRecord(
+                    package_logger.name, logging.ERROR, __file__, 0, "%s", (describe(exc),),
+                    None))
+            _close_log(package_logger, handler)
+            handler = None
+            folder.fail()
+        raise
     finally:
-        if handler is not None:
-            package_logger.removeHandler(handler)
-            package_logger.setLevel(level)
-            handler.close()
+        _close_log(package_logger, handler)
+        package_logger.setLevel(level)
+        if folder is not None:
+            folder.close()
+
+
+def _close_log(package_logger: logging.Logger, handler: logging.Handler | None) -> None:
+    if handler is not None:
+        package_logger.removeHandler(handler)
+        handler.close()
+
+
+def _resume_note(folder: RunFolder, config: RunConfig, work: Path) -> None:
+    """Keep checkpoints only for the same configuration; log what is resumed (rank 0)."""
+    import shutil
+
+    key = dump_config(config.model_copy(update={"output": Path("-")}))
+    checkpoints, key_file = work / CHECKPOINTS, work / CHECKPOINTS / "config.yaml"
+    if folder.resume:
+        if folder.resumed_from is None:
+            logger.warning("--resume: no checkpoint of an earlier run into %s; starting afresh",
+                           folder.output)
+        elif not key_file.exists() or key_file.read_text() != key:
+            logger.warning("--resume: the checkpoints in %s are of another configuration; "
+                           "starting afresh", folder.resumed_from)
+            shutil.rmtree(checkpoints)
+        else:
+            logger.info("resuming from the checkpoints of %s", folder.resumed_from)
+    write_text_atomic(key_file, key)
 
 
 def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict | None:
     rank0 = comm.rank == 0
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    particles = load_particles(config)
-    if rank0:
-        logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
-                    len(particles), ", ".join(p.name for p in particles), config.model,
-                    config.legendre_degree, config.misfit, comm.size)
-    prepared = [prepare(p, config) for p in particles]
-    check_inversion_data(prepared, config)
+    with stage("reading the data", comm):
+        particles = load_particles(config)
+        if config.model in ("M1", "M2"):
+            for p in particles:
+                check_interior(p)
+        if rank0:
+            logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
+                        len(particles), ", ".join(p.name for p in particles), config.model,
+                        config.legendre_degree, config.misfit, comm.size)
+        prepared = [prepare(p, config) for p in particles]
+        check_inversion_data(prepared, config)
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -253,24 +346,26 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         timings |= m1.timings_s
     m2 = None
     if config.model == "M2":
-        from chemomech.dislocations.run import run_m2
+        from chemomech.dislocations.run import M1Stage, run_m2
 
-        m2 = run_m2(prepared, config, comm, m1_result=m1)
+        m1_stage = M1Stage(m1.particle_indices, m1.meshes, m1.model, m1.fit.coefficients)
+        m2 = run_m2(prepared, config, comm, m1=m1_stage)
         timings |= m2.timings_s
-    if not rank0:
-        return None
-
-    t = time.perf_counter()
-    residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2), config.edge_exclusion_px)
-                 for p in prepared}
-    summary = _summarise(config, prepared, m0, m1, m2, residuals)
-    summary["timings_s"] = timings | {"report": 0.0, "total": time.perf_counter() - t_start}
-    _write_outputs(config, out, prepared, m1, m2, residuals, summary)
-    summary["timings_s"]["report"] = time.perf_counter() - t
-    summary["timings_s"]["total"] = time.perf_counter() - t_start
-    write_json_atomic(out / "summary.json", summary)
-    logger.info("done in %.1f s: model error %s; results in %s", summary["timings_s"]["total"],
-                ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()), out)
+    summary = None
+    with stage("writing the results", comm):
+        if rank0:
+            t = time.perf_counter()
+            residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2),
+                                                 config.edge_exclusion_px) for p in prepared}
+            summary = _summarise(config, prepared, m0, m1, m2, residuals)
+            summary["timings_s"] = timings | {"report": 0.0,
+                                              "total": time.perf_counter() - t_start}
+            _write_outputs(config, out, prepared, m1, m2, residuals, summary)
+            summary["timings_s"]["report"] = time.perf_counter() - t
+            summary["timings_s"]["total"] = time.perf_counter() - t_start
+            write_json_atomic(out / "summary.json", summary)
+            logger.info("done in %.1f s: model error %s", summary["timings_s"]["total"],
+                        ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()))
     return summary
 
 
@@ -305,10 +400,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
     level = config.band_level
     m0_coeffs = np.r_[m0.coefficients_a, m0.coefficients_c]
     m0_curve = eigenstrain_band(m0_coeffs, m0.covariance, X, level)
-    if m2 is not None:
-        # conditional on the slip fields: M1's covariance scaled by the M2 residual
-        coeffs, degree = m2.fit.coefficients, m2.fit.degree
-        cov = m1.covariance * m2.fit.misfit / max(m1.fit.cost, 1e-300)
+    if m2 is not None:  # joint (a, gamma) Gauss-Newton covariance, or None: no M2 band
+        coeffs, degree, cov = m2.fit.coefficients, m2.fit.degree, m2.covariance
     elif m1 is not None:
         coeffs, cov, degree = m1.fit.coefficients, m1.covariance, m1.fit.degree
     else:
@@ -340,9 +433,9 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         "legendre_degree": int(degree),
         "reference": "LiFePO4",
         "coefficients": {"a": list(map(float, coeffs[:n])), "c": list(map(float, coeffs[n:]))},
-        "covariance": np.asarray(cov).tolist(),
-        "eigenstrain_curve": band_to_lists(eigenstrain_band(coeffs, cov, X, level)),
-        "derivative_curve": band_to_lists(derivative_band(coeffs, cov, X, level)),
+        "covariance": None if cov is None else np.asarray(cov).tolist(),
+        "eigenstrain_curve": _curve(eigenstrain_band, coeffs, cov, X, level),
+        "derivative_curve": _curve(derivative_band, coeffs, cov, X, level),
         "model_error": model_errors[main],
         "model_errors": model_errors,
         "residual_incompatibility_rms": float(np.nanmean(
@@ -374,6 +467,14 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                            "rule": m1.selection.rule,
                                            "table": m1.selection.table}
     return summary
+
+
+def _curve(band, coeffs, cov, X, level) -> dict[str, list[float]]:
+    """The curve with its band, or without band keys when there is no covariance."""
+    if cov is None:
+        values = band(coeffs, np.zeros((len(coeffs), len(coeffs))), X, level)
+        return band_to_lists({k: values[k] for k in ("X", "a", "c")})
+    return band_to_lists(band(coeffs, cov, X, level))
 
 
 def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
@@ -426,11 +527,20 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
             maps |= {"elastic_aa": elastic["e_aa"] - maps["eigenstrain_aa"],
                      "elastic_cc": elastic["e_cc"] - maps["eigenstrain_cc"],
                      "elastic_ac": elastic["e_ac"]}
-        if m2 is not None:
+        if m2 is not None:  # M2's fields in its lattice convention: measured lattice strain
+            # = eigenstrain + elastic + residual; total strain = lattice + plastic
             from chemomech.analysis.report import plot_density_map
 
-            slip = {k: v for k, v in m2.images[name].items()
-                    if k.startswith(("gamma_", "density_"))}
+            m2_maps = m2.images[name]
+            maps |= {"u_x": m2_maps["u_x"], "u_y": m2_maps["u_y"]}
+            for kind, prefix in (("lattice", "e"), ("plastic", "plastic")):
+                c = strain_crystal_from_image(m2_maps[f"{prefix}_xx"], m2_maps[f"{prefix}_yy"],
+                                              m2_maps[f"{prefix}_xy"], p.data.rotation_rad)
+                maps |= {f"{kind}_{k[2:]}": v for k, v in c.items()}
+            maps |= {"elastic_aa": maps["lattice_aa"] - maps["eigenstrain_aa"],
+                     "elastic_cc": maps["lattice_cc"] - maps["eigenstrain_cc"],
+                     "elastic_ac": maps["lattice_ac"]}
+            slip = {k: v for k, v in m2_maps.items() if k.startswith(("gamma_", "density_"))}
             maps |= slip
             plot_density_map(slip["density_total"], p.data.X, used, p.data.pixel_size_nm,
                              figures / f"density_{name}.png",

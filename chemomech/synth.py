@@ -22,10 +22,11 @@ A twin is made in four steps, each a function of this module:
    (b = [001], plane (100): s = crystal c, n = crystal a) with a Gaussian band of slip
    :math:`\gamma = \gamma_0 \exp(-s^2 / 2\ell^2)` along the phase boundary.  The clean X
    (and gamma) images are carried onto P1 as the inversion carries measured X
-   (chemomech.mechanics.fields.image_to_function, L2 projection).  The displacement gradient
-   is sampled
-   at the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
-   :math:`H_{cr} = R^T \nabla u\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
+   (chemomech.mechanics.fields.image_to_function, L2 projection).  What 4D-STEM measures is
+   the lattice distortion :math:`H = \nabla u - \gamma\,\hat s\otimes\hat n` (slip moves
+   material without distorting the lattice; without slip :math:`H = \nabla u`), sampled at
+   the pixel centres and stored in the crystal frame with theta_sign = +1, i.e.
+   :math:`H_{cr} = R^T H\, R = [[e_{aa}, e_{ac} + \theta], [e_{ac} - \theta, e_{cc}]]`
    (DESIGN §2, chemomech.io.stack): :math:`\theta = (\partial_c u_a - \partial_a u_c)/2
    = -(\partial_x u_y - \partial_y u_x)/2`, the clockwise lattice rotation.  The frame check
    (chemomech.correlative.frames.frame_check) finds exactly this frame as the most compatible.
@@ -50,7 +51,7 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,6 +200,13 @@ def _long_axis(spec: ParticleSpec) -> np.ndarray:
 def platelet_mask(spec: ParticleSpec, rng: np.random.Generator | None = None,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Mask [i, j] of the platelet |xi/A|^p + |eta/B|^p <= 1 minus voids, and its centre (nm)."""
+    mask, centre, _ = platelet_geometry(spec, rng)
+    return mask, centre
+
+
+def platelet_geometry(spec: ParticleSpec, rng: np.random.Generator | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, ...]]]:
+    """`platelet_mask` plus the voids as ellipses (cx, cy, rx, ry, angle) (nm, rad, image frame)."""
     h = spec.pixel_size_nm
     A, B, p = spec.length_nm / 2.0, spec.width_nm / 2.0, spec.outline_exponent
     long_axis = _long_axis(spec)
@@ -217,18 +225,21 @@ def platelet_mask(spec: ParticleSpec, rng: np.random.Generator | None = None,
     xi_p = dx * long_axis[0] + dy * long_axis[1]
     eta_p = dx * short_axis[0] + dy * short_axis[1]
     mask = np.abs(xi_p / A) ** p + np.abs(eta_p / B) ** p <= 1.0
+    voids: list[tuple[float, ...]] = []
     if spec.n_voids:
         rng = rng if rng is not None else _generators(spec)[0]
-        mask = _carve_voids(mask, spec, rng)
-    return mask, centre
+        mask, voids = _carve_voids(mask, spec, rng)
+    return mask, centre, voids
 
 
-def _carve_voids(mask: np.ndarray, spec: ParticleSpec, rng: np.random.Generator) -> np.ndarray:
+def _carve_voids(mask: np.ndarray, spec: ParticleSpec, rng: np.random.Generator,
+                 ) -> tuple[np.ndarray, list[tuple[float, ...]]]:
     """Cut `spec.n_voids` elliptical holes, each >= 3 px from the edge and from each other."""
     h = spec.pixel_size_nm
     x, y = _image_coordinates(mask.shape, h)
     out = mask.copy()
     clearance = 3.0 * h
+    voids = []
     for k in range(spec.n_voids):
         radius = rng.uniform(*spec.void_radius_nm)
         aspect = rng.uniform(1.0, 1.5)
@@ -245,7 +256,8 @@ def _carve_voids(mask: np.ndarray, spec: ParticleSpec, rng: np.random.Generator)
         u = (x - cx) * ca + (y - cy) * sa
         v = -(x - cx) * sa + (y - cy) * ca
         out &= (u / (aspect * radius)) ** 2 + (v / radius) ** 2 > 1.0
-    return out
+        voids.append((cx, cy, aspect * radius, radius, angle))
+    return out, voids
 
 
 # --------------------------------------------------------------------------- composition
@@ -265,6 +277,18 @@ def _mask_centroid(mask: np.ndarray, h: float) -> np.ndarray:
 
 def interface_distance(mask: np.ndarray, spec: ParticleSpec) -> np.ndarray:
     """Signed distance s (nm, > 0 on the Li-rich side) of each pixel centre to the interface."""
+    x, y = _image_coordinates(mask.shape, spec.pixel_size_nm)
+    return signed_distance(x, y, *interface_plane(mask, spec))
+
+
+def signed_distance(x, y, point: np.ndarray, normal: np.ndarray):
+    """s = n . ((x, y) - point) (nm): signed distance to the plane through `point` (numpy, UFL)."""
+    return (x - point[0]) * normal[0] + (y - point[1]) * normal[1]
+
+
+def interface_plane(mask: np.ndarray, spec: ParticleSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A point (nm, image frame) of the phase boundary and its unit normal (into the Li-rich
+    phase), placed so that the mean of X over the pixel centres of `mask` equals `mean_X`."""
     if not spec.phase_separated:
         raise InputError(f"particle {spec.name!r} (mean X {spec.mean_X}) is single phase: "
                          "it has no interface", field="mean_X")
@@ -285,23 +309,38 @@ def interface_distance(mask: np.ndarray, spec: ParticleSpec) -> np.ndarray:
         raise InputError(f"mean X {spec.mean_X} of particle {spec.name!r} is not between the "
                          f"phases {spec.x_poor} and {spec.x_rich}", field="mean_X")
     offset = optimize.brentq(mean_minus_target, -reach, reach, xtol=1e-9 * w)
-    return along - offset
+    return centroid + offset * n, n
+
+
+def composition_function(mask: np.ndarray, spec: ParticleSpec) -> Callable:
+    """Clean Li fraction as a function X(x, y, tanh=np.tanh) of image coordinates (nm).
+
+    Works on numpy arrays and, with ``tanh=ufl.tanh``, on UFL expressions (the independent
+    twin generator, chemomech.twins, evaluates it at quadrature points).  Its mean over the
+    pixel centres of `mask` is `spec.mean_X`.
+    """
+    if spec.phase_separated:
+        point, n = interface_plane(mask, spec)
+        jump, w = spec.x_rich - spec.x_poor, spec.interface_width_nm
+
+        def two_phase(x, y, tanh=np.tanh):
+            return spec.x_poor + jump * 0.5 * (1.0 + tanh(2.0 * signed_distance(x, y, point, n)
+                                                          / w))
+        return two_phase
+    x, y = _image_coordinates(mask.shape, spec.pixel_size_nm)
+    centroid = _mask_centroid(mask, spec.pixel_size_nm)
+    n = _interface_normal(spec)
+    reach = float(np.abs(signed_distance(x, y, centroid, n)[mask]).max())
+    amplitude = min(spec.single_phase_gradient, spec.mean_X, 1.0 - spec.mean_X)
+
+    def single_phase(x, y, tanh=None):
+        return spec.mean_X + amplitude * signed_distance(x, y, centroid, n) / reach
+    return single_phase
 
 
 def composition_field(mask: np.ndarray, spec: ParticleSpec) -> np.ndarray:
     """Clean Li fraction X [i, j] (whole image), its mean over the mask equal to `spec.mean_X`."""
-    if spec.phase_separated:
-        s = interface_distance(mask, spec)
-        jump = spec.x_rich - spec.x_poor
-        return spec.x_poor + jump * 0.5 * (1.0 + np.tanh(2.0 * s / spec.interface_width_nm))
-    h = spec.pixel_size_nm
-    x, y = _image_coordinates(mask.shape, h)
-    centroid = _mask_centroid(mask, h)
-    n = _interface_normal(spec)
-    along = (x - centroid[0]) * n[0] + (y - centroid[1]) * n[1]
-    reach = float(np.abs(along[mask]).max())
-    amplitude = min(spec.single_phase_gradient, spec.mean_X, 1.0 - spec.mean_X)
-    return spec.mean_X + amplitude * along / reach
+    return composition_function(mask, spec)(*_image_coordinates(mask.shape, spec.pixel_size_nm))
 
 
 def slip_field(mask: np.ndarray, spec: ParticleSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -339,11 +378,16 @@ def _to_image(values: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -
     return image
 
 
-def _slip_tensor(rotation_rad: float) -> np.ndarray:
-    """sym(s (x) n) in the image frame for system D: s = crystal c, n = crystal a."""
+def _slip_distortion(rotation_rad: float) -> np.ndarray:
+    """beta_p / gamma = s (x) n in the image frame for system D: s = crystal c, n = crystal a."""
     R = rotation_matrix(rotation_rad)
-    s, n = R[:, 1], R[:, 0]
-    return 0.5 * (np.outer(s, n) + np.outer(n, s))
+    return np.outer(R[:, 1], R[:, 0])
+
+
+def _slip_tensor(rotation_rad: float) -> np.ndarray:
+    """sym(s (x) n) in the image frame for system D (the plastic strain per unit slip)."""
+    beta = _slip_distortion(rotation_rad)
+    return 0.5 * (beta + beta.T)
 
 
 def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> ParticleData:
@@ -390,7 +434,11 @@ def simulate_particle(spec: ParticleSpec, comm: MPI.Comm | None = None) -> Parti
     indices = particle_mesh.pixel_indices()
     sampler = PixelSampler(problem.V, particle_mesh.pixel_points_nm())
     u_px = sampler.gather(sampler(u))
-    grad_px = sampler.gather(sample_expression(ufl.grad(u), sampler).reshape(-1, 4))
+    lattice = ufl.grad(u)
+    if has_slip:  # what 4D-STEM measures: the lattice distortion grad u - gamma s (x) n
+        lattice = lattice - gamma_fn * ufl.as_matrix(_slip_distortion(spec.rotation_rad).tolist())
+    degree = max(spec.fe_degree - 1, 1) if has_slip else None  # exact for P1 gamma
+    grad_px = sampler.gather(sample_expression(lattice, sampler, degree).reshape(-1, 4))
     u_px, grad_px = comm.bcast((u_px, grad_px), root=0)
     clean = _decompose_crystal(grad_px.reshape(-1, 2, 2), spec.rotation_rad, theta_sign=1)
     clean = {name: _to_image(values, indices, mask.shape) for name, values in clean.items()}
@@ -491,9 +539,11 @@ def default_specs(seed: int = 0, n_particles: int = 10, *, noise_strain: float =
 
 
 def simulate_dataset(specs: Sequence[ParticleSpec], comm: MPI.Comm | None = None,
-                     ) -> list[ParticleData] | None:
+                     independent=None) -> list[ParticleData] | None:
     """Twins of `specs`, dealt round-robin over the ranks (each solved on COMM_SELF).
 
+    `independent`: None for this module's generator (the inversion's own discretisation), or
+    a `chemomech.twins.TwinOptions` for the independent generator.
     Returns the particles in the order of `specs` on rank 0, None on the other ranks.
     A failure on any rank is raised on every rank.
     """
@@ -504,7 +554,13 @@ def simulate_dataset(specs: Sequence[ParticleSpec], comm: MPI.Comm | None = None
     for index in progress(range(comm.rank, len(specs), comm.size), "synthesis (rank 0's share)",
                           rank=comm.rank, log=logger):
         try:
-            mine.append((index, simulate_particle(specs[index], MPI.COMM_SELF)))
+            if independent is None:
+                particle = simulate_particle(specs[index], MPI.COMM_SELF)
+            else:
+                from chemomech.twins import simulate_independent
+
+                particle = simulate_independent(specs[index], independent)
+            mine.append((index, particle))
         except Exception as exc:  # re-raised collectively below
             error = f"particle {specs[index].name}: {type(exc).__name__}: {exc}"
             logger.error("synthesis failed on rank %d: %s", comm.rank, error)
@@ -520,8 +576,10 @@ def simulate_dataset(specs: Sequence[ParticleSpec], comm: MPI.Comm | None = None
 
 
 def make_default_dataset(path: str | Path, seed: int = 0, n_particles: int = 10,
-                         comm: MPI.Comm | None = None, **options) -> Path:
+                         comm: MPI.Comm | None = None, independent=None, **options) -> Path:
     """Write the default twin dataset (`default_specs(seed, n_particles, **options)`) to `path`.
+
+    `independent`: a `chemomech.twins.TwinOptions` to use the independent generator.
 
     Deterministic: the same seed and package version give the same particles whatever the
     number of MPI ranks (each is solved on COMM_SELF, dealt round-robin; rank 0 writes): mask,
@@ -540,7 +598,7 @@ def make_default_dataset(path: str | Path, seed: int = 0, n_particles: int = 10,
     if comm.rank == 0:
         logger.info("synthesising %d twin particles (seed %d) on %d rank(s)", len(specs), seed,
                     comm.size)
-    particles = simulate_dataset(specs, comm)
+    particles = simulate_dataset(specs, comm, independent)
     error = None
     if comm.rank == 0:
         for p in particles:
@@ -590,12 +648,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Lagrange degree of the displacement (default 1)")
     parser.add_argument("--mesh-size", type=float, default=1.0,
                         help="target element size in pixels (default 1)")
+    parser.add_argument("--generator", choices=("model", "independent"), default="model",
+                        help="'model': the inversion's own discretisation (mesh of the pixel "
+                             "mask, P1 X); 'independent': chemomech.twins (smooth outline, "
+                             "P2 on h/k, pointwise X, pixel-averaged strain) (default model)")
+    parser.add_argument("--supersample", type=float, default=3.0,
+                        help="independent: element size pixel/k (default 3)")
+    parser.add_argument("--blur", type=float, default=0.0,
+                        help="independent: Gaussian std of the X blur in px (default 0)")
+    parser.add_argument("--shift", type=float, nargs=2, default=(0.0, 0.0), metavar=("DI", "DJ"),
+                        help="independent: misregistration of X against strain, px (default 0 0)")
+    parser.add_argument("--stiffness", choices=("average", "mixed"), default="average",
+                        help="independent: constant mean stiffness or C(X) (default average)")
 
 
 def run_synth(args: argparse.Namespace) -> int:
     """`chemomech synth`: write the twin dataset described by `args` (see add_arguments)."""
+    independent = None
+    if args.generator == "independent":
+        from chemomech.twins import TwinOptions
+
+        if args.slip:
+            raise InputError("--slip is not modelled by --generator independent",
+                             field="generator")
+        independent = TwinOptions(supersample=args.supersample, degree=max(args.fe_degree, 2),
+                                  blur_px=args.blur, shift_px=tuple(args.shift),
+                                  stiffness=args.stiffness)
+    elif (args.blur, tuple(args.shift), args.stiffness) != (0.0, (0.0, 0.0), "average"):
+        raise InputError("--blur, --shift and --stiffness need --generator independent",
+                         field="generator")
     make_default_dataset(
-        args.output, seed=args.seed, n_particles=args.particles,
+        args.output, seed=args.seed, n_particles=args.particles, independent=independent,
         noise_strain=args.noise_strain, noise_composition=args.noise_composition,
         interface_width_nm=args.interface_width,
         slip_amplitude=args.slip_amplitude if args.slip else 0.0,

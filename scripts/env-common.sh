@@ -9,15 +9,19 @@ chemomech_root_dir() {
   echo "$cache/sid-$key"
 }
 
-# chemomech_chroot ROOT REPO CMD...: run CMD inside ROOT with private mounts.
+# chemomech_chroot [--exec] ROOT REPO CMD...: run CMD inside ROOT with private mounts.
 # /proc, /dev, /sys, /tmp, the clone and its sibling ../shared appear at their host paths;
 # the mounts belong to a private mount namespace and vanish with the process.
+# With --exec the calling shell is replaced (unshare, bash and chroot exec in turn), so CMD
+# keeps the caller's PID and receives its signals (SIGTERM from kill or a batch scheduler).
 chemomech_chroot() {
+  local run=()
+  if [[ $1 == --exec ]]; then run=(exec); shift; fi
   local root=$1 repo=$2; shift 2
   local shared
   shared=$(cd "$repo/.." && pwd)/shared
-  unshare --mount --propagation private -- bash -c "$_CHEMOMECH_CHROOT_SCRIPT" chroot \
-    "$root" "$repo" "$shared" "$PWD" "$@"
+  "${run[@]}" unshare --mount --propagation private -- bash -c "$_CHEMOMECH_CHROOT_SCRIPT" \
+    chroot "$root" "$repo" "$shared" "$PWD" "$@"
 }
 
 _CHEMOMECH_CHROOT_SCRIPT='

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("dolfinx")
-
-from chemomech.cli import COMMANDS, build_parser, main  # noqa: E402
-from chemomech.io.stack import read_stack  # noqa: E402
+from chemomech.cli import COMMANDS, build_parser, main
+from chemomech.io.stack import read_stack
 
 
 def test_every_subcommand_has_help(capsys):
@@ -37,3 +35,109 @@ def test_domain_errors_exit_2_with_the_reason(tmp_path, caplog):
     config.write_text("data: x.h5\nmodel: M2\nboundary_condition: dirichlet\n")  # M1 only
     assert main(["invert", str(config)]) == 2
     assert "boundary_condition" in caplog.text
+
+
+# ----------------------------------------------------------------- faults a new user meets
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.io  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mat_copy(real_particle_path, path, change):
+    """A copy of the reference .mat with `change(variables)` applied."""
+    data = {k: v for k, v in scipy.io.loadmat(real_particle_path).items()
+            if not k.startswith("__")}
+    change(data)
+    scipy.io.savemat(path, data)
+    return path
+
+
+def test_keep_largest_works_for_mat_input_and_the_error_names_the_flag(real_particle_path,
+                                                                       tmp_path, caplog):
+    def add_debris(d):  # a 3x3 blob above the particle (rows 8-219), off the border
+        for key in ("FP", "LFP"):
+            d[key][2:5, 60:63] = 1.0
+
+    mat = _mat_copy(real_particle_path, tmp_path / "debris.mat", add_debris)
+    stack = tmp_path / "s.h5"
+    assert main(["import", str(mat), "-o", str(stack)]) == 2
+    assert "fragmented into 2" in caplog.text and "--keep-largest" in caplog.text
+    assert not stack.exists()
+    assert main(["import", str(mat), "-o", str(stack), "--keep-largest"]) == 0
+    (particle,) = read_stack(stack)
+    assert particle.mask.sum() == 14490
+
+
+def test_a_mask_touching_the_border_is_refused_at_import_naming_file_and_particle(
+        real_particle_path, tmp_path, caplog):
+    def crop(d):  # the particle reaches column 2: cut 5 columns off
+        for key, value in d.items():
+            if np.ndim(value) == 2 and value.shape == (225, 125):
+                d[key] = value[:, 5:]
+
+    mat = _mat_copy(real_particle_path, tmp_path / "cropped.mat", crop)
+    assert main(["import", str(mat), "-o", str(tmp_path / "s.h5")]) == 2
+    assert "cropped.mat" in caplog.text and "particle 'cropped' touches the image border" \
+        in caplog.text
+
+
+def test_file_system_errors_are_one_line_with_status_2(real_particle_path, tmp_path, caplog):
+    (tmp_path / "file").write_text("x")
+    assert main(["import", str(real_particle_path), "-o", str(tmp_path / "file" / "s.h5")]) == 2
+    assert "file/s.h5" in caplog.text or "file" in caplog.text.splitlines()[-1]
+    assert "Traceback" not in caplog.text
+
+
+def _python(code: str) -> subprocess.Popen:
+    return subprocess.Popen([str(REPO / "scripts" / "in-env"), sys.executable, "-c", code],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+def test_sigterm_to_the_wrapper_stops_the_worker():
+    """scripts/in-env execs into the command: same PID, so the signal reaches the worker."""
+    proc = _python("import os, sys, time\nprint(os.getpid(), flush=True)\ntime.sleep(120)\n"
+                   "print('worker still running', flush=True)")
+    worker = int(proc.stdout.readline())
+    assert worker == proc.pid
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM and "still running" not in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+
+
+def test_sigint_prints_one_line_and_removes_the_temporary_file(real_particle_path, tmp_path):
+    """SIGINT (and SIGTERM, handled the same) while a stack file is being written."""
+    code = (
+        "import sys, time\n"
+        "import chemomech.io.stack as stack\n"
+        "from chemomech.cli import main\n"
+        "write = stack._write_particle\n"
+        "def slow(group, p):\n"
+        "    write(group, p)\n"
+        "    print('writing', group.file.filename, flush=True)\n"
+        "    t = time.time()\n"
+        "    while time.time() - t < 60:  # busy, like h5py compressing a large map\n"
+        "        pass\n"
+        "stack._write_particle = slow\n"
+        f"sys.exit(main(['import', {str(real_particle_path)!r}, '-o', "
+        f"{str(tmp_path / 's.h5')!r}]))\n")
+    proc = _python(code)
+    line = proc.stdout.readline()
+    assert line.startswith("writing"), proc.stderr.read()
+    tmp = Path(line.split()[1])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert err.strip().splitlines()[-1].endswith("interrupted by SIGINT"), err
+    assert "Traceback" not in err
+    assert not tmp.exists() and list(tmp_path.iterdir()) == []

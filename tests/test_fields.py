@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ufl
+from dolfinx import fem
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.mechanics.fields import PixelSampler, image_to_function, sample_expression  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
+from chemomech.exceptions import InputError
+from chemomech.mechanics.fields import PixelSampler, image_to_function, sample_expression
+from chemomech.mechanics.mesh import mesh_from_mask
 
 H = 3.0
 

@@ -8,19 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dolfinx
 import numpy as np
 import pytest
+import ufl
+from dolfinx import fem
+from dolfinx import mesh as dmesh
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-from dolfinx import mesh as dmesh  # noqa: E402
-
-from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem  # noqa: E402
-from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem
+from chemomech.mechanics.materials import Material
 
 ROOT = Path(__file__).resolve().parents[1]
 UFL_FILE = ROOT / "forms" / "elasticity.py"
@@ -52,8 +50,21 @@ def test_ffcx_compiles_the_elasticity_forms_to_valid_c(tmp_path):
     assert (tmp_path / "elasticity.o").stat().st_size > 0
 
 
+def test_the_ufl_file_is_standalone():
+    """forms/elasticity.py imports no chemomech code: the comparison below is not circular."""
+    import ast
+
+    tree = ast.parse(UFL_FILE.read_text())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree)
+               if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert modules == {"basix", "ufl"}
+
+
 def test_plain_ufl_load_equals_the_package_load():
-    """Assemble L of forms/elasticity.py on a real mesh and compare with ElasticityProblem."""
+    """Assemble a and L of forms/elasticity.py on a real mesh and compare with
+    ElasticityProblem's matrix and load vector."""
     ufd = ufl.algorithms.load_ufl_file(str(UFL_FILE))
     names = ufd.object_by_name
     domain = dmesh.create_rectangle(MPI.COMM_SELF, [[0, 0], [3, 2]], [6, 4],
@@ -81,3 +92,12 @@ def test_plain_ufl_load_equals_the_package_load():
     assert np.abs(expected).max() > 1.0
     assert np.allclose(assembled.array, expected, rtol=1e-12, atol=1e-12 * np.abs(
         expected).max())
+
+    bilinear = fem.create_form(
+        fem.compile_form(MPI.COMM_SELF, names["a"]), [problem.V, problem.V], domain,
+        {fem.IntegralType.cell: [(-1, np.arange(n_cells, dtype=np.int32))]}, {},
+        {names["C"]: fem.Constant(domain, C_img)})
+    A = fem.assemble_matrix(bilinear).to_dense()
+    A_package = problem.A.convert("dense").getDenseArray()
+    assert np.abs(A_package).max() > 1.0
+    assert np.allclose(A, A_package, rtol=1e-12, atol=1e-12 * np.abs(A_package).max())

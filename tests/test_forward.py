@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ufl
+from dolfinx import fem
+from dolfinx import mesh as dmesh
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-from dolfinx import mesh as dmesh  # noqa: E402
-
-from chemomech.mechanics.fields import image_to_function  # noqa: E402
-from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm  # noqa: E402
-from chemomech.mechanics.materials import (  # noqa: E402
+from chemomech.mechanics.fields import image_to_function
+from chemomech.mechanics.forms import eigenstrain, epsilon, sigma, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem, dirichlet_from_image, l2_norm
+from chemomech.mechanics.materials import (
     Material,
     isotropic_plane_tensor,
     rotation_matrix,
 )
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
+from chemomech.mechanics.mesh import mesh_from_mask
 
 H = 4.0  # nm per pixel
 
@@ -216,6 +213,7 @@ def test_rotating_crystal_and_geometry_together_rotates_the_solution():
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_distributed_solve_on_a_particle_mesh_equals_serial():
     mask = platelet_mask()
     i, j = np.meshgrid(np.arange(mask.shape[0]), np.arange(mask.shape[1]), indexing="ij")
@@ -266,8 +264,50 @@ def test_dirichlet_from_a_displacement_image_reproduces_affine_data():
         ElasticityProblem(pm.mesh, C, degree=2, bcs=[bc])
 
 
+@pytest.mark.parametrize("degree", [1, 2])
+def test_rigid_modes_are_the_null_space_of_the_traction_free_operator(degree):
+    """PETSc's NullSpace.test(A): A n = 0 for the three rigid modes of the assembled matrix;
+    a non-rigid affine mode (pure shear) is not in the kernel: u^T A u is its exact strain
+    energy, area * C:e:e."""
+    from chemomech.mechanics.forward import rigid_body_modes
+
+    pm = mesh_from_mask(platelet_mask(), H, MPI.COMM_SELF)
+    problem = ElasticityProblem(pm.mesh, stiffness_tensor(Material().image_tensor(0.7)),
+                                degree=degree, solver="lu")
+    nullspace = rigid_body_modes(problem.V)
+    assert nullspace.test(problem.A)
+    assert len(nullspace.getVecs()) == 3
+    shear = fem.Function(problem.V)
+    shear.interpolate(lambda x: np.vstack([x[1], x[0]]))  # symmetric gradient: strained
+    Ashear = problem.A.createVecLeft()
+    problem.A.mult(shear.x.petsc_vec, Ashear)
+    e = np.array([[0.0, 1.0], [1.0, 0.0]])
+    energy = pm.area_nm2 * np.einsum("ijkl,kl,ij", Material().image_tensor(0.7), e, e)
+    assert Ashear.dot(shear.x.petsc_vec) == pytest.approx(energy, rel=1e-10)
+
+
+def _plane_stress_reference(X: float, angle: float) -> np.ndarray:
+    """Image-frame 2x2x2x2 stiffness of C(X) = X C_LFP + (1 - X) C_FP by another route: invert
+    the 6x6 tensor, keep the in-plane compliance (a, c, ac), invert back (plane stress)."""
+    from chemomech.mechanics.materials import voigt_stiffness
+
+    C6 = X * voigt_stiffness("LiFePO4") + (1 - X) * voigt_stiffness("FePO4")
+    S = np.linalg.inv(C6)[np.ix_([0, 2, 4], [0, 2, 4])]  # e_aa, e_cc, 2 e_ac
+    D = np.linalg.inv(S)
+    index = {(0, 0): 0, (1, 1): 1, (0, 1): 2, (1, 0): 2}
+    C = np.zeros((2, 2, 2, 2))
+    for (i, j), m in index.items():
+        for (k, l), n in index.items():
+            C[i, j, k, l] = D[m, n]
+    c, s = np.cos(angle), np.sin(angle)
+    R = np.array([[c, -s], [s, c]])
+    return np.einsum("ip,jq,kr,ls,pqrs->ijkl", R, R, R, R, C)
+
+
 def test_composition_dependent_stiffness():
-    """C(X) with X = 1/2 is the average tensor; with X = 1 it is LiFePO4's."""
+    """C(X) of Material("mixed") equals an independent plane-stress reduction at X = 0.3, 0.8
+    (the reduced moduli are rational in X, so not the average of the phases); at X = 1 the
+    displacement equals LiFePO4's."""
     pm = mesh_from_mask(platelet_mask(hole=False), H, MPI.COMM_SELF)
     Q = fem.functionspace(pm.mesh, ("Lagrange", 1))
     X = fem.Function(Q)
@@ -280,10 +320,13 @@ def test_composition_dependent_stiffness():
         return ElasticityProblem(pm.mesh, C, degree=1, solver="lu").solve(load).x.array.copy()
 
     mixed = Material("mixed")
-    X.x.array[:] = 0.5
-    u_mixed = solve(mixed.ufl_tensor(angle, X))
+    for value in (0.3, 0.8):
+        X.x.array[:] = value
+        expr = fem.Expression(mixed.ufl_tensor(angle, X), np.array([[1 / 3, 1 / 3]]))
+        C_at = expr.eval(pm.mesh, np.array([0], dtype=np.int32)).reshape(2, 2, 2, 2)
+        reference = _plane_stress_reference(value, angle)
+        assert np.allclose(C_at, reference, rtol=1e-12, atol=1e-10 * np.abs(reference).max())
     u_avg = solve(stiffness_tensor(Material("average").image_tensor(angle)))
-    assert np.abs(u_mixed - u_avg).max() < 1e-10 * np.abs(u_avg).max()
     X.x.array[:] = 1.0
     u_lfp = solve(stiffness_tensor(Material("LiFePO4").image_tensor(angle)))
     assert np.abs(solve(mixed.ufl_tensor(angle, X)) - u_lfp).max() < 1e-10 * np.abs(

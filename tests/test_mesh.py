@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import dolfinx
 import numpy as np
 import pytest
+import ufl
+from dolfinx import fem
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-import ufl  # noqa: E402
-from dolfinx import fem  # noqa: E402
-
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.mechanics.mesh import (  # noqa: E402
+from chemomech.exceptions import InputError
+from chemomech.mechanics.mesh import (
     HOLE_TAG,
     OUTER_TAG,
     check_composition,

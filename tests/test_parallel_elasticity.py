@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dolfinx import fem, mesh
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-from dolfinx import fem, mesh  # noqa: E402
-
-from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402
-from chemomech.mechanics.forward import ElasticityProblem, l2_norm  # noqa: E402
-from chemomech.mechanics.materials import Material  # noqa: E402
+from chemomech.mechanics.forms import eigenstrain, stiffness_tensor
+from chemomech.mechanics.forward import ElasticityProblem, l2_norm
+from chemomech.mechanics.materials import Material
 
 
 def _displacement_norm(comm: MPI.Comm, solver: str) -> float:
@@ -29,6 +26,7 @@ def _displacement_norm(comm: MPI.Comm, solver: str) -> float:
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 @pytest.mark.parametrize("solver", ["lu", "gamg"])
 def test_distributed_norm_equals_serial(solver):
     distributed = _displacement_norm(MPI.COMM_WORLD, solver)

@@ -11,6 +11,14 @@ import pytest
 from mpi4py import MPI
 from scipy import ndimage
 
+from chemomech.correlative.frames import (
+    curl_field,
+    frame_check,
+    gradient_image,
+    interior_pixels,
+    smooth_masked,
+)
+from chemomech.io.stack import read_stack, write_stack
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import vegard_misfit
 from chemomech.synth import (
@@ -27,17 +35,6 @@ from chemomech.synth import (
     slip_field,
     vegard_coefficients,
 )
-
-pytest.importorskip("dolfinx")
-
-from chemomech.correlative.frames import (  # noqa: E402
-    curl_field,
-    frame_check,
-    gradient_image,
-    interior_pixels,
-    smooth_masked,
-)
-from chemomech.io.stack import read_stack, write_stack  # noqa: E402
 
 STRAINS = ("e_xx", "e_yy", "e_xy", "theta")
 
@@ -273,10 +270,12 @@ def test_truth_round_trips_through_the_stack(two_phase, tmp_path):
     assert "gamma" not in read["two_phase"].truth
     gnd = read["slip"].truth["gnd_density_um2"][read["slip"].mask]
     assert gnd.max() > 50.0  # um^-2 near the phase boundary
-    # slip changes the strain: the twin without slip differs by ~gamma_0 near the boundary
+    # slip changes the measured lattice distortion (mostly its rotation: slip relaxes by bending
+    # the lattice) by a fraction of gamma_0 near the boundary
     no_slip = simulate_particle(ParticleSpec("slip", 0.5, rotation_rad=-0.3, seed=2, **SMALL))
-    delta = np.abs(slip.truth["e_xy"] - no_slip.truth["e_xy"])[slip.mask]
-    assert 1e-3 < delta.max() < 0.02
+    delta = max(np.abs(slip.truth[k] - no_slip.truth[k])[slip.mask].max()
+                for k in ("e_xy", "theta"))
+    assert 1e-3 < delta < 0.02
 
 
 @pytest.mark.mpi

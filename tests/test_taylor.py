@@ -9,19 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mpi4py import MPI
+from pyadjoint import AdjFloat, taylor_test
 
-dolfinx = pytest.importorskip("dolfinx")
-pyadjoint = pytest.importorskip("pyadjoint")
-
-from pyadjoint import AdjFloat, taylor_test  # noqa: E402
-
-from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.inverse.identifiability import Gauge  # noqa: E402
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles  # noqa: E402
-from chemomech.inverse.verify import verify_gradient  # noqa: E402
-from chemomech.mechanics.materials import Material  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
-from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain
+from chemomech.inverse.identifiability import Gauge
+from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.verify import verify_gradient
+from chemomech.mechanics.materials import Material
+from chemomech.mechanics.mesh import mesh_from_mask
+from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients
 
 TRUE_A, TRUE_C = vegard_coefficients(0.004, -0.002)
 

@@ -1,4 +1,10 @@
-"""Uncertainty bands (formulas and coverage over repeated noise seeds) and degree selection."""
+"""Uncertainty bands (formulas and coverage over repeated noise seeds) and degree selection.
+
+The twins here come from the inversion's own discretisation (chemomech.synth) on purpose:
+these tests check the noise model alone, so the data must be the exact discrete model plus
+noise.  Coverage on independent twins (model error, composition errors) is in
+tests/test_twins.py and bench/calibrated_bands.py.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-dolfinx = pytest.importorskip("dolfinx")
-
-from chemomech.correlative.displacement import measured_displacement, measured_strain  # noqa: E402
-from chemomech.exceptions import InputError  # noqa: E402
-from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
-from chemomech.inverse.selection import select_degree  # noqa: E402
-from chemomech.inverse.uncertainty import (  # noqa: E402
+from chemomech.correlative.displacement import measured_displacement, measured_strain
+from chemomech.exceptions import InputError
+from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.selection import select_degree
+from chemomech.inverse.uncertainty import (
     covariance,
     derivative_band,
     eigenstrain_band,
@@ -23,9 +27,9 @@ from chemomech.inverse.uncertainty import (  # noqa: E402
     noise_variance,
     strain_noise_sampler,
 )
-from chemomech.mechanics import legendre  # noqa: E402
-from chemomech.mechanics.mesh import mesh_from_mask  # noqa: E402
-from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients  # noqa: E402
+from chemomech.mechanics import legendre
+from chemomech.mechanics.mesh import mesh_from_mask
+from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +189,7 @@ def test_leave_one_particle_out():
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_integrated_noise_covariance_is_rank_independent(clean):
     particle, _ = clean
     noisy = _noisy(particle, 3)

@@ -3,34 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
 
 from chemomech.analysis.residual import m2_model_errors
-from chemomech.dislocations.run import run_m2
-from chemomech.dislocations.settings import M2Settings
+from chemomech.dislocations.run import M1Stage, build_m1_stage, run_m2
 from chemomech.mechanics.slip import IN_PLANE_SYSTEMS, slip_system
 
+if TYPE_CHECKING:
+    from chemomech.config import RunConfig
 
-def compare_slip_systems(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD,
-                         systems: Sequence[str] | None = None, m1_result=None,
-                         settings: M2Settings | None = None) -> list[dict]:
+
+def compare_slip_systems(prepared: Sequence, config: RunConfig,
+                         comm: MPI.Comm = MPI.COMM_WORLD, systems: Sequence[str] | None = None,
+                         m1: M1Stage | None = None) -> list[dict]:
     """Fit M2 with each candidate system alone at one common alpha and tabulate (Suppl.
     Fig. 14): rows {system, notation, alpha, rule, misfit, model_error (mean over particles),
     mean_density_um2}, sorted by model error (the same list on every rank).
 
-    With ``alpha: auto`` the weight is chosen by the configured rule for the first system
-    (default order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip
-    fields, so that the model errors compare the systems and not the alpha choices.
+    The config's ``dislocations`` block applies to every system (no bands are computed).  With
+    ``alpha: auto`` the weight is chosen by the configured rule for the first system (default
+    order: D, a, ac+, ac-) and then used for all: equal regularisation of the slip fields, so
+    that the model errors compare the systems and not the alpha choices.  `m1`: as for
+    `run_m2` (the M1 meshes and factorisations are shared by all systems).
     """
-    base = settings or M2Settings.from_config(config)
+    stage = m1 if m1 is not None else build_m1_stage(prepared, config, comm)
+    block = config.dislocations
     labels = list(systems or IN_PLANE_SYSTEMS)
-    rows, alpha, rule = [], base.alpha, None
+    rows, alpha, rule = [], block.regularisation.alpha, None
     for label in labels:
-        s = M2Settings(**{k: getattr(base, k) for k in M2Settings.__slots__} |
-                       {"slip_systems": (label,), "alpha": alpha})
-        out = run_m2(prepared, config, comm, m1_result=m1_result, settings=s)
+        reg = block.regularisation.model_copy(update={"alpha": alpha})
+        run_config = config.model_copy(update={"dislocations": block.model_copy(
+            update={"slip_systems": [label], "regularisation": reg, "bands": False})})
+        out = run_m2(prepared, run_config, comm, m1=stage)
         if alpha == "auto":
             alpha, rule = out.fit.regularisation.alpha, out.summary["regularisation"]["rule"]
             rule = f"{rule} ({label})"

@@ -15,7 +15,7 @@ from typing import Any
 from chemomech.correlative.frames import frame_check as check
 from chemomech.exceptions import InputError
 from chemomech.io.readers import read_particles
-from chemomech.io.stack import read_stack, write_stack
+from chemomech.io.stack import check_interior, read_stack, write_stack
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ def import_to_stack(inputs: Sequence[str | Path], output: str | Path, *,
         raise InputError(f"frame_check must be off, warn or adopt, got {frame_check!r}",
                          field="frame_check")
     particles = read_particles(inputs, **read_options)
+    for p in particles:
+        check_interior(p)
     if frame_check != "off":
         particles = [check(p, adopt=frame_check == "adopt").particle for p in particles]
     output = Path(output)

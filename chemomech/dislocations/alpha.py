@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,30 +37,11 @@ def estimate_strain_noise(particle) -> float:
     return float(np.median(estimates))
 
 
-def noise_misfit(model: M2Model, sigma_strain: float, samplers: Mapping | None = None,
-                 n_draws: int = 4, seed: int = 0) -> float:
-    r"""Expected data misfit of pure strain noise of std `sigma_strain`, summed over particles.
-
-    Strain misfit: :math:`E\,\tfrac12|W n|^2 = 2\sigma^2` per pixel (Frobenius norm of i.i.d.
-    noise on e_aa, e_cc, e_ac).  Displacement misfit: Monte Carlo over `n_draws` draws of
-    `samplers[name](rng)` (`chemomech.inverse.uncertainty.strain_noise_sampler`: unit noise
-    integrated
-    like the data), :math:`\tfrac12\sigma^2\,\overline{|P n|^2}`.
-    """
-    local = 0.0
-    for p in model.particles:
-        m = p.base.misfit
-        if getattr(m, "Q", None) is None:  # strain misfit: 3 rows per pixel
-            local += 0.5 * 4.0 * sigma_strain**2 * m.num_observations / 3.0
-            continue
-        if samplers is None or p.name not in samplers:
-            raise InputError(f"the displacement misfit needs a noise sampler for {p.name!r}",
-                             field="noise_strain")
-        total = 0.0
-        for k in range(n_draws):
-            r = m.project(samplers[p.name](np.random.default_rng([seed, k])))
-            total += m.comm.allreduce(float(r @ r))
-        local += 0.5 * sigma_strain**2 * total / n_draws
+def noise_misfit(model: M2Model, sigma_strain: float) -> float:
+    r"""Expected lattice misfit of pure white noise of std `sigma_strain` on e_aa, e_cc, e_ac
+    and theta, summed over particles (`LatticeMisfit.expected_noise_misfit`: exact, the misfit
+    takes the maps as they are, no integration)."""
+    local = sum(p.misfit.expected_noise_misfit(sigma_strain) for p in model.particles)
     return model._world_sum(local)
 
 

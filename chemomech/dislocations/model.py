@@ -1,69 +1,49 @@
 r"""The dislocation model M2: M1 plus plastic slip fields, with exact adjoint gradients.
 
-Model (DESIGN §4, "Dislocations (M2)").  For each particle the eigenstrain is the M1
-composition law plus one plastic slip per chosen in-plane slip system s
-(`chemomech.mechanics.slip`),
+Model (DESIGN §4, "Dislocations (M2)").  For each particle the plastic distortion is one slip
+field per chosen in-plane slip system s (`chemomech.mechanics.slip`),
+:math:`\beta_p = \sum_s \gamma_s(x)\,\hat s\otimes\hat n` (image frame), and the state solves
 
 .. math::
 
-    \varepsilon^* = R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T
-                    + \sum_s \gamma_s(x)\,\mathrm{sym}(\hat s\otimes\hat n)_\mathrm{img},
+    \int C:(\varepsilon(u) - \varepsilon^*(X; a) - \mathrm{sym}\,\beta_p):\varepsilon(v)\,dx = 0,
+    \qquad \varepsilon^* = R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T,
 
-with :math:`\gamma_s` a P1 field on the particle mesh (one per particle and system: the number
-of parameters scales with the image) and the Legendre coefficients shared by all particles.
-The data misfit is M1's (`chemomech.inverse.misfit`); the slip fields are regularised by
+traction-free, with :math:`\gamma_s` a P1 field on the particle mesh (one per particle and
+system: the number of parameters scales with the image) and the Legendre coefficients shared
+by all particles.  What the data see is the lattice distortion :math:`\nabla u - \beta_p`
+(`chemomech.dislocations.lattice`): the misfit is `LatticeMisfit` on the lattice strain
+:math:`\varepsilon(u) - \mathrm{sym}\,\beta_p` and rotation :math:`\mathrm{skew}(\nabla u -
+\beta_p)`, so a uniform slip changes no measured quantity (gamma is defined up to a constant,
+reported with zero particle mean).  The slip fields are regularised by
 
 * ``h1`` (default): :math:`R(\gamma) = \tfrac{\alpha}{2}\int|\nabla\gamma|^2\,dx`, or
 * ``tv``: :math:`R(\gamma) = \alpha\int(|\nabla\gamma|^2 + \epsilon^2)^{1/2}\,dx` (smoothed),
 
-so :math:`J = \sum_k J_k(u_k) + \sum_{k,s} R(\gamma_{k,s})` (units of the misfit: nm^2 for the
-displacement misfit, so alpha is in nm^2; dimensionless for the strain misfit).
+so :math:`J = \sum_k J_k(u_k, \gamma_k) + \sum_{k,s} R(\gamma_{k,s})` (J dimensionless, so
+alpha is dimensionless for h1 and in 1/nm for tv; mesh coordinates in nm).
 
 Adjoint.  The state is linear in all controls: :math:`u = A^+(\sum_k a_k b_k + \sum_s K_s
-\gamma_s)` with the M1 basis loads :math:`b_k`, the factorised traction-free operator
-(`chemomech.inverse.problem`) and the slip-load matrices
-:math:`(K_s)_{ij} = \int C:(\phi_j\,\mathrm{sym}(\hat s\otimes\hat n)):\varepsilon(v_i)\,dx`
-(vector P_k rows, scalar P1 columns), assembled once.  `SlipSolveBlock` tapes this map: its
-adjoint is one back-substitution :math:`\lambda = A^+ g`, then :math:`dJ/da_k = b_k\cdot
-\lambda` and :math:`dJ/d\gamma_s = K_s^T\lambda` (a dolfinx dual vector for the
-``dolfinx_adjoint.Function`` control).  `RegularisationBlock` tapes R with its UFL derivative.
-The misfit block and the sums over particle groups are M1's.  Taylor tests give rate 2
-(tests/test_dislocations.py).
+\gamma_s)` with M1's basis loads :math:`b_k` and factorised traction-free operator (the M1
+model's particles are reused, not rebuilt) and the slip-load matrices :math:`K_s`
+(`chemomech.dislocations.particle`).  `SlipSolveBlock` tapes this map (adjoint: one
+back-substitution :math:`\lambda = A^+ g`, then :math:`b_k\cdot\lambda` and
+:math:`K_s^T\lambda`), `LatticeMisfitBlock` the misfit (which depends on u *and* on gamma),
+`RegularisationBlock` R.  Taylor tests give rate 2 (tests/test_dislocations.py).
 
 Optimisation: PETSc TAO (BLMVM by default, or BQNLS) on the world communicator with a
 distributed control vector: the Legendre coefficients on rank 0, then every rank's owned slip
-DOFs.  The slip DOFs are seen through :math:`z_i = (m_i / |\Omega|)^{1/2}\gamma_i` (lumped
-mass m_i, particle area :math:`|\Omega|`), so the Euclidean inner product TAO uses is the
-mean-square L2 product of the fields (mesh independent) and a uniform slip has the size of a
-coefficient.  The quasi-Newton initial Hessian (``TaoLMVMSetH0``) is
-blockdiag(N, S_z): N the coefficients' normal matrix (exact), S_z the slip block
-:math:`\alpha L + \beta M` (stiffness and mass of P1, LU-factorised once per alpha) with
-:math:`\beta = 1^T H_\mathrm{data} 1 / |\Omega|` the data curvature of a uniform slip; this
-takes BLMVM from > 2000 to 10-150 iterations.  The PETSc default line search is kept (with
-this H0 the unit step is nearly always accepted: ~1 evaluation per iteration).  The objective
-is scaled by J at the start; PETSc options prefix ``chemomech_m2_``; monitor on world rank 0.
+DOFs, seen through :math:`z_i = (m_i / |\Omega|)^{1/2}\gamma_i` (lumped mass m_i, particle
+area :math:`|\Omega|`) so that TAO's Euclidean product is the mean-square L2 product of the
+fields.  The quasi-Newton initial Hessian is blockdiag(N, S_z): N the coefficients' normal
+matrix of the lattice misfit (exact) and per slip field :math:`\alpha L + \beta M` (P1 stiffness
+and mass, LU-factorised once per alpha), :math:`\beta = |G_s 1|^2/|\Omega|` the direct data
+curvature of the slip.  The objective is scaled by J at the start; PETSc options prefix
+``chemomech_m2_``; the stopping rules are those of `chemomech.inverse.optimise.minimise`.
 
-Regularisation weight.  ``alpha`` fixed, or chosen from a scan over
-:math:`\alpha_j = \alpha_0 10^{k}` (warm-started, large to small) by
-
-* the discrepancy principle (default): the largest alpha whose misfit is at most
-  tau * the expected misfit of pure noise (tau = 1); the noise is the strain-noise standard
-  deviation (given, or estimated from the maps by `estimate_strain_noise`) propagated to the
-  misfit (exactly for the strain misfit, by Monte Carlo through the integration for the
-  displacement misfit), or the M1 fit's sigma^2 (``noise_strain: m1``; an upper bound: it
-  contains the dislocation signal, so it favours large alpha).  When no scanned alpha reaches the
-  noise level (model error, or spatially correlated noise that the white-noise estimate
-  underrates, dominate the residual, as on the real particle LFP50_P2), the L-curve corner of
-  the scan is used and the rule is reported as "discrepancy not reached: lcurve";
-* the L-curve: the corner (maximum curvature) of (log misfit, log seminorm).
-
-Outputs: geometrically necessary dislocation density
-:math:`\rho = |\nabla\gamma_s\cdot\hat s| / |b|` (um^-2; mesh coordinates in nm, so
-:math:`\rho[\mathrm{um}^{-2}] = 10^6\,\rho[\mathrm{nm}^{-2}]`) sampled at the pixel centres
-(P1 gradient: exact per cell), its particle mean over the meshed pixels, the model maps (u,
-strain) as M1 has them, model errors by the pipeline's definition, a comparison of candidate
-systems (`compare_slip_systems`, Supplementary Fig. 14) and figures (`plot_density_map`,
-Fig. 3c).  `run_m2` is the pipeline stage.
+Regularisation weight: `chemomech.dislocations.alpha`.  Outputs: GND density
+(`chemomech.dislocations.density`), lattice maps (`chemomech.dislocations.lattice`), the stage
+`chemomech.dislocations.run.run_m2`.
 """
 
 from __future__ import annotations
@@ -77,13 +57,13 @@ import dolfinx_adjoint as dxa
 import numpy as np
 import pyadjoint
 import ufl
-from dolfinx import fem, la
-from dolfinx.fem import petsc as fem_petsc
+from dolfinx import fem
 from mpi4py import MPI
-from petsc4py import PETSc
 from pyadjoint import AdjFloat, Control, ReducedFunctional
 
 from chemomech.dislocations.density import density_expression
+from chemomech.dislocations.lattice import LatticeData
+from chemomech.dislocations.particle import SlipParticle
 from chemomech.dislocations.settings import (
     M2_TAO_TYPES,
     TYPICAL_SLIP,
@@ -93,153 +73,16 @@ from chemomech.dislocations.settings import (
 from chemomech.exceptions import InputError
 from chemomech.inverse.blocks import (
     GroupSumBlock,
-    PixelMisfitBlock,
+    LatticeMisfitBlock,
     RegularisationBlock,
     ReplicateBlock,
     SlipSolveBlock,
 )
 from chemomech.inverse.optimise import minimise
-from chemomech.inverse.problem import M1Model, ParticleSetup, split_coefficients
-from chemomech.mechanics.forms import eigenstrain_load_form
-from chemomech.mechanics.materials import Material
-from chemomech.mechanics.slip import InPlaneSlipSystem, slip_system
+from chemomech.inverse.problem import M1Model, split_coefficients
+from chemomech.mechanics.slip import slip_system
 
 logger = logging.getLogger(__name__)
-
-
-class SlipParticle:
-    """Slip-load matrices K_s, slip spaces and regularisation forms of one particle."""
-
-    def __init__(self, base, systems: Sequence[InPlaneSlipSystem], reg: Regularisation):
-        self.base = base  # chemomech.inverse._Particle: factorised operator + basis loads
-        self.name = base.setup.name
-        self.rotation_rad = base.setup.rotation_rad
-        mesh = base.setup.mesh
-        self.Q = fem.functionspace(mesh, ("Lagrange", 1))
-        self.systems = list(systems)
-        v = ufl.TestFunction(base.V)
-        q = ufl.TrialFunction(self.Q)
-        self.K = []
-        for s in self.systems:
-            schmid = ufl.as_matrix(s.schmid_tensor(self.rotation_rad).tolist())
-            K = fem_petsc.assemble_matrix(fem.form(
-                eigenstrain_load_form(q * schmid, v, base.problem.C)))
-            K.assemble()
-            self.K.append(K)
-        self.n_owned = self.Q.dofmap.index_map.size_local
-        mass = fem_petsc.assemble_vector(fem.form(ufl.TestFunction(self.Q) * ufl.dx))
-        mass.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        self.area_nm2 = self.comm.allreduce(float(mass.array.sum()))
-        self.weights = mass.array[: self.n_owned].copy() / self.area_nm2  # sum_i w_i = 1
-        mass.destroy()
-        # regularisation forms on a work function g (value, derivative, directional derivative)
-        self.alpha = fem.Constant(mesh, float(reg.alpha))
-        self.g = fem.Function(self.Q, name="gamma_work")
-        self.dg = fem.Function(self.Q, name="gamma_direction")
-        grad_sq = ufl.inner(ufl.grad(self.g), ufl.grad(self.g))
-        if reg.kind == "h1":
-            R = 0.5 * self.alpha * grad_sq * ufl.dx
-            self.seminorm_form = fem.form(0.5 * grad_sq * ufl.dx)
-        else:
-            eps = fem.Constant(mesh, float(reg.tv_epsilon_per_nm))
-            R = self.alpha * ufl.sqrt(grad_sq + eps**2) * ufl.dx
-            self.seminorm_form = fem.form(ufl.sqrt(grad_sq + eps**2) * ufl.dx)
-        self.R = fem.form(R)
-        self.dR = fem.form(ufl.derivative(R, self.g, ufl.TestFunction(self.Q)))
-        self.dR_dir = fem.form(ufl.derivative(R, self.g, self.dg))
-        self._work = self.K[0].createVecRight() if self.K else None
-        # H1-type preconditioner S = alpha_eff L + beta M of the slip block (set by M2Model)
-        self.pc_alpha = fem.Constant(mesh, 1.0)
-        self.pc_beta = fem.Constant(mesh, 1.0)
-        u_, w_ = ufl.TrialFunction(self.Q), ufl.TestFunction(self.Q)
-        self._pc_form = fem.form(self.pc_alpha * ufl.inner(ufl.grad(u_), ufl.grad(w_)) * ufl.dx
-                                 + self.pc_beta * u_ * w_ * ufl.dx)
-        self._pc_ksp: list[PETSc.KSP | None] = [None] * len(self.systems)
-        self._pc_rhs = self._work.duplicate() if self._work is not None else None
-        self._pc_sol = self._work.duplicate() if self._work is not None else None
-
-    @property
-    def comm(self) -> MPI.Comm:
-        return self.base.setup.mesh.comm
-
-    def solve(self, coefficients: Sequence[float], gammas: Sequence,
-              u: fem.Function | None = None) -> fem.Function:
-        r"""u = A^+(\sum_k a_k b_k + \sum_s K_s \gamma_s); `gammas` Functions on Q (or None)."""
-        rhs = self.base._rhs
-        rhs.zeroEntries()
-        rhs.maxpy([float(c) for c in coefficients], self.base.loads)
-        for K, g in zip(self.K, gammas, strict=True):
-            if g is not None:
-                K.multAdd(g.x.petsc_vec, rhs, rhs)
-        return self.base.problem.solve_vector(rhs, u or fem.Function(self.base.V, name="u"))
-
-    def slip_gradient(self, k: int, lam: fem.Function) -> la.Vector:
-        """K_s^T lambda as a ghost-consistent dolfinx vector on Q (dual of gamma_s)."""
-        self.K[k].multTranspose(lam.x.petsc_vec, self._work)
-        out = dxa.Function(self.Q).x  # a dolfinx_adjoint dual vector (supports +=)
-        out.array[: self.n_owned] = self._work.array
-        out.scatter_forward()
-        return out
-
-    def set_preconditioner(self, k: int, alpha: float, beta: float) -> None:
-        """Assemble and factorise S_k = alpha L + beta M (P1 stiffness and mass; MUMPS LU) for
-        system k."""
-        self.pc_alpha.value = float(alpha)
-        self.pc_beta.value = float(beta)
-        S = fem_petsc.assemble_matrix(self._pc_form)
-        S.assemble()
-        if self._pc_ksp[k] is None:
-            ksp = PETSc.KSP().create(self.comm)
-            ksp.setType("preonly")
-            ksp.getPC().setType("lu")
-            ksp.getPC().setFactorSolverType("mumps")
-            self._pc_ksp[k] = ksp
-        self._pc_ksp[k].setOperators(S)
-        self._pc_ksp[k].setUp()
-        S.destroy()
-
-    def apply_operator(self, k: int, x: np.ndarray) -> np.ndarray:
-        """S_k x for owned values x (collective on the particle's communicator)."""
-        self._pc_rhs.array[:] = x
-        self._pc_ksp[k].getOperators()[0].mult(self._pc_rhs, self._pc_sol)
-        return self._pc_sol.array.copy()
-
-    def apply_preconditioner(self, k: int, r: np.ndarray) -> np.ndarray:
-        """S_k^-1 r for owned values r (collective on the particle's communicator)."""
-        self._pc_rhs.array[:] = r
-        self._pc_ksp[k].solve(self._pc_rhs, self._pc_sol)
-        return self._pc_sol.array.copy()
-
-    def _load(self, gamma) -> None:
-        self.g.x.array[:] = gamma.x.array
-        self.g.x.scatter_forward()
-
-    def regularisation(self, gamma) -> float:
-        """R(gamma), summed over the particle's communicator."""
-        self._load(gamma)
-        return self.comm.allreduce(fem.assemble_scalar(self.R))
-
-    def seminorm(self, gamma) -> float:
-        """R(gamma) / alpha: 1/2 int |grad gamma|^2 (h1, nm^0) or int |grad gamma|_eps (tv, nm)."""
-        self._load(gamma)
-        return self.comm.allreduce(fem.assemble_scalar(self.seminorm_form))
-
-    def regularisation_gradient(self, gamma, scale: float = 1.0) -> la.Vector:
-        """scale * dR/dgamma as a ghost-consistent dolfinx vector."""
-        self._load(gamma)
-        b = fem.assemble_vector(self.dR)
-        b.scatter_reverse(la.InsertMode.add)
-        out = dxa.Function(self.Q).x  # a dolfinx_adjoint dual vector (supports +=)
-        out.array[:] = scale * b.array
-        out.scatter_forward()
-        return out
-
-    def regularisation_direction(self, gamma, direction) -> float:
-        """dR/dgamma . direction."""
-        self._load(gamma)
-        self.dg.x.array[:] = direction.x.array
-        self.dg.x.scatter_forward()
-        return self.comm.allreduce(fem.assemble_scalar(self.dR_dir))
 
 
 @dataclass
@@ -282,30 +125,35 @@ class M2FitResult:
 class M2Model:
     """Joint M2 inversion over this rank's particles: shared Legendre law + slip fields.
 
-    `setups`, `degree`, `material`, `comm`, `solver`: as `chemomech.inverse.M1Model` (whose
-    factorised operators and basis loads it reuses); `systems`: slip-system labels;
-    `regularisation`: the slip regulariser (its alpha can be changed with `set_alpha`).
+    `m1`: the `chemomech.inverse.problem.M1Model` of these particles (its factorised operators,
+    basis loads, degree and communicators are reused); `data`: the measured lattice
+    distortion of each of its particles (`chemomech.dislocations.lattice.lattice_data`, same
+    order); `systems`: slip-system labels; `regularisation`: the slip regulariser (alpha can
+    be changed with `set_alpha`); `theta_weight`: weight of the lattice rotation in the misfit.
     """
 
-    def __init__(self, setups: Sequence[ParticleSetup], systems: Sequence[str] = ("D",),
-                 degree: int = 2, material: Material | None = None,
-                 comm: MPI.Comm = MPI.COMM_WORLD, solver="auto",
-                 regularisation: Regularisation | None = None):
+    def __init__(self, m1: M1Model, data: Sequence[LatticeData],
+                 systems: Sequence[str] = ("D",), regularisation: Regularisation | None = None,
+                 theta_weight: float = 1.0):
         if not systems:
             raise InputError("give at least one slip system", field="slip_systems")
+        if len(data) != len(m1.particles):
+            raise InputError(f"{len(data)} lattice data for {len(m1.particles)} particles")
         t0 = time.perf_counter()
-        self.m1 = M1Model(setups, degree=degree, material=material, comm=comm, solver=solver)
-        self.degree, self.world, self.group = degree, comm, self.m1.group
+        self.m1 = m1
+        self.degree, self.world, self.group = m1.degree, m1.world, m1.group
         self.systems = [slip_system(s) for s in systems]
         self.reg = regularisation or Regularisation()
-        self.particles = [SlipParticle(p, self.systems, self.reg) for p in self.m1.particles]
-        self.num_coefficients = self.m1.num_coefficients
+        self.theta_weight = float(theta_weight)
+        self.particles = [SlipParticle(p, self.systems, self.reg, d, theta_weight)
+                          for p, d in zip(m1.particles, data, strict=True)]
+        self.num_coefficients = m1.num_coefficients
         self.coefficients = np.zeros(self.num_coefficients)
         self.gammas = [[fem.Function(p.Q, name=f"gamma_{s.label}") for s in self.systems]
                        for p in self.particles]
         self._rf: ReducedFunctional | None = None
         self._values: list | None = None
-        self.timings_s = dict(self.m1.timings_s, m2_setup=time.perf_counter() - t0)
+        self.timings_s = {"m2_setup": time.perf_counter() - t0}
         self._curv = None
         self._pc_coefficients = None
         self._evaluations = 0
@@ -332,7 +180,7 @@ class M2Model:
 
     def misfits(self) -> dict[str, float]:
         """{name: J_k} data misfit of every particle of the world at the current state."""
-        local = {p.name: p.base.misfit.cost(p.solve(self.coefficients, g))
+        local = {p.name: p.misfit.cost(p.solve(self.coefficients, g), g)
                  for p, g in zip(self.particles, self.gammas, strict=True)}
         gathered = self.world.allgather(local if self.group.rank == 0 else {})
         return {k: v for d in gathered for k, v in d.items()}
@@ -392,8 +240,8 @@ class M2Model:
                 solve_block = SlipSolveBlock(p, copies, gam)
                 tape.add_block(solve_block)
                 solve_block.add_output(u.create_block_variable())
-                J_p = AdjFloat(p.base.misfit.cost(u))
-                misfit_block = PixelMisfitBlock(p.base.misfit, u)
+                J_p = AdjFloat(p.misfit.cost(u, gam))
+                misfit_block = LatticeMisfitBlock(p.misfit, u, gam)
                 tape.add_block(misfit_block)
                 misfit_block.add_output(J_p.block_variable)
                 for gc in gam:
@@ -494,8 +342,10 @@ class M2Model:
         a, gam = self._unpack(out.x, pairs, sqrt_w)
         self.coefficients = a
         for (i, s), arr in zip(pairs, gam, strict=True):
+            p = self.particles[i]
             f = self.gammas[i][s]
-            f.x.array[: arr.size] = arr
+            # gauge: a uniform slip changes no measured quantity; report zero particle mean
+            f.x.array[: arr.size] = arr - p.comm.allreduce(float(p.weights @ arr))
             f.x.scatter_forward()
         t_fit = time.perf_counter() - t0
         per_particle = self.misfits()
@@ -511,36 +361,29 @@ class M2Model:
                     self.reg.kind, self.reg.alpha, misfit, R, iterations, t_fit)
         return result
 
-    def _curvatures(self, pairs) -> tuple[np.ndarray, list[float]]:
-        """Data-misfit curvature: N (coefficient block, normal equations) and, per (particle,
-        system), 1^T H 1 / area for a uniform slip (gradient differences: J is quadratic in
-        the state)."""
-        if self._curv is None:
-            N, _, _ = self.m1.normal_equations()
-            zero = np.zeros(self.num_coefficients)
-            owned = [self.particles[i].n_owned for i, _ in pairs]
-            _, _, g0 = self._misfit_gradient(zero, [np.zeros(n) for n in owned])
-            beta = []
-            for s in range(len(self.systems)):
-                gam = [np.full(n, 1.0 if sy == s else 0.0)
-                       for n, (_, sy) in zip(owned, pairs, strict=True)]
-                _, _, g1 = self._misfit_gradient(zero, gam)
-                for c, (i, sy) in enumerate(pairs):
-                    if sy == s:
-                        p = self.particles[i]
-                        curv = p.comm.allreduce(float(np.sum(g1[c] - g0[c])))
-                        beta.append((c, max(curv, 1e-300) / p.area_nm2))
-            self._curv = (N, [b for _, b in sorted(beta)])
-        return self._curv
+    def coefficient_columns(self) -> list[np.ndarray]:
+        """Per particle of this rank, the projected misfit rows P B u_k of the 2(N+1) basis
+        responses u_k = A^+ b_k (local rows x coefficients): the coefficients' Jacobian."""
+        out = []
+        for p in self.particles:
+            cols = [p.misfit.project(p.misfit.observe(u)) for u in p.base.basis_responses()]
+            out.append(np.stack(cols, axis=1))
+        return out
 
-    def _misfit_gradient(self, coefficients, gam):
-        """cost_and_gradient with the regularisation switched off."""
-        alpha = self.reg.alpha
-        self.set_alpha(0.0)
-        try:
-            return self.cost_and_gradient(coefficients, gam)
-        finally:
-            self.set_alpha(alpha)
+    def _curvatures(self, pairs) -> tuple[np.ndarray, list[float]]:
+        """Data-misfit curvature: N = sum_k G_k^T G_k of the coefficients (exact) and, per
+        (particle, system), |G_s 1|^2 / area, the direct sampling curvature of the slip."""
+        if self._curv is None:
+            n = self.num_coefficients
+            local = np.zeros((n, n))
+            for p, G in zip(self.particles, self.coefficient_columns(), strict=True):
+                part = p.comm.allreduce(G.T @ G)
+                local += part if self.group.rank == 0 else 0.0
+            N = self.world.allreduce(local)
+            beta = [max(self.particles[i].misfit.uniform_slip_curvature(s), 1e-300)
+                    / self.particles[i].area_nm2 for i, s in pairs]
+            self._curv = (N, beta)
+        return self._curv
 
     def _update_preconditioner(self, pairs) -> None:
         """Factorise S = alpha_eff L + beta M per (particle, system) for the current alpha."""

@@ -1,4 +1,5 @@
-"""The M2 stage of the pipeline: mesh, fit M2 with alpha by the configured rule, gather maps."""
+"""The M2 stage of the pipeline: on M1's meshes and factorisations (or its own, standalone), fit
+M2 with alpha by the configured rule and gather the maps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
@@ -16,11 +18,16 @@ from chemomech.dislocations.alpha import (
     estimate_strain_noise,
     noise_misfit,
 )
+from chemomech.dislocations.bands import m2_covariance
 from chemomech.dislocations.density import mean_density, slip_maps
+from chemomech.dislocations.lattice import lattice_data, lattice_maps
 from chemomech.dislocations.model import M2FitResult, M2Model
-from chemomech.dislocations.settings import M2Settings, Regularisation
+from chemomech.dislocations.settings import Regularisation
 from chemomech.exceptions import InputError
 from chemomech.mechanics.materials import Material
+
+if TYPE_CHECKING:
+    from chemomech.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,132 +38,133 @@ class M2Outcome:
 
     fit: M2FitResult
     alpha: AlphaChoice | None
-    images: dict[str, dict[str, np.ndarray]]  # name -> u_x u_y e_xx e_yy e_xy meshed_mask,
-    #                                            gamma_<s>, density_<s>, density_total
+    images: dict[str, dict[str, np.ndarray]]  # name -> `lattice_maps` (u_x u_y, lattice
+    #   strain e_xx e_yy e_xy, theta, plastic_xx _yy _xy, meshed_mask), gamma_<s>, density_<s>,
+    #   density_total
     mean_density_um2: dict[str, float]  # name -> particle mean of density_total
     summary: dict  # the summary.json block "dislocations"
     timings_s: dict[str, float]
+    covariance: np.ndarray | None = None  # Cov(a) of `chemomech.dislocations.bands` or None
+    sigma2: float | None = None
 
 
-def _settings_value(config, key: str, default):
-    return getattr(config, key, default) if config is not None else default
+@dataclass
+class M1Stage:
+    """What M2 reuses of the M1 stage: this rank's particle indices, meshes and the M1Model
+    (factorised operators and basis loads), the M1 coefficients and their degree."""
+
+    particle_indices: list[int]
+    meshes: list
+    model: object  # chemomech.inverse.problem.M1Model
+    coefficients: np.ndarray | None = None
 
 
-def _build_setups(prepared, config, comm):
-    """Particle groups, meshes and M1 setups exactly as `chemomech.pipeline.run_m1` builds them."""
-    from chemomech.inverse.problem import particle_setup, split_for_particles
+def build_m1_stage(prepared: Sequence, config: RunConfig, comm: MPI.Comm) -> M1Stage:
+    """Standalone M1 pieces for M2 (tests, benchmarks): particle groups, meshes, setups with the
+    strain misfit and the M1Model, the coefficients by M1's linear fast path."""
+    from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
     from chemomech.mechanics.mesh import mesh_from_mask
 
-    mesh_cfg = _settings_value(config, "mesh", None)
-    misfit = _settings_value(config, "misfit", "displacement")
-    edge = _settings_value(config, "edge_exclusion_px", 2)
+    if config.legendre_degree == "auto":
+        raise InputError("legendre_degree: auto needs the M1 stage", field="legendre_degree")
     group, mine = split_for_particles(comm, len(prepared))
     setups, meshes = [], []
     for k in mine:
         p = prepared[k]
         pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
-                            mesh_size_px=getattr(mesh_cfg, "size_px", 1.0),
-                            simplify_tol_px=getattr(mesh_cfg, "simplify_tol_px", 0.25),
-                            min_island_px=getattr(mesh_cfg, "min_island_px", 50))
+                            mesh_size_px=config.mesh.size_px,
+                            simplify_tol_px=config.mesh.simplify_tol_px,
+                            min_island_px=config.mesh.min_island_px)
         meshes.append(pm)
-        if misfit == "displacement":
-            if p.displacement is None:
-                raise InputError(f"particle {p.data.name!r} has no measured displacement",
-                                 field="misfit")
-            data = {"displacement": p.displacement}
-        else:
-            data = {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")],
-                                       -1)}
+        strain = np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)
         setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
-                                     edge_exclusion_px=edge,
-                                     fe_degree=getattr(mesh_cfg, "fe_degree", 1), **data))
-    return group, mine, setups, meshes
+                                     strain=strain, edge_exclusion_px=config.edge_exclusion_px,
+                                     fe_degree=config.mesh.fe_degree,
+                                     fragmented_data=config.fragmented_data))
+    material = Material(**config.material_options())
+    model = M1Model(setups, degree=config.legendre_degree, material=material, comm=comm,
+                    solver=config.solver)
+    coefficients = model.fit(method="linear", with_normal_matrix=False).coefficients
+    return M1Stage(mine, meshes, model, coefficients)
 
 
-def _noise_target(model: M2Model, settings: M2Settings, prepared, mine, meshes,
-                  m1_sigma2: float | None, misfit_kind: str) -> tuple[float, float | None]:
-    """(target misfit, strain-noise std or None) of the discrepancy rule."""
-    from chemomech.inverse.uncertainty import strain_noise_sampler
+def m2_model(prepared: Sequence, stage: M1Stage, config: RunConfig) -> M2Model:
+    """The M2Model of the config's ``dislocations`` block on the M1 stage's particles."""
+    settings = config.dislocations
+    reg = settings.regularisation
+    data = [lattice_data(prepared[k], pm, config.edge_exclusion_px)
+            for k, pm in zip(stage.particle_indices, stage.meshes, strict=True)]
+    regularisation = Regularisation(reg.kind, 1.0 if reg.alpha == "auto" else float(reg.alpha),
+                                    reg.tv_epsilon_per_nm)
+    model = M2Model(stage.model, data, settings.slip_systems, regularisation,
+                    theta_weight=settings.theta_weight)
+    if stage.coefficients is not None:
+        model.coefficients = np.asarray(stage.coefficients, float).copy()
+    return model
 
-    if settings.noise_strain == "m1":
-        if m1_sigma2 is None:
-            raise InputError("noise_strain: m1 needs the M1 result", field="noise_strain")
-        n_obs = model._world_sum(sum(p.base.misfit.num_observations for p in model.particles))
-        n_nuis = model._world_sum(sum(0 if p.base.misfit.Q is None else p.base.misfit.Q.shape[1]
-                                      for p in model.particles))
-        return 0.5 * m1_sigma2 * (n_obs - n_nuis - model.num_coefficients), None
-    if settings.noise_strain == "auto":
+
+def _noise_target(model: M2Model, config: RunConfig, prepared, mine
+                  ) -> tuple[float, float]:
+    """(target misfit of the discrepancy rule, strain-noise std)."""
+    noise = config.dislocations.noise_strain
+    if noise == "m1":  # the M1 law's lattice misfit (no slip) taken as noise: an upper bound
+        J_m1 = sum(model.misfits().values())
+        unit = noise_misfit(model, 1.0) - 0.5 * model.num_coefficients  # E J / sigma^2
+        sigma = float(np.sqrt(J_m1 / max(unit, 1e-300)))
+    elif noise == "auto":
         local = [estimate_strain_noise(prepared[k].data) for k in mine]
-        estimates = [e for part in model.world.allgather(local) for e in part]
-        sigma = float(np.median(estimates))
+        sigma = float(np.median([e for part in model.world.allgather(local) for e in part]))
     else:
-        sigma = float(settings.noise_strain)
-    samplers = None
-    if misfit_kind == "displacement":
-        samplers = {p.name: strain_noise_sampler(prepared[k].data, pm.pixel_indices(),
-                                                 p.base.misfit)
-                    for p, k, pm in zip(model.particles, mine, meshes, strict=True)}
-    return noise_misfit(model, sigma, samplers, settings.noise_draws), sigma
+        sigma = float(noise)
+    return noise_misfit(model, sigma), sigma
 
 
-def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_result=None,
-           settings: M2Settings | None = None) -> M2Outcome:
-    """The M2 stage of the pipeline: mesh, fit M2 (alpha by the configured rule), gather the
-    model and density maps to world rank 0 and summarise (`M2Outcome`).
+def run_m2(prepared: Sequence, config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD,
+           m1: M1Stage | None = None) -> M2Outcome:
+    """The M2 stage: fit M2 (alpha by the configured rule), gather the lattice, slip and
+    density maps to world rank 0 and summarise (`M2Outcome`).
 
-    `prepared`: `chemomech.correlative.prepared.PreparedParticle` s; `config`: a `RunConfig` (reads
-    legendre_degree, misfit, mesh, edge_exclusion_px, stiffness, reduction, solver and the
-    ``dislocations`` block, see `M2Settings`); `m1_result`: the `M1Outcome` (warm start, degree
-    for ``auto`` and sigma^2 for ``noise_strain: m1``), or None (M1 by its linear fast path).
+    `prepared`: `chemomech.correlative.prepared.PreparedParticle` s; `config`: the RunConfig
+    (its ``dislocations`` block, `chemomech.dislocations.settings.DislocationsConfig`, and
+    edge_exclusion_px; mesh, stiffness, solver, legendre_degree when standalone); `m1`: the
+    M1 stage's meshes, factorised model and coefficients (the pipeline passes them), or None:
+    mesh and factorise here, start from M1's linear fast path.
     """
-    from chemomech.mechanics.fields import model_maps
-    from chemomech.mechanics.forms import epsilon
-
+    settings = config.dislocations
     t0 = time.perf_counter()
-    settings = settings or M2Settings.from_config(config)
-    group, mine, setups, meshes = _build_setups(prepared, config, comm)
-    t_mesh = time.perf_counter() - t0
-    degree = _settings_value(config, "legendre_degree", 2)
-    if degree == "auto":
-        if m1_result is None:
-            raise InputError("legendre_degree: auto needs the M1 result", field="legendre_degree")
-        degree = m1_result.fit.degree
-    material = Material(stiffness=_settings_value(config, "stiffness", "average"),
-                        reduction=_settings_value(config, "reduction", "plane_stress"))
-    reg = Regularisation(settings.kind, 1.0 if settings.alpha == "auto" else float(
-        settings.alpha), settings.tv_epsilon_per_nm)
-    model = M2Model(setups, settings.slip_systems, degree=degree, material=material, comm=comm,
-                    solver=_settings_value(config, "solver", "auto"), regularisation=reg)
-    if m1_result is not None and m1_result.fit.degree == degree:
-        initial = m1_result.fit.coefficients
-        sigma2 = m1_result.sigma2
-    else:
-        initial = model.m1.fit(method="linear", with_normal_matrix=False).coefficients
-        sigma2 = None
-    model.coefficients = np.asarray(initial, float).copy()
+    stage = m1 if m1 is not None else build_m1_stage(prepared, config, comm)
+    t_m1 = time.perf_counter() - t0
+    model = m2_model(prepared, stage, config)
+    group, mine = model.group, stage.particle_indices
     fit_options = {"tao_type": settings.tao_type, "max_it": settings.max_it,
                    "grtol": settings.grtol}
-    misfit_kind = _settings_value(config, "misfit", "displacement")
+    reg = settings.regularisation
     choice = None
-    if settings.alpha == "auto":
+    t1 = time.perf_counter()
+    if reg.alpha == "auto":
         target, sigma = (None, None)
-        if settings.rule == "discrepancy":
-            target, sigma = _noise_target(model, settings, prepared, mine, meshes, sigma2,
-                                          misfit_kind)
-        choice, fit = choose_alpha(model, settings.rule, target_misfit=target,
+        if reg.rule == "discrepancy":
+            target, sigma = _noise_target(model, config, prepared, mine)
+        choice, fit = choose_alpha(model, reg.rule, target_misfit=target,
                                    decades=settings.alpha_decades, tau=settings.discrepancy_tau,
                                    **fit_options)
         choice.noise_strain = sigma
     else:
         fit = model.fit(**fit_options)
-    t_fit = time.perf_counter() - t0 - t_mesh
+    t_fit = time.perf_counter() - t1
     t_forward = model.forward_solve_time()
+    cov = sigma2 = None
+    band = {"method": "none (dislocations.bands: false)"}
+    if settings.bands:
+        cov, sigma2, info = m2_covariance(model)
+        band = {"method": "joint Gauss-Newton over (a, gamma), marginalised on a",
+                "noise_sigma": float(np.sqrt(sigma2)), **info}
 
     images: dict[str, dict[str, np.ndarray]] = {}
-    for i, (k, pm) in enumerate(zip(mine, meshes, strict=True)):
+    for i, (k, pm) in enumerate(zip(mine, stage.meshes, strict=True)):
         p = prepared[k]
-        u = model.displacement(i)
-        maps = model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        maps = lattice_maps(model.displacement(i), model.gammas[i], model.particles[i].tensors,
+                            pm, p.data.mask.shape)
         maps |= slip_maps(model, i, pm, p.data.mask.shape)
         if group.rank == 0:
             images[p.data.name] = maps
@@ -170,19 +178,23 @@ def run_m2(prepared: Sequence, config, comm: MPI.Comm = MPI.COMM_WORLD, m1_resul
     labels = [s.label for s in model.systems]
     summary = {"system": labels[0] if len(labels) == 1 else labels,
                "systems": {s.label: s.notation() for s in model.systems},
+               "misfit": "lattice distortion (e_xx, e_yy, e_xy, theta; "
+                         f"theta_weight {settings.theta_weight:g})",
                "mean_density_um2": mean_all,
                "per_particle_mean_density_um2": densities,
-               "regularisation": {"kind": settings.kind, "alpha": model.reg.alpha,
+               "regularisation": {"kind": reg.kind, "alpha": model.reg.alpha,
                                   "rule": choice.rule if choice else "fixed"},
-               "fit": fit.summary()}
+               "fit": fit.summary(), "band": band}
     if choice is not None:
         summary["regularisation"] |= {"target_misfit": choice.target_misfit,
                                       "noise_strain": choice.noise_strain,
                                       "curve": choice.curve}
     iterations = sum(c["iterations"] for c in choice.curve) if choice else fit.iterations
-    timings = {"m2_mesh": t_mesh, "m2_fit": t_fit, "m2_forward_solve": t_forward,
+    timings = {"m2_m1_stage": t_m1, "m2_fit": t_fit, "m2_forward_solve": t_forward,
+               "m2_band": band.get("time_s", 0.0),
                "m2_iterations": float(iterations), "m2_total": time.perf_counter() - t0}
     if comm.rank == 0:
-        logger.info("M2 (%s): alpha %.3g (%s), mean density %.4g um^-2", ", ".join(labels),
-                    model.reg.alpha, summary["regularisation"]["rule"], mean_all)
-    return M2Outcome(fit, choice, images, densities, summary, timings)
+        logger.info("M2 (%s): alpha %.3g (%s), mean density %.4g um^-2, %.1f s",
+                    ", ".join(labels), model.reg.alpha, summary["regularisation"]["rule"],
+                    mean_all, timings["m2_total"])
+    return M2Outcome(fit, choice, images, densities, summary, timings, cov, sigma2)

@@ -1,14 +1,21 @@
-"""Settings of the dislocation model M2: the slip regularisation and the `dislocations` block."""
+"""Settings of the dislocation model M2, defined once: the ``dislocations`` config block.
+
+`DislocationsConfig` is the pydantic model that `chemomech.config.RunConfig` uses as its
+``dislocations`` field (unknown keys are errors, every value validated, the message names the
+key); `run_m2` reads it from the RunConfig.  `Regularisation` is the numeric state of the slip
+regulariser of an `M2Model` (alpha a number, changed by `M2Model.set_alpha`).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from chemomech.exceptions import InputError
-from chemomech.mechanics.slip import slip_system
+from chemomech.mechanics.slip import IN_PLANE_SYSTEMS
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +29,82 @@ TYPICAL_SLIP_LENGTH_NM = 100.0
 UM2_PER_NM2 = 1e6
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegularisationConfig(_Strict):
+    """Regularisation of the M2 slip fields."""
+
+    kind: RegularisationKind = Field("h1", description="H1 seminorm or smoothed TV")
+    alpha: float | Literal["auto"] = Field("auto", description="weight (dimensionless for h1, "
+                                           "1/nm for tv), or chosen by `rule`")
+    rule: AlphaRule = Field("discrepancy", description="alpha rule for alpha: auto")
+    tv_epsilon_per_nm: float = Field(1e-6, gt=0, description="TV smoothing (1/nm)")
+
+    @field_validator("alpha")
+    @classmethod
+    def _non_negative(cls, value):
+        if value != "auto" and not value >= 0:
+            raise ValueError("alpha must be >= 0 or 'auto'")
+        return value
+
+
+class DislocationsConfig(_Strict):
+    """Model M2 (chemomech.dislocations.model): slip fields of in-plane systems.
+
+    The M2 misfit is the lattice-distortion misfit (`chemomech.dislocations.lattice`) whatever
+    the run's ``misfit`` is; `theta_weight` weights its rotation term (1: the Frobenius norm
+    of the distortion residual, 0: lattice strain only).
+    """
+
+    slip_systems: list[str] = Field(["D"], min_length=1,
+                                    description="labels of chemomech.mechanics.slip systems")
+    regularisation: RegularisationConfig = RegularisationConfig()
+    theta_weight: float = Field(1.0, ge=0, description="weight of the lattice rotation in the "
+                                "M2 misfit, relative to the Frobenius norm of the distortion")
+    noise_strain: float | Literal["auto", "m1"] = Field(
+        "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
+        "the M1 residual, or a number")
+    discrepancy_tau: float = Field(1.0, gt=0, description="discrepancy target: tau x noise")
+    alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
+    tao_type: Literal["blmvm", "bqnls"] = Field("blmvm", description="TAO method of the M2 fit")
+    max_it: int = Field(2000, ge=1, description="most TAO iterations per alpha")
+    grtol: float = Field(1e-7, ge=0, description="gradient tolerance relative to J")
+    bands: bool = Field(True, description="joint Gauss-Newton covariance of the law over "
+                        "(a, gamma), marginalised on a (chemomech.dislocations.bands); "
+                        "false: no M2 band is published")
+
+    @field_validator("slip_systems")
+    @classmethod
+    def _known_systems(cls, value):
+        unknown = [s for s in value if s not in IN_PLANE_SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown slip systems {unknown}; choose from "
+                             f"{sorted(IN_PLANE_SYSTEMS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"slip systems listed twice: {value}")
+        return value
+
+    @field_validator("noise_strain")
+    @classmethod
+    def _positive_noise(cls, value):
+        if not isinstance(value, str) and not value > 0:
+            raise ValueError("noise_strain must be > 0, 'auto' or 'm1'")
+        return value
+
+    @field_validator("alpha_decades")
+    @classmethod
+    def _descending(cls, value):
+        if value[0] < value[1]:
+            raise ValueError("alpha_decades must be (largest k, smallest k)")
+        return value
+
+
 @dataclass(frozen=True, slots=True)
 class Regularisation:
-    """Slip regularisation: kind (h1 | tv), weight alpha (units of the misfit), TV smoothing eps
-    (1/nm)."""
+    """Slip regularisation of a model: kind (h1 | tv), weight alpha (dimensionless for h1, 1/nm
+    for tv), TV smoothing eps (1/nm)."""
 
     kind: RegularisationKind = "h1"
     alpha: float = 1.0
@@ -39,61 +118,3 @@ class Regularisation:
             raise InputError(f"must be >= 0, got {self.alpha}", field="regularisation.alpha")
         if not self.tv_epsilon_per_nm > 0:
             raise InputError("must be > 0", field="regularisation.tv_epsilon_per_nm")
-
-
-@dataclass(frozen=True, slots=True)
-class M2Settings:
-    """What `run_m2` reads from the config's ``dislocations`` block (defaults documented here).
-
-    `slip_systems`: labels of `chemomech.mechanics.slip.IN_PLANE_SYSTEMS` (default [D]);
-    `kind`: h1 | tv;
-    `alpha`: a number or "auto"; `rule`: discrepancy | lcurve (for auto); `noise_strain`:
-    strain-noise std, "auto" (estimated from the maps) or "m1" (the M1 residual);
-    `discrepancy_tau`: tau of the discrepancy rule; `alpha_decades`: the scan covers
-    alpha_0 * 10^k, k = alpha_decades[0] .. alpha_decades[1] (descending); `noise_draws`:
-    Monte Carlo draws for the displacement misfit's noise level; `tao_type`, `max_it`,
-    `grtol`: the TAO settings of M2.
-    """
-
-    slip_systems: tuple[str, ...] = ("D",)
-    kind: RegularisationKind = "h1"
-    alpha: float | Literal["auto"] = "auto"
-    rule: AlphaRule = "discrepancy"
-    noise_strain: float | Literal["auto", "m1"] = "auto"
-    discrepancy_tau: float = 1.0
-    alpha_decades: tuple[int, int] = (2, -3)
-    tv_epsilon_per_nm: float = 1e-6
-    noise_draws: int = 4
-    tao_type: str = "blmvm"
-    max_it: int = 2000
-    grtol: float = 1e-7
-
-    @classmethod
-    def from_config(cls, config) -> M2Settings:
-        """From ``config.dislocations`` (a mapping or an object with these attributes; absent
-        keys take the defaults); ``regularisation: {kind, alpha, rule, ...}`` may be nested."""
-        block = getattr(config, "dislocations", None) if config is not None else None
-        if block is None:
-            return cls()
-        raw = dict(block) if isinstance(block, Mapping) else (
-            block.model_dump() if hasattr(block, "model_dump") else dict(vars(block)))
-        nested = raw.pop("regularisation", None) or {}
-        if not isinstance(nested, Mapping):
-            nested = nested.model_dump() if hasattr(nested, "model_dump") else vars(nested)
-        raw |= dict(nested)
-        unknown = set(raw) - set(cls.__slots__)
-        if unknown:
-            raise InputError(f"unknown key(s) {sorted(unknown)}", field="dislocations")
-        if "slip_systems" in raw:
-            raw["slip_systems"] = tuple(raw["slip_systems"])
-        if "alpha_decades" in raw:
-            raw["alpha_decades"] = tuple(raw["alpha_decades"])
-        settings = cls(**raw)
-        for label in settings.slip_systems:
-            slip_system(label)
-        if settings.rule not in ("discrepancy", "lcurve"):
-            raise InputError(f"must be 'discrepancy' or 'lcurve', got {settings.rule!r}",
-                             field="regularisation.rule")
-        if settings.tao_type not in M2_TAO_TYPES:
-            raise InputError(f"must be one of {M2_TAO_TYPES}", field="dislocations.tao_type")
-        return settings

@@ -5,6 +5,8 @@ r"""The custom pyadjoint blocks of the inverse problems (forward, adjoint, TLM a
 * `PixelMisfitBlock`: u -> 1/2 |P(Bu - d)|^2.
 * `GroupSumBlock`: the particle costs summed over the particle groups.
 * `SlipSolveBlock` (M2): (a, gamma_s) -> u = A^+(sum a_k b_k + sum_s K_s gamma_s).
+* `LatticeMisfitBlock` (M2): (u, gamma_s) -> 1/2 |P(Bu - sum_s G_s gamma_s - d)|^2, the
+  misfit on the lattice distortion grad u - beta_p.
 * `RegularisationBlock` (M2): gamma -> R(gamma).
 """
 
@@ -22,7 +24,8 @@ from pyadjoint import AdjFloat, Block
 from chemomech.inverse.misfit import PixelMisfit
 
 if TYPE_CHECKING:  # the particles the blocks act on (duck-typed; no runtime import)
-    from chemomech.dislocations.model import SlipParticle
+    from chemomech.dislocations.lattice import LatticeMisfit
+    from chemomech.dislocations.particle import SlipParticle
     from chemomech.inverse.problem import _Particle
 
 
@@ -211,6 +214,45 @@ class SlipSolveBlock(Block):
         du = dxa.Function(self.particle.base.V, name="du")
         coefficients = [0.0 if t is None else float(t) for t in tlm_inputs[: self.n_c]]
         return self.particle.solve(coefficients, tlm_inputs[self.n_c:], du)
+
+
+class LatticeMisfitBlock(Block):
+    r"""(u, gamma_s) -> J = \tfrac12|r|^2, r = P(B u - \sum_s G_s\gamma_s - d); adjoint
+    B^T r (u) and -G_s^T r (gamma_s); tangent r . (B du - sum_s G_s dgamma_s)."""
+
+    def __init__(self, misfit: LatticeMisfit, u: fem.Function, gammas: Sequence[fem.Function]):
+        super().__init__()
+        self.misfit = misfit
+        self.add_dependency(u)
+        for g in gammas:
+            self.add_dependency(g)
+
+    def __str__(self):
+        return f"lattice-distortion misfit ({self.misfit.name})"
+
+    def recompute_component(self, inputs, block_variable, idx, prepared):
+        return self.misfit.cost(inputs[0], inputs[1:])
+
+    def prepare_evaluate_adj(self, inputs, adj_inputs, relevant_dependencies):
+        scale = 1.0 if adj_inputs[0] is None else float(adj_inputs[0])
+        return scale * self.misfit.residual(inputs[0], inputs[1:])
+
+    def evaluate_adj_component(self, inputs, adj_inputs, block_variable, idx, prepared=None):
+        if idx == 0:
+            return self.misfit.gradient_u(prepared)
+        return self.misfit.gradient_gamma(idx - 1, prepared)
+
+    def evaluate_tlm_component(self, inputs, tlm_inputs, block_variable, idx, prepared=None):
+        if all(t is None for t in tlm_inputs):
+            return None
+        m = self.misfit
+        r = m.residual(inputs[0], inputs[1:])
+        du = tlm_inputs[0]
+        d = m.B @ du.x.array if du is not None else np.zeros_like(r)
+        for G, dg in zip(m.G, tlm_inputs[1:], strict=True):
+            if dg is not None:
+                d = d - G @ dg.x.array
+        return m.comm.allreduce(float(r @ d))
 
 
 class RegularisationBlock(Block):

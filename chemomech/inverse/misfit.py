@@ -28,7 +28,6 @@ times the block size, the layout of `chemomech.mechanics.fields.PixelSampler.mat
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse
@@ -287,21 +286,6 @@ class StrainMisfit(PixelMisfit):
         e = np.asarray(strain, float).reshape(-1, 3)[owned]
         return cls(sampler.V, strain_observation_matrix(sampler), e, keep, name=name,
                    points=sampler.points_nm[owned], point_indices=owned)
-
-
-class MultiParticleMisfit:
-    """Sum of independent misfits, J = sum_k J_k(u_k) (hIPPYlib's MultiStateMisfit)."""
-
-    def __init__(self, misfits: Sequence[PixelMisfit]):
-        self.misfits = list(misfits)
-
-    def cost(self, us: Sequence[fem.Function]) -> float:
-        """J = sum_k J_k(u_k) over the particles held here."""
-        return float(sum(m.cost(u) for m, u in zip(self.misfits, us, strict=True)))
-
-    def gradient(self, us: Sequence[fem.Function]) -> list[la.Vector]:
-        """[dJ_k/du_k] for every particle held here."""
-        return [m.gradient(u) for m, u in zip(self.misfits, us, strict=True)]
 
 
 def strain_observation_matrix(sampler) -> scipy.sparse.csr_matrix:

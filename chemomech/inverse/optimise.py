@@ -14,25 +14,43 @@ defaults, e.g. ``-chemomech_m1_tao_monitor``.
 `serve_on_rank0` runs a driver on world rank 0 while the other ranks serve its collective
 evaluations: one TAO, not one per rank, because replicated TAOs may round differently and then
 disagree on the number of (collective) evaluations.
+
+`checkpointing(folder)` makes every `minimise` call inside it resumable (``chemomech invert
+--resume``): each call keeps an `EvaluationLog` of its evaluations (x, J, dJ/dx) and its
+outcome.  A rerun replays the log: TAO is deterministic, so it asks for the same x (to
+`REPLAY_RTOL`), gets the recorded J and gradient without a PDE solve, and continues from where
+the killed run stopped, to the uninterrupted answer.  A finished call returns its recorded
+outcome at once (per alpha of the M2 scan).  The first evaluation is always recomputed and
+compared with the record, so a log of a different problem is discarded, not replayed.
+Problems with more than `REPLAY_MAX_SIZE` unknowns (M2 slip fields) log only the first
+evaluation and the outcome: a killed call restarts, finished calls are skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
 from chemomech.exceptions import SolverError
+from chemomech.io.parallel import raise_if_interrupted
+from chemomech.io.results import atomic_path
 
 logger = logging.getLogger(__name__)
 
 #: A TAO line-search failure is accepted once |grad J| / |grad J_0| fell below this.
 STALL_GRADIENT_REDUCTION = 1e-5
+#: Largest number of unknowns (on one rank) whose every evaluation is checkpointed.
+REPLAY_MAX_SIZE = 4096
+#: Relative agreement of the recomputed first evaluation with the record.
+REPLAY_RTOL = 1e-12
 
 
 @dataclass
@@ -77,14 +95,24 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     types (blmvm, bqnls).  `option_defaults` are set under `prefix` unless the user gave them.
     """
     x0 = np.asarray(x0, float)
+    log = _CHECKPOINTS[-1].log(f"{prefix}{label}", comm, x0.size) if _CHECKPOINTS else None
+    if log is not None:
+        objective_gradient = log.wrap(objective_gradient)
+        done = log.finished(x0, objective_gradient)
+        if done is not None:
+            return done
     if J0 is None:
         J0 = objective_gradient(x0)[0]
     scale = 1.0 / J0 if J0 > 0 else 1.0
-    counters = {"evaluations": 0, "time": 0.0, "g0": None}
+    counters = {"evaluations": 0, "time": 0.0, "g0": None, "error": None}
 
     def tao_objective_gradient(tao, x, g):
         t0 = time.perf_counter()
-        J, dJ = objective_gradient(x.getArray(readonly=True).copy())
+        try:
+            J, dJ = objective_gradient(x.getArray(readonly=True).copy())
+        except BaseException as exc:  # PETSc turns it into error 101: re-raised after solve
+            counters["error"] = exc
+            raise
         g.setArray(scale * np.asarray(dJ, float))
         counters["evaluations"] += 1
         counters["time"] += time.perf_counter() - t0
@@ -151,7 +179,16 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     finally:
         for key in defaults:
             options.delValue(key)
-    tao.solve()
+    try:
+        tao.solve()
+    except PETSc.Error:
+        tao.destroy()
+        for obj in objects:
+            obj.destroy()
+        if counters["error"] is not None:  # the objective's own exception, not PETSc's
+            raise counters["error"] from None
+        raise_if_interrupted()  # a signal handled inside another callback
+        raise
     reason = tao.getConvergedReason()
     solution = tao.getSolution().getArray().copy()
     J = tao.getObjectiveValue() / scale
@@ -178,8 +215,163 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     if comm.rank == 0:
         logger.info("%s %s: reason %d, %d iterations, %d evaluations (%.3f s)", label,
                     tao_type, reason, iterations, counters["evaluations"], counters["time"])
-    return TaoOutcome(solution, J, iterations, counters["evaluations"], reason, ratio,
-                      converged, text, counters["time"])
+    outcome = TaoOutcome(solution, J, iterations, counters["evaluations"], reason, ratio,
+                         converged, text, counters["time"])
+    if log is not None:
+        log.finish(outcome)
+    return outcome
+
+
+def _same_point(x: np.ndarray, recorded: np.ndarray) -> bool:
+    """x equals the recorded point to `REPLAY_RTOL` (max norm): the direct solvers (MUMPS) are
+    reproducible only to the last bit, so a rerun's TAO iterates may differ by ~1e-16."""
+    return x.shape == recorded.shape and bool(
+        np.abs(x - recorded).max(initial=0.0) <= REPLAY_RTOL * np.abs(recorded).max(initial=0.0))
+
+
+class EvaluationLog:
+    """The checkpoint of one `minimise` call on one rank: its evaluations and its outcome.
+
+    A folder with one small npz per evaluation (``eval-00012.npz``: x, J, dJ/dx, each written
+    atomically as it is made) and ``outcome.npz`` when the call finished, when only the first
+    evaluation is kept (to check the problem on resume).  `wrap` replays it."""
+
+    def __init__(self, path: Path, comm: MPI.Comm, size: int):
+        self.path, self.comm = path, comm
+        self.every = size <= REPLAY_MAX_SIZE
+        self.xs: list[np.ndarray] = []
+        self.Js: list[float] = []
+        self.gs: list[np.ndarray] = []
+        self.outcome: dict | None = None
+        self.calls = self.replayed = 0
+        while (path / self._name(len(self.xs))).exists():
+            with np.load(path / self._name(len(self.xs)), allow_pickle=False) as z:
+                self.xs.append(z["x"])
+                self.Js.append(float(z["J"]))
+                self.gs.append(z["g"])
+        if self.xs and (path / "outcome.npz").exists():
+            with np.load(path / "outcome.npz", allow_pickle=False) as z:
+                self.outcome = {k: z[k][()] for k in z.files}
+
+    @staticmethod
+    def _name(i: int) -> str:
+        return f"eval-{i:05d}.npz"
+
+    def _all(self, flag: bool) -> bool:
+        return bool(self.comm.allreduce(bool(flag), op=MPI.LAND))
+
+    def _save(self) -> None:
+        """Write the newest evaluation, or the outcome once there is one."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.outcome is not None:
+            with atomic_path(self.path / "outcome.npz") as tmp:
+                np.savez(tmp, **{k: np.asarray(v) for k, v in self.outcome.items()})
+            for i in range(1, len(self.xs)):  # a finished call needs only its first one
+                (self.path / self._name(i)).unlink(missing_ok=True)
+            return
+        i = len(self.xs) - 1
+        with atomic_path(self.path / self._name(i)) as tmp:
+            np.savez(tmp, x=self.xs[i], J=self.Js[i], g=self.gs[i])
+
+    def _discard(self, keep: int) -> None:
+        """Forget the evaluations from `keep` on (and the outcome), on disk too."""
+        for i in range(keep, len(self.xs)):
+            (self.path / self._name(i)).unlink(missing_ok=True)
+        (self.path / "outcome.npz").unlink(missing_ok=True)
+        del self.xs[keep:], self.Js[keep:], self.gs[keep:]
+        self.outcome = None
+
+    def wrap(self, objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]]
+             ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        """`objective_gradient` answering recorded evaluations from the log (collective)."""
+        def replaying(x):
+            i = self.calls
+            self.calls += 1
+            recorded = i < len(self.xs) and _same_point(x, self.xs[i])
+            if self._all(recorded) and i > 0:
+                self.replayed += 1
+                return self.Js[i], self.gs[i].copy()
+            J, g = objective_gradient(x)
+            g = np.asarray(g, float)
+            if recorded and i == 0:
+                scale = max(abs(self.Js[0]), 1e-300)
+                same = abs(J - self.Js[0]) <= REPLAY_RTOL * scale and np.allclose(
+                    g, self.gs[0], rtol=REPLAY_RTOL, atol=REPLAY_RTOL * np.abs(g).max(
+                        initial=0.0))
+                if self._all(same):  # the same problem: answer as the killed run did
+                    return self.Js[0], self.gs[0].copy()
+                if self.comm.rank == 0:
+                    logger.warning("checkpoint %s is of another problem: not replayed",
+                                   self.path.name)
+            self._discard(i)
+            if self.every or i == 0:
+                self.xs.append(np.array(x, float))
+                self.Js.append(float(J))
+                self.gs.append(g.copy())
+                self._save()
+            return J, g
+        return replaying
+
+    def finished(self, x0: np.ndarray, objective_gradient) -> TaoOutcome | None:
+        """The recorded outcome if this call finished before and its problem is the same:
+        `objective_gradient` (the `wrap` ped one) checks the first evaluation (collective)."""
+        if not self._all(self.outcome is not None and len(self.xs) > 0
+                         and _same_point(x0, self.xs[0])):
+            return None
+        objective_gradient(x0)  # recomputed and compared; a mismatch discards the outcome
+        if self.outcome is None:
+            return None
+        fields = {k: (np.array(v) if k == "x" else v.item()) for k, v in self.outcome.items()}
+        if self.comm.rank == 0:
+            logger.info("%s: finished before, outcome taken from the checkpoint", self.path.name)
+        return TaoOutcome(**fields)
+
+    def finish(self, outcome: TaoOutcome) -> None:
+        """Record the outcome of the call."""
+        self.outcome = asdict(outcome)
+        self._save()
+
+
+class Checkpoints:
+    """The `EvaluationLog` s of the `minimise` calls of a run, named by the call's label and
+    its position among the calls with that label (the order of calls is deterministic)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.counts: dict[str, int] = {}
+        self.logs: list[EvaluationLog] = []
+
+    def log(self, label: str, comm: MPI.Comm, size: int) -> EvaluationLog:
+        n = self.counts.get(label, 0)
+        self.counts[label] = n + 1
+        name = "".join(c if c.isalnum() else "_" for c in label)
+        suffix = f".rank{comm.rank}" if comm.size > 1 else ""
+        log = EvaluationLog(self.folder / f"{name}-{n:03d}{suffix}", comm, size)
+        self.logs.append(log)
+        return log
+
+    @property
+    def replayed(self) -> int:
+        """Number of evaluations answered from the checkpoints without a solve (the first
+        evaluation of each call is recomputed to check the checkpoint and does not count)."""
+        return sum(log.replayed for log in self.logs)
+
+
+_CHECKPOINTS: list[Checkpoints] = []
+
+
+@contextmanager
+def checkpointing(folder: str | Path | None) -> Iterator[Checkpoints | None]:
+    """Make the `minimise` calls in the block resumable from `folder` (None: a no-op)."""
+    if folder is None:
+        yield None
+        return
+    store = Checkpoints(folder)
+    _CHECKPOINTS.append(store)
+    try:
+        yield store
+    finally:
+        _CHECKPOINTS.remove(store)
 
 
 def serve_on_rank0(world: MPI.Comm, commands: Mapping[str, Callable], driver: Callable):

@@ -77,7 +77,7 @@ def _load_mat(path: Path) -> dict[str, np.ndarray]:
 def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT_PIXEL_SIZE_NM,
                        rotation: str | float = "documented", theta_sign: int = 1,
                        threshold: float = REFERENCE_MAT_THRESHOLD,
-                       name: str | None = None) -> ParticleData:
+                       name: str | None = None, keep_largest: bool = False) -> ParticleData:
     """The reference study's particle: X = LFP / (LFP + FP), crystal-frame strain, mask FP+LFP>0.1.
 
     `rotation`: "documented" (default) uses -rot (the file's rot is for MATLAB's x = column
@@ -85,6 +85,7 @@ def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT
     checked by `chemomech.correlative.frames.frame_check`), "file" uses rot as stored, a number
     overrides.
     Pixels with theta == 0 or 1, or a strain component == 1, are outside the measurement.
+    `keep_largest` keeps the largest connected piece of the mask (debris dropped).
     """
     path = Path(path)
     if not path.exists():
@@ -112,6 +113,8 @@ def read_reference_mat(path: str | Path, *, pixel_size_nm: float = REFERENCE_MAT
                              field=key)
     thickness = maps["FP"] + maps["LFP"]
     mask = thickness > threshold
+    if keep_largest:
+        mask = largest_component(mask)
     with np.errstate(invalid="ignore", divide="ignore"):
         X = np.where(mask, maps["LFP"] / np.where(mask, thickness, 1.0), np.nan)
     outside = ((maps["theta"] == 0) | (maps["theta"] == 1) | np.isclose(maps["exx"], 1.0)
@@ -495,17 +498,21 @@ def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def read_particle_npz(path: str | Path, *, name: str | None = None,
-                      pixel_size_nm: float | None = None) -> ParticleData:
-    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys)."""
+                      pixel_size_nm: float | None = None,
+                      keep_largest: bool = False) -> ParticleData:
+    """A whole particle from .npz: X, e_xx, e_yy, e_xy, theta, mask (+ scalar frame keys);
+    `keep_largest` keeps the largest connected piece of the mask."""
     path = Path(path)
     arrays = _load_npz(path, ("X", "e_xx", "e_yy", "e_xy", "theta", "mask"))
 
     def scalar(key: str, default: Any) -> Any:
         return arrays[key].item() if key in arrays else default
 
+    mask = largest_component(arrays["mask"]) if keep_largest else arrays["mask"]
     return ParticleData(name=name or str(scalar("name", path.stem)), X=arrays["X"],
                         e_xx=arrays["e_xx"], e_yy=arrays["e_yy"], e_xy=arrays["e_xy"],
-                        theta=arrays["theta"], mask=arrays["mask"],
+                        theta=arrays["theta"],
+                        mask=mask,
                         pixel_size_nm=pixel_size_nm or scalar("pixel_size_nm", None),
                         rotation_rad=scalar("rotation_rad", 0.0),
                         strain_frame=str(scalar("strain_frame", "crystal")),
@@ -609,9 +616,10 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
             rot: str | float = mat_rotation if rotation_rad is None else rotation_rad
             particles = [read_reference_mat(
                 p, pixel_size_nm=pixel_size_nm or REFERENCE_MAT_PIXEL_SIZE_NM, rotation=rot,
-                theta_sign=theta_sign or 1, name=name)]
+                theta_sign=theta_sign or 1, name=name, keep_largest=keep_largest)]
         else:
-            particles = [read_particle_npz(p, name=name, pixel_size_nm=pixel_size_nm)]
+            particles = [read_particle_npz(p, name=name, pixel_size_nm=pixel_size_nm,
+                                           keep_largest=keep_largest)]
         overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
                                        ("strain_frame", strain_frame),
                                        ("theta_sign", theta_sign)) if v is not None}

@@ -76,6 +76,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
+def touches_border(mask: np.ndarray) -> bool:
+    """True if the mask has a pixel in the first or last row or column of the image."""
+    mask = np.asarray(mask, dtype=bool)
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def check_interior(particle: ParticleData) -> None:
+    """InputError (naming file and particle) if the particle touches the image border: its
+    boundary, where the mechanical problem is traction-free, is then not known."""
+    if touches_border(particle.mask):
+        raise InputError(f"particle {particle.name!r} touches the image border, so its "
+                         "boundary is not known (M1/M2 mesh it); crop a larger field of view "
+                         "or pad the maps", path=particle.file, field="mask")
+
+
 
 def interior_pixels(mask: np.ndarray, distance_px: float) -> np.ndarray:
     """Pixels of `mask` farther than `distance_px` (Euclidean, in pixels) from every pixel
@@ -157,8 +172,8 @@ class ParticleData:
         n_parts = mask_components(self.mask)
         if n_parts > 1:
             raise InputError(f"mask is fragmented into {n_parts} 4-connected pieces; one "
-                             "particle must be one piece (keep the largest with "
-                             "chemomech.io.stack.largest_component, or split the particles)",
+                             "particle must be one piece (keep the largest with `chemomech import "
+                             "--keep-largest`, or split the particles)",
                              path=path, field="mask")
 
     def _validate_composition(self, path: str | None) -> None:
