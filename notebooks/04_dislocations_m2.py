@@ -33,8 +33,8 @@
 # the L-curve corner. The geometrically necessary dislocation density is
 # $\rho_\mathrm{GND} = |\nabla\gamma \cdot \mathbf{s}| / |b|$ (µm⁻²).
 #
-# *This notebook uses main's M2 API of the time of writing (the M2 lattice-physics work had
-# not landed yet); it runs the pipeline, so it follows whatever `model: M2` does.*
+# The notebook runs the pipeline (`model: M2`), so it shows exactly what `chemomech invert`
+# writes for M2.
 
 # %%
 import tempfile
@@ -55,13 +55,12 @@ out = Path(tempfile.mkdtemp())
 # ## The run
 #
 # System D = [001](100), the study's choice, H1 regularisation, the L-curve rule; a short
-# scan of three decades and one noise draw keep this fast (the defaults scan six decades).
+# scan of three decades keeps this fast (the defaults scan six decades).
 
 # %%
 config = RunConfig(data=[data], model="M2", legendre_degree=2, output=out,
                    uncertainty={"n_draws": 20},
                    dislocations={"slip_systems": ["D"], "alpha_decades": (1, -1),
-                                 "noise_draws": 1,
                                  "regularisation": {"kind": "h1", "alpha": "auto",
                                                     "rule": "lcurve"}})
 summary = run(config)
