@@ -169,8 +169,8 @@ _LITERAL = re.compile(r"(:\w+:)?(``.*?``|`[^`]*`)")
 
 def plain_text_escapes(line: str) -> str:
     """Escape the plain-text notation of the docstrings that reStructuredText would misread,
-    outside backtick spans: ``|x|`` (a norm, not a substitution) and a word ending in ``_``
-    (a name, not a link target)."""
+    outside backtick spans: ``|x|`` (a norm, not a substitution), a word ending in ``_``
+    (a name, not a link target) and a lone ``*`` (not emphasis)."""
     out, last = [], 0
     for match in _LITERAL.finditer(line):
         out.append(_escape_plain(line[last:match.start()]))
@@ -182,6 +182,8 @@ def plain_text_escapes(line: str) -> str:
 
 def _escape_plain(text: str) -> str:
     text = text.replace("|", "\\|")
+    if text.count("*") == 1:  # a lone star (a glob, a product) is not emphasis
+        text = text.replace("*", "\\*")
     return re.sub(r"(\w)_(?=\W|$)", r"\1\\_", text)
 
 
@@ -189,9 +191,34 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
+def _is_item(line: str) -> bool:
+    return line.lstrip().startswith(("* ", "- "))
+
+
+def separate_lists(lines: list[str]) -> list[str]:
+    """Blank lines around bullet lists written flush against their paragraph (the plain-text
+    habit of the docstrings), which reStructuredText otherwise rejects."""
+    out: list[str] = []
+    list_indent = None  # indentation of the items of the open list
+    for line in lines:
+        blank = not line.strip()
+        if list_indent is not None and not blank and _indent(line) <= list_indent \
+                and not (_is_item(line) and _indent(line) == list_indent):
+            list_indent = None
+            if out and out[-1].strip():
+                out.append("")
+        if list_indent is None and _is_item(line):
+            if out and out[-1].strip():
+                out.append("")
+            list_indent = _indent(line)
+        out.append(line)
+    return out
+
+
 def process_docstring(app, what, name, obj, options, lines: list[str]) -> None:
-    """autodoc hook: `plain_text_escapes` on every docstring line (in place), except in
-    literal blocks (the indented lines after a line ending in ``::``)."""
+    """autodoc hook (in place): `separate_lists`, then `plain_text_escapes` on every line
+    except in literal blocks (the indented lines after a line ending in ``::``)."""
+    lines[:] = separate_lists(lines)
     literal_below = None  # indentation of the paragraph that opened a literal block
     for k, line in enumerate(lines):
         if literal_below is not None and line.strip() and _indent(line) <= literal_below:
