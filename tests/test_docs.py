@@ -74,3 +74,14 @@ def test_api_reference_documents_the_forms(site):
     for name in ("chemomech.mechanics.forms.eigenstrain", "chemomech.inverse.problem.M1Model",
                  "chemomech.io.progress.Progress"):
         assert name in text
+
+
+def test_docstring_escapes_keep_markup_and_protect_plain_notation():
+    from chemomech_reference import plain_text_escapes, separate_lists
+
+    assert plain_text_escapes("* |b| and :math:`|\\nabla X|` in ``a|b``") == \
+        "* \\|b\\| and :math:`|\\nabla X|` in ``a|b``"
+    assert plain_text_escapes("prefix chemomech_m1_ (OUTPUT.partial-*)") == \
+        "prefix chemomech_m1\\_ (OUTPUT.partial-\\*)"
+    assert separate_lists(["Text:", "  - a", "    more", "  - b", "After."]) == \
+        ["Text:", "", "  - a", "    more", "  - b", "", "After."]

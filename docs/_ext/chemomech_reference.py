@@ -171,8 +171,10 @@ def plain_text_escapes(line: str) -> str:
     """Escape the plain-text notation of the docstrings that reStructuredText would misread,
     outside backtick spans: ``|x|`` (a norm, not a substitution), a word ending in ``_``
     (a name, not a link target) and a lone ``*`` (not emphasis)."""
-    out, last = [], 0
-    for match in _LITERAL.finditer(line):
+    bullet = re.match(r"\s*[*-] ", line)  # a list item's marker is kept as written
+    last = bullet.end() if bullet else 0
+    out = [line[:last]]
+    for match in _LITERAL.finditer(line, last):
         out.append(_escape_plain(line[last:match.start()]))
         out.append(match.group(0))
         last = match.end()
