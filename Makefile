@@ -3,7 +3,7 @@
 IN_ENV := scripts/in-env
 NP ?= 2
 
-.PHONY: env demo test test-serial test-mpi bench lint docs notebooks clean-results
+.PHONY: env demo test test-serial test-mpi bench lint docs notebooks clean-results container-test
 
 env:            ## build (or reuse) the environment and print its versions
 	$(IN_ENV) python3 -c "import dolfinx, dolfinx_adjoint, sys; print('dolfinx', dolfinx.__version__, '| python', sys.version.split()[0])"
@@ -28,6 +28,9 @@ notebooks:      ## re-pair notebooks/*.ipynb (no outputs) with their reviewed .p
 
 lint:
 	$(IN_ENV) ruff check chemomech tests scripts bench forms meshes notebooks docs
+
+container-test: ## podman: build the Dockerfile, run make test inside with ../shared (not in CI, ~7 min)
+	bash scripts/container-test $(CONTAINER_TEST_ARGS)
 
 clean-results:
 	rm -rf results

@@ -50,7 +50,11 @@ class OptimiserConfig(_Strict):
 
     method: Literal["tao", "linear"] = Field("tao", description="adjoint+TAO or normal equations")
     tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = Field(
-        "blmvm", description="TAO method (nls: Newton with the second-order adjoint)")
+        "bqnls", description="bqnls/blmvm (quasi-Newton), nls (Newton, second-order-adjoint "
+        "Hessian action), lmvm")
+    initial_hessian: Literal["exact", "identity"] = Field(
+        "exact", description="H0 of bqnls/blmvm: the exact Hessian G^T G (first step = Newton "
+        "step) or the identity")
     gatol: float = Field(0.0, ge=0, description="absolute gradient tolerance (scaled J)")
     grtol: float = Field(0.0, ge=0, description="gradient tolerance relative to J")
     gttol: float = Field(1e-9, ge=0, description="gradient reduction |g|/|g0|")
@@ -67,6 +71,11 @@ class UncertaintyConfig(_Strict):
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
+    evaluation: Literal["exact", "monte_carlo"] = Field(
+        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
+        "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
+    n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
+                          "noise-level trace")
 
 
 class GaugeConfig(_Strict):

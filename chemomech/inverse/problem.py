@@ -34,14 +34,16 @@ Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so
 ``ReducedFunctional.hessian`` gives the exact Hessian action (used by TAO's NLS).
 
-Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the second-order-adjoint
-Hessian action) on COMM_SELF of world rank 0, the other ranks serving its evaluations (every
-evaluation is collective; J and gradient are allreduced, so the coefficients are the same on
-every rank and, to rounding, for every rank count).  The objective is scaled by :math:`J(0)` so that
-tolerances are relative, and the line search uses a curvature tolerance of 0.1
-(`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
-iterations instead of ~70.  The stopping rules are those of the one TAO
-driver, `chemomech.inverse.optimise.minimise`.
+Optimisation: PETSc TAO (BLMVM, BQNLS, LMVM, or NLS with the second-order-adjoint
+Hessian action; the pipeline's default is Newton: BQNLS with the exact Hessian
+:math:`G^T G` as its initial quasi-Newton matrix, ``initial_hessian="exact"``, which stops after
+one step with two evaluations) on COMM_SELF of world rank 0, the other ranks serving its
+evaluations (every evaluation is collective; J and gradient are allreduced, so the
+coefficients are the same on every rank and, to rounding, for every rank count).  The
+objective is scaled by :math:`J(0)` so that tolerances are relative, and the line search
+uses a curvature tolerance of 0.1 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix
+``chemomech_m1_``) so that BLMVM needs ~8 iterations instead of ~70.  The stopping rules
+are those of the one TAO driver, `chemomech.inverse.optimise.minimise`.
 
 Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
 with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
@@ -97,6 +99,9 @@ TAO_TYPES = ("blmvm", "bqnls", "lmvm", "nls")
 #: tighter than the default 0.9 makes the line search near-exact on the quadratic M1
 #: objective, so the quasi-Newton methods terminate in ~2(N+1) steps instead of ~70.
 LINE_SEARCH_DEFAULTS = {"tao_ls_gtol": 0.1}
+#: Newton (NLS): solve the Newton system to rounding (CG on the exact Hessian action of the
+#: 2(N+1) coefficients ends in at most 2(N+1) steps), so that one Newton step is exact.
+NEWTON_DEFAULTS = {"ksp_rtol": 1e-14, "ksp_atol": 0.0}
 
 
 def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, list[int]]:
@@ -109,12 +114,16 @@ def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, lis
     if n_particles < 1:
         raise InputError(f"need at least one particle, got {n_particles}")
     size, rank = comm.size, comm.rank
-    if n_particles >= size:
-        color, mine = rank, list(range(rank, n_particles, size))
-    else:
-        color = rank * n_particles // size
-        mine = [color]
+    mine = particles_of_rank(rank, size, n_particles)
+    color = rank if n_particles >= size else mine[0]
     return comm.Split(color=color, key=rank), mine
+
+
+def particles_of_rank(rank: int, size: int, n_particles: int) -> list[int]:
+    """The particle indices rank `rank` of `size` holds in `split_for_particles`."""
+    if n_particles >= size:
+        return list(range(rank, n_particles, size))
+    return [rank * n_particles // size]
 
 
 @dataclass
@@ -135,6 +144,7 @@ class ParticleSetup:
     pieces: int = 1  # connected pieces of the valid data (each with its own rigid modes)
     misfit_mask: np.ndarray | None = None  # the meshed pixel mask (for boundary images)
     pixel_size_nm: float | None = None
+    sampler: object | None = None  #: the PixelSampler at all meshed pixels (for model maps)
 
     @property
     def boundary_condition(self) -> str:
@@ -233,7 +243,7 @@ def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: 
                                        name="u_boundary", fill="linear")
     return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree,
                          u_boundary=u_boundary, pieces=n_pieces, misfit_mask=mask,
-                         pixel_size_nm=h)
+                         pixel_size_nm=h, sampler=sampler)
 
 
 def check_boundary_data(name: str, mask: np.ndarray, displacement: np.ndarray) -> None:
@@ -307,10 +317,11 @@ class _Particle:
                                [unit[degree + 1 + n] for n in range(degree + 1)],
                                setup.rotation_rad)
         self.loads: list[PETSc.Vec] = []
+        load_form = self.problem.load_form(eps_star)  # compiled once, assembled 2(N+1) times
         for k in range(n_c):
             unit.value[:] = 0.0
             unit.value[k] = 1.0
-            self.loads.append(self.problem.load_vector(eps_star, homogeneous=True))
+            self.loads.append(self.problem.assemble_load(load_form, homogeneous=True))
         self.offset = self.problem.boundary_load()
         B = material.b_coupling(setup.rotation_rad, setup.X)
         if B is not None and np.any(material.b_coefficients):
@@ -617,11 +628,12 @@ class M1Model:
     def fit(self, method: str = "tao", tao_type: str = "blmvm", gatol: float = 1e-12,
             grtol: float = 0.0, gttol: float = 1e-12, max_it: int = 500,
             bounds: tuple[Sequence[float], Sequence[float]] | None = None,
-            initial: Sequence[float] | None = None, with_normal_matrix: bool = True
-            ) -> FitResult:
+            initial: Sequence[float] | None = None, with_normal_matrix: bool = True,
+            initial_hessian: str = "identity") -> FitResult:
         """Minimise J(a): adjoint gradients + PETSc TAO ("tao") or the normal equations ("linear").
 
         TAO tolerances apply to the objective scaled by J(0); `bounds` = (lower, upper) on a.
+        `initial_hessian`: "identity" or "exact" (H0 = G^T G for blmvm/bqnls).
         `with_normal_matrix` also returns G^T G (2(N+1) extra back-substitutions on the TAO
         path) for the Gauss-Newton covariance.
         """
@@ -637,7 +649,7 @@ class M1Model:
             iterations, converged, reason = 0, True, "normal equations"
         elif method == "tao":
             a, J, iterations, converged, reason = self._fit_tao(
-                tao_type, gatol, grtol, gttol, max_it, bounds, initial)
+                tao_type, gatol, grtol, gttol, max_it, bounds, initial, initial_hessian)
             N = r = c = None
         else:
             raise InputError(f"method must be 'tao' or 'linear', got {method!r}",
@@ -670,9 +682,12 @@ class M1Model:
         gathered = self.world.allgather(local if self.group.rank == 0 else {})
         return {k: v for d in gathered for k, v in d.items()}
 
-    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial):
+    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial,
+                 initial_hessian="identity"):
         """TAO (`chemomech.inverse.optimise.minimise`) on world rank 0; the other ranks serve
-        its evaluations (collective solves)."""
+        its evaluations (collective solves).  ``initial_hessian="exact"`` gives BLMVM/BQNLS
+        the exact Hessian G^T G (from the normal equations, 2(N+1) back-substitutions) as H0,
+        so that their first step is the Newton step."""
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -696,13 +711,19 @@ class M1Model:
                 return T.T @ self.hessian_action(T @ np.asarray(h))
         self.reduced_functional(a0)
         J_ref, _ = self.cost_and_gradient(a0)
+        scale = 1.0 / J_ref if J_ref > 0 else 1.0
+        H0 = None
+        if tao_type in ("blmvm", "bqnls") and initial_hessian == "exact":
+            N = self.normal_equations()[0]  # the Hessian in a; in z it is T^T N T
+            H0 = _ExactHessian(N if self._transform is None else T.T @ N @ T, scale)
+        defaults = LINE_SEARCH_DEFAULTS | (NEWTON_DEFAULTS if tao_type == "nls" else {})
 
         def driver(calls):
             out = minimise(calls["gradient"], x0, tao_type=tao_type, prefix="chemomech_m1_",
                            J0=J_ref, gatol=gatol, grtol=grtol, gttol=gttol, max_it=max_it,
                            bounds=bounds,
                            hessian_action=calls["hessian"] if tao_type == "nls" else None,
-                           option_defaults=LINE_SEARCH_DEFAULTS, label="M1 TAO")
+                           initial_hessian=H0, option_defaults=defaults, label="M1 TAO")
             return out.x, out.J, out.iterations, out.converged, out.text, out.evaluation_time_s
 
         x, J, iterations, converged, text, t_eval = serve_on_rank0(
@@ -710,6 +731,21 @@ class M1Model:
         self.timings_s["tao_evaluations"] = t_eval
         a = x if self._transform is None else T @ np.asarray(x) + t
         return a, J, iterations, converged, text
+
+
+class _ExactHessian:
+    """PETSc shell context of the LMVM initial Hessian H0 = scale * G^T G (the exact Hessian
+    of the scaled quadratic objective): `mult` H0 x, `apply` H0^-1 x."""
+
+    def __init__(self, normal_matrix: np.ndarray, scale: float):
+        self.H = scale * np.asarray(normal_matrix, float)
+        self.H_inv = np.linalg.pinv(self.H, rcond=1e-14, hermitian=True)
+
+    def mult(self, mat, x, y):
+        y.setArray(self.H @ x.getArray(readonly=True))
+
+    def apply(self, pc, x, y):
+        y.setArray(self.H_inv @ x.getArray(readonly=True))
 
 
 def has_null_space(all_dirichlet: bool, stiffness: str) -> bool:
