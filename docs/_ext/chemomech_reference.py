@@ -12,7 +12,7 @@ import argparse
 import pkgutil
 import re
 import typing
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import BaseModel
 
@@ -45,7 +45,8 @@ def config_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
     for name, field in model.model_fields.items():
         key = prefix + name
         sub = _model_class(field.annotation)
-        default = "(required)" if field.is_required() else repr(field.default)
+        value = str(field.default) if isinstance(field.default, PurePath) else field.default
+        default = "(required)" if field.is_required() else repr(value)
         if isinstance(field.default, BaseModel):
             default = "(block)"
         doc = (field.description or "").replace("\n", " ")
