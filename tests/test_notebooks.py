@@ -14,7 +14,6 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
-from mpi4py import MPI
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +47,15 @@ def _execute(source: Path) -> None:
 def test_notebook_runs_headless(source, request):
     if source.stem in REAL_DATA:
         request.getfixturevalue("real_particle_path")  # skips where ../shared is absent
-    if MPI.COMM_WORLD.size > 1:
-        pytest.skip("a kernel per rank is not an MPI run: see test_notebook_2_runs_under_mpi")
     _execute(source)
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_only
 def test_notebook_2_runs_under_mpi(monkeypatch):
     """Under `mpirun -n 2 pytest -m mpi` both ranks run the notebook's script together
-    (distributed mesh, joint fit); its own asserts (Taylor rate, TAO = fast path) must hold."""
-    if MPI.COMM_WORLD.size == 1:
-        pytest.skip("the serial run is test_notebook_runs_headless[02_learning_on_twins]; "
-                    "this one runs in the `mpirun -n 2` pass of make test")
+    (distributed mesh, joint fit); its own asserts (Taylor rate, TAO = fast path) must hold.
+    Deselected on one rank (``mpi_only``): the serial run is the headless notebook test."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(ROOT)
     import matplotlib
