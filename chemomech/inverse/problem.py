@@ -28,6 +28,7 @@ How it is taped (pyadjoint), and why.
     :math:`B^T P (B u - d)` (a ``dolfinx_adjoint`` dual vector), tangent linear
     :math:`r\cdot B\dot u`.
   * `GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
+
 Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 
 Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so

@@ -40,6 +40,7 @@ from mpi4py import MPI
 from scipy import stats
 
 from chemomech.exceptions import InputError
+from chemomech.io.progress import progress
 from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def integrated_noise_covariance(model, fit, samplers: Mapping[str, Callable],
     p = N_inv.shape[0]
     moments = np.zeros((p, p))
     residual_sq = 0.0
-    for k in range(n_draws):
+    for k in progress(range(n_draws), "integrated-noise draws", rank=world.rank, log=logger):
         g = np.zeros(p)
         draws = []
         for s, G in zip(systems, projected, strict=True):
