@@ -40,8 +40,12 @@ def test_every_page_is_built_and_the_notes_are_not(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     for page in ("index.html", "getting-started.html", "configuration.html", "cli.html",
                  "formats.html", "troubleshooting.html", "api.html", "notebooks.html",
+                 "verification.html", "performance.html", "reliability.html",
+                 "containers.html",
                  *(f"steps/{s}.html" for s in ("import", "composition", "registration",
-                                               "invert", "analyse", "xrd"))):
+                                               "correlative", "invert", "study",
+                                               "dislocations", "analyse", "xrd",
+                                               "phasefield"))):
         assert page in pages
     assert not any(p.startswith("notes-") for p in pages)
     assert "make demo" in _text(site / "index.html") and "make test" in _text(site / "index.html")

@@ -441,7 +441,7 @@ def test_pipeline_refuses_bad_dirichlet_data_before_meshing(clean_twin):
 
 def test_real_particle_dirichlet_n1_reproduces_the_study_setting(real_particle_path, tmp_path):
     """LFP50_P2, N = 1, the study's boundary condition (Dirichlet), through the pipeline:
-    the chemical misfits and the model error relative to M0 (README, docs/notes-study.md)."""
+    the chemical misfits and the model error relative to M0 (README, docs/steps/study.md)."""
     import json
 
     from chemomech.config import RunConfig
