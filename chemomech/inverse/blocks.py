@@ -65,6 +65,19 @@ class ReplicateBlock(Block):
         return float(prepared[idx])
 
 
+def replicated_controls(values: Sequence[float], tape, world: MPI.Comm, group: MPI.Comm
+                        ) -> tuple[list[AdjFloat], list[AdjFloat]]:
+    """Controls a (AdjFloats) and their per-group copies, joined by a `ReplicateBlock` on
+    `tape`: the model is built from the copies, the ReducedFunctional takes the controls."""
+    controls = [AdjFloat(float(v)) for v in values]
+    replicate = ReplicateBlock(controls, world, group)
+    tape.add_block(replicate)
+    copies = [AdjFloat(float(v)) for v in values]
+    for c in copies:
+        replicate.add_output(c.block_variable)
+    return controls, copies
+
+
 class EigenstrainSolveBlock(Block):
     r"""Coefficients -> u = A^+ \sum_k a_k b_k; adjoint dJ/da_k = b_k . A^+ g."""
 

@@ -83,7 +83,7 @@ from chemomech.inverse.blocks import (
     EigenstrainSolveBlock,
     GroupSumBlock,
     PixelMisfitBlock,
-    ReplicateBlock,
+    replicated_controls,
 )
 from chemomech.inverse.identifiability import Gauge, identifiability
 from chemomech.inverse.misfit import PixelMisfit
@@ -545,12 +545,7 @@ class M1Model:
             np.asarray(coefficients, float)
         tape = pyadjoint.Tape()
         with pyadjoint.set_working_tape(tape):
-            controls = [AdjFloat(float(v)) for v in a0]
-            replicate = ReplicateBlock(controls, self.world, self.group)
-            tape.add_block(replicate)
-            copies = [AdjFloat(float(v)) for v in a0]
-            for c in copies:
-                replicate.add_output(c.block_variable)
+            controls, copies = replicated_controls(a0, tape, self.world, self.group)
             costs = []
             for p in self.particles:
                 u = dxa.Function(p.V, name="u")
