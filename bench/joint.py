@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "joint.json"
 
 def main(stack: Path) -> dict | None:
     from chemomech.config import RunConfig
-    from chemomech.inverse.problem import particles_of_rank
+    from chemomech.inverse.particle import particles_of_rank
     from chemomech.io.results import versions, write_json_atomic
     from chemomech.pipeline import run
 

@@ -77,7 +77,7 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
     if config.model == "M0":
         return
     from chemomech.inverse.misfit import check_fragments
-    from chemomech.inverse.problem import check_boundary_data
+    from chemomech.inverse.particle import check_boundary_data
 
     for p in prepared:
         if p.displacement is None:
@@ -97,7 +97,7 @@ def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: 
     neither holds nor reports are None.  The data are checked (`check_inversion_data`) where
     they are prepared; an error on any rank is raised on every rank."""
     from chemomech.exceptions import InputError
-    from chemomech.inverse.problem import particles_of_rank
+    from chemomech.inverse.particle import particles_of_rank
 
     n, size = len(particles), comm.size
     held = [set(particles_of_rank(r, size, n)) for r in range(size)]
@@ -164,7 +164,7 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                     config: RunConfig, setups: list, meshes: list) -> None:
     """Mesh this rank group's particles and append their M1 setups; errors name the particle."""
     from chemomech.exceptions import InputError
-    from chemomech.inverse.problem import particle_setup
+    from chemomech.inverse.particle import particle_setup
     from chemomech.mechanics.mesh import mesh_from_mask
 
     for k in mine:
@@ -191,7 +191,8 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
     """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
-    from chemomech.inverse.problem import M1Model, split_for_particles
+    from chemomech.inverse.particle import split_for_particles
+    from chemomech.inverse.problem import M1Model
     from chemomech.inverse.selection import select_degree
     from chemomech.inverse.uncertainty import (
         IntegratedStrainNoise,

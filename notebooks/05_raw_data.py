@@ -47,7 +47,8 @@ from chemomech.correlative.registration import (
     simulate_xray_map,
     synthetic_particle_maps,
 )
-from chemomech.io.readers import CompositionMap, StrainMaps
+from chemomech.io.py4dstem import StrainMaps
+from chemomech.io.readers import CompositionMap
 from chemomech.io.stack import read_stack, write_stack
 
 rng = np.random.default_rng(1)

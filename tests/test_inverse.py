@@ -9,7 +9,8 @@ from mpi4py import MPI
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.exceptions import InputError
 from chemomech.inverse.identifiability import Gauge
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.particle import particle_setup, split_for_particles
+from chemomech.inverse.problem import M1Model
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import Material
 from chemomech.mechanics.mesh import mesh_from_mask

@@ -7,7 +7,8 @@ import pytest
 from mpi4py import MPI
 
 from chemomech.correlative.displacement import measured_displacement
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.particle import particle_setup, split_for_particles
+from chemomech.inverse.problem import M1Model
 from chemomech.mechanics.mesh import mesh_from_mask
 from chemomech.synth import ParticleSpec, simulate_particle, vegard_coefficients
 

@@ -10,7 +10,8 @@ import pytest
 from mpi4py import MPI
 
 from chemomech.correlative.displacement import measured_displacement
-from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.particle import particle_setup
+from chemomech.inverse.problem import M1Model
 from chemomech.inverse.uncertainty import (
     IntegratedStrainNoise,
     exact_integrated_noise_covariance,

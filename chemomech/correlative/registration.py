@@ -54,7 +54,8 @@ from chemomech.exceptions import InputError
 from chemomech.io.stack import interior_pixels
 
 if TYPE_CHECKING:
-    from chemomech.io.readers import CompositionMap, StrainMaps
+    from chemomech.io.py4dstem import StrainMaps
+    from chemomech.io.readers import CompositionMap
     from chemomech.io.stack import ParticleData
 
 logger = logging.getLogger(__name__)

@@ -79,7 +79,8 @@ from chemomech.inverse.blocks import (
     replicated_controls,
 )
 from chemomech.inverse.optimise import minimise
-from chemomech.inverse.problem import M1Model, split_coefficients
+from chemomech.inverse.particle import split_coefficients
+from chemomech.inverse.problem import M1Model
 from chemomech.mechanics.slip import slip_system
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from chemomech.inverse.misfit import PixelMisfit
 if TYPE_CHECKING:  # the particles the blocks act on (duck-typed; no runtime import)
     from chemomech.dislocations.lattice import LatticeMisfit
     from chemomech.dislocations.particle import SlipParticle
-    from chemomech.inverse.problem import _Particle
+    from chemomech.inverse.particle import _Particle
 
 
 class ReplicateBlock(Block):
