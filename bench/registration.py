@@ -39,13 +39,14 @@ import numpy as np
 import scipy.io
 import SimpleITK as sitk
 
+from chemomech.correlative.affine import fill_outside, pixel_rms_distance
 from chemomech.correlative.registration import (
     DEFAULT_METRIC,
-    fill_outside,
     interior_pixels,
     outline_band,
-    pixel_rms_distance,
     register_affine,
+)
+from chemomech.correlative.warps import (
     simulate_xray_thicknesses,
     synthetic_particle_maps,
     synthetic_thickness,

@@ -35,18 +35,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from chemomech.correlative.affine import pixel_rms_distance
 from chemomech.correlative.composition import (
     DEFAULT_ENERGIES_EV,
     fit_composition,
     model_reference_spectra,
 )
-from chemomech.correlative.registration import (
-    particle_from_correlative,
-    pixel_rms_distance,
-    register_affine,
-    simulate_xray_map,
-    synthetic_particle_maps,
-)
+from chemomech.correlative.registration import particle_from_correlative, register_affine
+from chemomech.correlative.warps import simulate_xray_map, synthetic_particle_maps
 from chemomech.io.py4dstem import StrainMaps
 from chemomech.io.readers import CompositionMap
 from chemomech.io.stack import read_stack, write_stack

@@ -19,13 +19,10 @@ import tifffile
 from mpi4py import MPI
 
 from chemomech.cli import main
+from chemomech.correlative.affine import pixel_rms_distance
 from chemomech.correlative.composition import DEFAULT_ENERGIES_EV, model_reference_spectra
-from chemomech.correlative.registration import (
-    pixel_rms_distance,
-    read_registration,
-    simulate_xray_thicknesses,
-    synthetic_thickness,
-)
+from chemomech.correlative.registration import read_registration
+from chemomech.correlative.warps import simulate_xray_thicknesses, synthetic_thickness
 from chemomech.demo import truth_error
 from chemomech.io.stack import read_stack
 from chemomech.synth import default_specs, simulate_particle

@@ -11,29 +11,33 @@ import pytest
 import scipy.io
 from scipy import ndimage
 
+from chemomech.correlative.affine import (
+    AffineCorrelation,
+    fill_outside,
+    pixel_rms_distance,
+    warp_to_grid,
+)
 from chemomech.correlative.registration import (
     MIN_OUTLINE_CONDITIONING,
-    AffineCorrelation,
     RegistrationResult,
     add_register_arguments,
     cmd_register,
     correlation_score,
-    fill_outside,
     fixed_channel,
     interior_pixels,
     morphology_terms,
     outline_band,
     outline_conditioning,
     particle_from_correlative,
-    pixel_rms_distance,
     read_registration,
     register_affine,
+    write_registration,
+)
+from chemomech.correlative.warps import (
     simulate_xray_map,
     simulate_xray_thicknesses,
     synthetic_particle_maps,
     synthetic_thickness,
-    warp_to_grid,
-    write_registration,
 )
 from chemomech.exceptions import InputError
 

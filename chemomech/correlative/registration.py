@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage, optimize
-from scipy.interpolate import BSpline, RectBivariateSpline
 
 from chemomech.exceptions import InputError
 from chemomech.io.stack import interior_pixels
@@ -58,6 +57,17 @@ if TYPE_CHECKING:
     from chemomech.io.readers import CompositionMap
     from chemomech.io.stack import ParticleData
 
+from chemomech.correlative.affine import (
+    CONTRASTS,
+    AffineCorrelation,
+    apply_affine,
+    fill_outside,
+    point_scaling,
+    smooth,
+    start_matrices,
+    warp_to_grid,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Transforms with |det A| below this (X-ray pixels per 4D-STEM pixel, squared) are collapsed.
@@ -66,8 +76,6 @@ MIN_ABS_DETERMINANT = 0.05
 #: Least fraction of the scored 4D-STEM pixels that must land inside the X-ray particle.
 MIN_OVERLAP = 0.5
 
-#: Contrast models of the X-ray map: Pearson r ("linear") or spline correlation ratio.
-CONTRASTS = ("linear", "spline")
 
 #: What is matched: the particle's shape, the strain-X correlation, both (weighted), or
 #: "auto": the shape, joined by the strain term only where the outline cannot fix the map.
@@ -130,181 +138,6 @@ def read_registration(path: str | Path) -> RegistrationResult:
                               int(data["iterations"]))
 
 
-def fill_outside(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Copy of `image` with every invalid pixel set to its nearest valid pixel's value."""
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(image)
-    if not valid.any():
-        raise InputError("no valid pixel to register", field="mask")
-    index = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return np.asarray(image, dtype=float)[tuple(index)]
-
-
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """u = A q + t for points q of shape (n, 2) (pixel coordinates)."""
-    matrix = np.asarray(matrix, dtype=float)
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
-def pixel_rms_distance(matrix_a: np.ndarray, matrix_b: np.ndarray, mask: np.ndarray) -> float:
-    """RMS over the mask's pixels q of |M_a q - M_b q| (X-ray pixels)."""
-    q = np.argwhere(np.asarray(mask, dtype=bool)).astype(float)
-    diff = apply_affine(matrix_a, q) - apply_affine(matrix_b, q)
-    return float(np.sqrt(np.mean(np.sum(diff**2, axis=1))))
-
-
-def warp_to_grid(moving: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
-                 moving_mask: np.ndarray | None = None, order: int = 1) -> np.ndarray:
-    """moving(A q + t) on a grid of `shape`; NaN where q lands outside the moving mask/image."""
-    moving = np.asarray(moving, dtype=float)
-    valid = np.isfinite(moving) if moving_mask is None else \
-        (np.asarray(moving_mask, dtype=bool) & np.isfinite(moving))
-    filled = fill_outside(moving, valid)
-    q = np.indices(shape).reshape(2, -1).T.astype(float)
-    u = apply_affine(matrix, q).T
-    values = ndimage.map_coordinates(filled, u, order=order, mode="nearest")
-    inside = ndimage.map_coordinates(valid.astype(float), u, order=1, mode="constant",
-                                     cval=0.0) >= 0.5
-    return np.where(inside, values, np.nan).reshape(shape)
-
-
-def point_scaling(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centroid c and RMS radius R = sqrt(mean |q - c|^2 / 2) of pixel coordinates (px)."""
-    points = np.asarray(points, dtype=float)
-    centre = points.mean(axis=0)
-    return centre, float(np.sqrt(np.mean(np.sum((points - centre) ** 2, axis=1)) / 2.0))
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """sum_i a_i b_i without BLAS."""
-    return float(np.add.reduce(a * b))
-
-
-class AffineCorrelation:
-    """Score of the fit of fixed f_k by the warped X-ray map m_k = X(A q_k + t), and its gradient.
-
-    Parameters p = (R A00, R A01, R A10, R A11, b0, b1) with u = A (q - c) + b, c the centroid
-    of the pixels and R their RMS radius (`point_scaling`; `scaling=(c, R)` shares them between
-    the terms of one registration), so that every parameter moves pixels by ~1 px.
-    `contrast="linear"`: the Pearson r(f, m) (the study's score).  `contrast="spline"`: the
-    correlation ratio R = max_h Pearson(f, h(m)) over cubic splines h with `knots` uniform
-    intervals on `value_range` (the correlation of f with its least-squares fit by B_k(m)):
-    any smooth contrast X -> m then leaves the optimum where it is.  With the spline basis
-    B fixed, d(R^2)/dm_i = 2 e_i h'(m_i), e = f - B beta the fit residual.
-    """
-
-    def __init__(self, fixed_values: np.ndarray, points: np.ndarray, moving: np.ndarray,
-                 contrast: str = "linear", value_range: tuple[float, float] | None = None,
-                 knots: int = 8, scaling: tuple[np.ndarray, float] | None = None):
-        self.points = np.asarray(points, dtype=float)
-        self.centre, self.radius = point_scaling(self.points) if scaling is None else scaling
-        self.normalised = (self.points - self.centre) / self.radius   # (n, 2)
-        self._qx = np.ascontiguousarray(self.normalised[:, 0])
-        self._qy = np.ascontiguousarray(self.normalised[:, 1])
-        f = np.asarray(fixed_values, dtype=float) - np.mean(fixed_values)
-        norm = np.sqrt(_dot(f, f))
-        if norm == 0:
-            raise InputError("the fixed channel is constant over the scored pixels",
-                             field="fixed")
-        if contrast not in CONTRASTS:
-            raise InputError(f"contrast must be one of {CONTRASTS}, got {contrast!r}",
-                             field="contrast")
-        self.f_hat = f / norm
-        self.contrast = contrast
-        if contrast == "spline":
-            lo, hi = value_range if value_range is not None else (moving.min(), moving.max())
-            if not hi > lo or knots < 1:
-                raise InputError("the X-ray map is constant: nothing to register",
-                                 field="moving")
-            self.knots = np.concatenate([[lo] * 3, np.linspace(lo, hi, knots + 1), [hi] * 3])
-            self.value_range = (float(lo), float(hi))
-        self.shape = moving.shape
-        axes = [np.arange(n, dtype=float) for n in moving.shape]
-        self.spline = RectBivariateSpline(axes[0], axes[1], moving, kx=3, ky=3, s=0)
-        self.evaluations = 0
-
-    def to_parameters(self, matrix: np.ndarray) -> np.ndarray:
-        """p from the 2x3 matrix (u = A q + t)."""
-        A, t = matrix[:, :2], matrix[:, 2]
-        return np.concatenate([(A * self.radius).ravel(), A @ self.centre + t])
-
-    def to_matrix(self, p: np.ndarray) -> np.ndarray:
-        """The 2x3 matrix (u = A q + t) from p."""
-        A = np.reshape(p[:4], (2, 2)) / self.radius
-        return np.column_stack([A, p[4:] - A @ self.centre])
-
-    def coordinates(self, p: np.ndarray) -> np.ndarray:
-        """X-ray coordinates u_k (n, 2) of the fixed pixels."""
-        return self.normalised @ np.reshape(p[:4], (2, 2)).T + p[4:]
-
-    def _score_and_slope(self, m: np.ndarray) -> tuple[float, np.ndarray]:
-        """Score s(m) and ds/dm: Pearson r ("linear") or the correlation ratio R ("spline").
-
-        Reductions avoid BLAS (`_dot`): threaded BLAS on 10^4-vectors is slower than a ufunc
-        loop and stalls on a loaded machine.
-        """
-        if self.contrast == "linear":
-            mc = m - m.mean()
-            norm = np.sqrt(_dot(mc, mc))
-            if norm < 1e-12 * max(1.0, float(np.abs(m).max())):
-                return 0.0, np.zeros_like(m)
-            m_hat = mc / norm
-            r = _dot(self.f_hat, m_hat)
-            return r, (self.f_hat - r * m_hat) / norm
-        lo, hi = self.value_range
-        inside = (m >= lo) & (m <= hi)
-        x = np.clip(m, lo, hi)
-        basis = BSpline.design_matrix(x, self.knots, 3)           # sparse (n, knots + 3)
-        gram = (basis.T @ basis).toarray()
-        beta = np.linalg.lstsq(gram, basis.T @ self.f_hat, rcond=None)[0]
-        residual = self.f_hat - basis @ beta
-        r2 = 1.0 - _dot(residual, residual)     # f_hat: zero mean, unit norm; sum_k B_k = 1
-        if r2 <= 1e-12:
-            return 0.0, np.zeros_like(m)
-        slope = BSpline(self.knots, beta, 3)(x, nu=1) * inside
-        R = np.sqrt(r2)
-        return R, residual * slope / R
-
-    def value_and_gradient(self, p: np.ndarray) -> tuple[float, np.ndarray]:
-        """Score and d(score)/dp; pixels outside the image see its clamped edge (zero slope)."""
-        self.evaluations += 1
-        qx, qy = self._qx, self._qy
-        u = p[0] * qx + p[1] * qy + p[4]
-        v = p[2] * qx + p[3] * qy + p[5]
-        u_in = np.clip(u, 0.0, self.shape[0] - 1.0)
-        v_in = np.clip(v, 0.0, self.shape[1] - 1.0)
-        m = self.spline.ev(u_in, v_in)
-        m_u = np.where(u == u_in, self.spline.ev(u_in, v_in, dx=1), 0.0)
-        m_v = np.where(v == v_in, self.spline.ev(u_in, v_in, dy=1), 0.0)
-        score, dscore_dm = self._score_and_slope(m)
-        g_u, g_v = dscore_dm * m_u, dscore_dm * m_v
-        gradient = np.array([_dot(g_u, qx), _dot(g_u, qy), _dot(g_v, qx), _dot(g_v, qy),
-                             g_u.sum(), g_v.sum()])
-        return score, gradient
-
-
-def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(image, sigma) if sigma > 0 else image
-
-
-def _start_matrices(fixed_mask: np.ndarray, moving_mask: np.ndarray, angles_deg, scales,
-                    allow_flip: bool) -> list[np.ndarray]:
-    """Initial transforms mapping the fixed particle's centroid onto the moving one's."""
-    c_fixed = np.argwhere(fixed_mask).mean(axis=0)
-    c_moving = np.argwhere(moving_mask).mean(axis=0)
-    area_scale = np.sqrt(moving_mask.sum() / fixed_mask.sum())
-    starts = []
-    for mirror in ((False, True) if allow_flip else (False,)):
-        for angle in np.deg2rad(np.asarray(angles_deg, dtype=float)):
-            c, s = np.cos(angle), np.sin(angle)
-            A = np.array([[c, -s], [s, c]])
-            if mirror:
-                A = A @ np.diag([1.0, -1.0])
-            for scale in scales:
-                As = area_scale * scale * A
-                starts.append(np.column_stack([As, c_moving - As @ c_fixed]))
-    return starts
-
-
 @dataclass(frozen=True)
 class SimilarityTerm:
     """One image pair scored by `AffineCorrelation`: fixed(q) on the 4D-STEM grid over the
@@ -360,7 +193,7 @@ def morphology_terms(fixed_mask: np.ndarray, moving_image: np.ndarray,
         else np.asarray(moving_mask, dtype=float)
     band = outline_band(fixed_mask, band_px)
     total = 1.0 + (image_weight if dark_field is not None else 0.0)
-    outline = _smooth(np.asarray(fixed_mask, dtype=float), outline_blur_px)
+    outline = smooth(np.asarray(fixed_mask, dtype=float), outline_blur_px)
     terms = [SimilarityTerm("outline", outline, band, moving, weight / total)]
     if dark_field is not None and image_weight > 0:
         image = fill_outside(dark_field, np.isfinite(dark_field))
@@ -403,7 +236,7 @@ def register_terms(terms: list[SimilarityTerm], fixed_mask: np.ndarray,
     if initial is not None:
         candidates = [np.asarray(initial, dtype=float).reshape(2, 3)]
     else:
-        candidates = _start_matrices(fixed_mask, moving_mask, start_angles_deg, start_scales,
+        candidates = start_matrices(fixed_mask, moving_mask, start_angles_deg, start_scales,
                                      allow_flip)
     iterations = np.zeros(len(candidates), dtype=int)
     scores = np.zeros(len(candidates))
@@ -421,8 +254,8 @@ def register_terms(terms: list[SimilarityTerm], fixed_mask: np.ndarray,
                 points = np.argwhere(term.scored)
                 on_grid = np.all(points % stride == 0, axis=1)
                 points = points[on_grid] if on_grid.sum() >= 20 else points
-                moving_level = _smooth(term.moving, sigma)
-                values = _smooth(term.fixed, sigma)[points[:, 0], points[:, 1]]
+                moving_level = smooth(term.moving, sigma)
+                values = smooth(term.fixed, sigma)[points[:, 0], points[:, 1]]
                 objective = AffineCorrelation(values, points, moving_level, model,
                                               (moving_level.min(), moving_level.max()),
                                               contrast_knots, scaling)
@@ -466,9 +299,9 @@ def _fine_objectives(terms: list[SimilarityTerm], fixed_mask: np.ndarray,
     for t in terms:
         sigma = smoothing_px if t.smoothing_px is None else t.smoothing_px
         points = np.argwhere(t.scored)
-        moving = _smooth(t.moving, sigma)
+        moving = smooth(t.moving, sigma)
         objectives.append((AffineCorrelation(
-            _smooth(t.fixed, sigma)[points[:, 0], points[:, 1]], points, moving, "spline",
+            smooth(t.fixed, sigma)[points[:, 0], points[:, 1]], points, moving, "spline",
             (moving.min(), moving.max()), contrast_knots, scaling), t.weight / total))
     return objectives
 
@@ -695,93 +528,6 @@ def overlay_figure(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def simulate_xray_map(X: np.ndarray, mask: np.ndarray, matrix: np.ndarray,
-                      shape: tuple[int, int], *, contrast=None, noise: float = 0.0,
-                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """X-ray map m(u) = contrast(X(M^-1 u)) + noise on a grid of `shape`, NaN off the particle.
-
-    The inverse of `warp_to_grid` (bilinear), for verification: registering the result onto
-    the 4D-STEM grid should recover `matrix`.
-    """
-    matrix = np.asarray(matrix, dtype=float)
-    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
-    warped = warp_to_grid(X, inverse, shape, mask)
-    valid = np.isfinite(warped)
-    if contrast is not None:
-        warped = np.where(valid, contrast(np.where(valid, warped, 0.0)), np.nan)
-    if noise > 0:
-        rng = np.random.default_rng() if rng is None else rng
-        warped = warped + noise * rng.standard_normal(warped.shape)
-    return warped, valid
-
-
-def simulate_xray_thicknesses(t_lfp: np.ndarray, t_fp: np.ndarray, matrix: np.ndarray,
-                              shape: tuple[int, int], *, blur_px: float = 1.2,
-                              noise: float = 0.0, threshold: float = 0.10,
-                              rng: np.random.Generator | None = None,
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """X-ray maps of a particle whose thicknesses are known on the 4D-STEM grid.
-
-    Each thickness is carried to an X-ray grid of `shape` through the known affine `matrix`
-    (4D-STEM -> X-ray, cubic interpolation, 0 outside), blurred (Gaussian, `blur_px` X-ray
-    pixels), and given white noise of `noise`; then X = t_LFP / (t_LFP + t_FP) and
-    mask = t_LFP + t_FP > threshold, as `chemomech composition` would report them.  Returns
-    (X NaN outside, mask, thickness).  For verification: registering X / the thickness onto
-    the 4D-STEM grid should recover `matrix`.
-    """
-    rng = np.random.default_rng() if rng is None else rng
-    inverse = np.linalg.inv(np.vstack([np.asarray(matrix, dtype=float), [0.0, 0.0, 1.0]]))[:2]
-    q = apply_affine(inverse, np.indices(shape).reshape(2, -1).T.astype(float)).T
-    maps = []
-    for t in (t_lfp, t_fp):
-        warped = ndimage.map_coordinates(np.asarray(t, dtype=float), q, order=3,
-                                         mode="constant", cval=0.0).reshape(shape)
-        maps.append(_smooth(warped, blur_px) + noise * rng.standard_normal(shape))
-    thickness = maps[0] + maps[1]
-    mask = thickness > threshold
-    with np.errstate(invalid="ignore", divide="ignore"):
-        X = np.where(mask, np.clip(maps[0] / np.where(mask, thickness, 1.0), 0.0, 1.0), np.nan)
-    return X, mask, thickness
-
-
-def synthetic_thickness(mask: np.ndarray, seed: int = 0, edge_px: float = 4.0) -> np.ndarray:
-    """Test thickness (X-ray units, ~0.3 inside): rising over `edge_px` from the outline, with
-    smooth +-20 % texture and two thin spots (voids), 0 outside the mask."""
-    rng = np.random.default_rng(seed + 1000)
-    depth = ndimage.distance_transform_edt(mask)
-    texture = ndimage.gaussian_filter(rng.standard_normal(mask.shape), 6.0)
-    texture *= 0.2 / max(np.abs(texture).max(), 1e-12)
-    i, j = np.indices(mask.shape, dtype=float)
-    inside = np.argwhere(depth > 3 * edge_px)
-    voids = np.zeros(mask.shape)
-    for ci, cj in inside[rng.choice(len(inside), size=min(2, len(inside)), replace=False)]:
-        voids += np.exp(-((i - ci) ** 2 + (j - cj) ** 2) / (2 * 3.0**2))
-    return np.where(mask, 0.3 * np.tanh(depth / edge_px) * (1 + texture) * (1 - 0.6 * voids),
-                    0.0)
-
-
-def synthetic_particle_maps(shape: tuple[int, int] = (140, 90), seed: int = 0,
-                            interface_px: float = 3.0, strain_noise: float = 0.002,
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Test particle: X (two-phase domains, tanh interfaces), mask (ellipse), e_aa = Vegard.
-
-    e_aa = -0.0495 (1 - X) + white noise of `strain_noise` (dimensionless).
-    """
-    rng = np.random.default_rng(seed)
-    nx, ny = shape
-    i, j = np.indices(shape, dtype=float)
-    x, y = (i - nx / 2) / nx, (j - ny / 2) / ny
-    mask = (x / 0.42) ** 2 + (y / 0.40) ** 2 + 0.1 * x * y < 1
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    level = (np.sin(2 * np.pi * (1.3 * x + 0.4 * y) + phase[0])
-             + 0.6 * np.sin(2 * np.pi * (0.5 * x - 1.7 * y) + phase[1])
-             + 0.3 * np.cos(2 * np.pi * 2.3 * x * y + phase[2]))
-    gradient = np.hypot(*np.gradient(level))
-    X = 0.5 + 0.5 * np.tanh(level / (interface_px * np.maximum(gradient, 1e-3)))
-    e_aa = -0.0495 * (1 - X) + strain_noise * rng.standard_normal(shape)
-    return np.where(mask, X, np.nan), mask, np.where(mask, e_aa, np.nan)
 
 
 def particle_from_correlative(name: str, strain: StrainMaps, composition: CompositionMap,
