@@ -20,6 +20,9 @@ before the case ("delta_rss_mb": the solver's own memory).
 Run on 1 and 2 ranks; rank 0 merges the run into bench/results/forward.json by rank count:
   scripts/in-env python3 bench/forward.py
   scripts/in-env mpirun -n 2 python3 bench/forward.py
+`--compare SIZE_PX` times the legacy and the current GAMG options side by side on one P1 mesh
+(0.2 px: ~1e6 DOFs), solve and re-solve with another load (key "gamg_compare"):
+  scripts/in-env python3 bench/forward.py --compare 0.2
 """
 
 from __future__ import annotations
@@ -176,5 +179,65 @@ def _num_edges(mesh) -> int:
     return mesh.topology.index_map(1).size_global
 
 
+#: The GAMG options before the tuning (PETSc's default graph threshold keeps every edge).
+LEGACY_GAMG = {"pc_gamg_threshold": -1.0}
+
+
+def compare(mesh_size_px: float) -> dict:
+    """Legacy against current GAMG options on one P1 mesh, in one run: setup, a solve and a
+    re-solve with a different load (the same operator, as in an inverse iteration)."""
+    from dolfinx import fem
+
+    comm = MPI.COMM_WORLD
+    mask, X_image = platelet()
+    pm = mesh_from_mask(mask, PIXEL_NM, comm, mesh_size_px=mesh_size_px)
+    X = image_to_function(np.where(mask, X_image, np.nan), PIXEL_NM,
+                          fem.functionspace(pm.mesh, ("Lagrange", 1)), mask=mask)
+    misfit = vegard_misfit()
+    C = stiffness_tensor(Material().image_tensor(ANGLE))
+    loads = [eigenstrain(X, [misfit["a"] / 2, -misfit["a"] / 2],
+                         [misfit["c"] / 2, -misfit["c"] / 2], ANGLE),
+             eigenstrain(X, [misfit["a"] / 3, misfit["a"] / 4],
+                         [-misfit["c"] / 2, misfit["c"] / 5], ANGLE)]
+    run = {"ranks": comm.size, "mesh_size_px": mesh_size_px, "variants": {}}
+    for name, options in (("legacy", LEGACY_GAMG), ("current", {}), ("legacy_again",
+                                                                     LEGACY_GAMG)):
+        load0 = os.getloadavg()[0]
+        comm.Barrier()
+        t0 = time.perf_counter()
+        problem = ElasticityProblem(pm.mesh, C, degree=1, solver="gamg",
+                                    petsc_options=options)
+        t1 = time.perf_counter()
+        b = [problem.load_vector(e) for e in loads]
+        times, iterations = [], []
+        for vec in b:
+            comm.Barrier()
+            t2 = time.perf_counter()
+            problem.solve_vector(vec)
+            times.append(time.perf_counter() - t2)
+            iterations.append(problem.ksp.getIterationNumber())
+        elapsed = comm.allreduce(np.array([t1 - t0, *times]), op=MPI.MAX)
+        run["variants"][name] = {"dofs": problem.num_dofs, "setup_s": float(elapsed[0]),
+                                 "solve_s": float(elapsed[1]), "resolve_s": float(elapsed[2]),
+                                 "iterations": iterations, "options": options,
+                                 "load_before": load0, "load_after": os.getloadavg()[0]}
+        if comm.rank == 0:
+            print(name, run["variants"][name], flush=True)
+        for vec in b:
+            vec.destroy()
+        problem.ksp.destroy()
+        problem.A.destroy()
+    if comm.rank == 0:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data.setdefault("gamg_compare", {})[f"{comm.size}_ranks_{mesh_size_px}px"] = run
+        write_json_atomic(RESULTS, data)
+    return run
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--compare":
+        compare(float(sys.argv[2]))
+    else:
+        main()

@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from chemomech.correlative.displacement import measured_displacement  # noqa: E402
-from chemomech.inverse.problem import M1Model, particle_setup  # noqa: E402
+from chemomech.inverse.particle import particle_setup  # noqa: E402
+from chemomech.inverse.problem import M1Model  # noqa: E402
 from chemomech.io.readers import read_reference_mat  # noqa: E402
 from chemomech.io.results import versions, write_json_atomic  # noqa: E402
 from chemomech.mechanics.forms import eigenstrain, stiffness_tensor  # noqa: E402

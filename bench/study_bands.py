@@ -18,7 +18,8 @@ import numpy as np
 from mpi4py import MPI
 
 from chemomech.correlative.displacement import measured_displacement
-from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.particle import particle_setup
+from chemomech.inverse.problem import M1Model
 from chemomech.inverse.uncertainty import (
     eigenstrain_band,
     integrated_noise_covariance,

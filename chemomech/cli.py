@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "learn the eigenstrain law (M0/M1) from a YAML config"),
     "xrd": ("chemomech.cli", "add_xrd_arguments", "cmd_xrd",
             "dislocation densities per slip system from powder line profiles"),
+    "phasefield": ("chemomech.phasefield.run", "add_arguments", "cmd_phasefield",
+                   "relax a Cahn-Hilliard + coherency-elasticity particle; writes a stack"),
     "demo": ("chemomech.demo", "add_demo_arguments", "cmd_demo",
              "run the main job on the bundled default data"),
 }

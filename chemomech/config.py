@@ -49,11 +49,16 @@ class OptimiserConfig(_Strict):
     """The optimiser of the adjoint path (PETSc TAO) or the linear fast path."""
 
     method: Literal["tao", "linear"] = Field("tao", description="adjoint+TAO or normal equations")
-    tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = "blmvm"
+    tao_type: Literal["blmvm", "bqnls", "lmvm", "nls"] = Field(
+        "bqnls", description="bqnls/blmvm (quasi-Newton), nls (Newton, second-order-adjoint "
+        "Hessian action), lmvm")
+    initial_hessian: Literal["exact", "identity"] = Field(
+        "exact", description="H0 of bqnls/blmvm: the exact Hessian G^T G (first step = Newton "
+        "step) or the identity")
     gatol: float = Field(0.0, ge=0, description="absolute gradient tolerance (scaled J)")
     grtol: float = Field(0.0, ge=0, description="gradient tolerance relative to J")
     gttol: float = Field(1e-9, ge=0, description="gradient reduction |g|/|g0|")
-    max_it: int = Field(500, ge=1)
+    max_it: int = Field(500, ge=1, description="most TAO iterations")
     cross_check: bool = Field(True, description="compare TAO with the linear fast path")
     verify_gradient: bool = Field(False, description="Taylor test of the adjoint gradient "
                                   "before fitting (rates in summary.json)")
@@ -66,34 +71,45 @@ class UncertaintyConfig(_Strict):
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
+    evaluation: Literal["exact", "monte_carlo"] = Field(
+        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
+        "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
+    n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
+                          "noise-level trace")
 
 
 class GaugeConfig(_Strict):
     """A user-set gauge of the law: f_a(X) = f_a and f_c(X) = f_c."""
 
     X: float = Field(1.0, ge=0, le=1, description="Li fraction where f is fixed")
-    f_a: float = 0.0
-    f_c: float = 0.0
+    f_a: float = Field(0.0, description="value of f_a at X")
+    f_c: float = Field(0.0, description="value of f_c at X")
 
 
 class FrameConfig(_Strict):
     """Frame check of the measured gradient (DESIGN §2)."""
 
-    check: bool = True
+    check: bool = Field(True, description="rank the frames, warn if the file's is not best")
     adopt: bool = Field(False, description="use the most compatible frame instead of the file's")
 
 
 class RunConfig(_Strict):
     """A chemomech run: data, model and options; every default documented here."""
 
-    data: list[Path | list[Path]] = Field(min_length=1)  # files, or [strain, composition] pairs
-    particles: Literal["all"] | list[str] = "all"
-    model: Literal["M0", "M1", "M2"] = "M1"
-    legendre_degree: int | Literal["auto"] = 2
+    data: list[Path | list[Path]] = Field(  # files, or [strain, composition] pairs
+        min_length=1,
+        description="stack, .mat, py4DSTEM or .npz files, or [strain, composition] pairs")
+    particles: Literal["all"] | list[str] = Field("all", description="particle names to use")
+    model: Literal["M0", "M1", "M2"] = Field(
+        "M1", description="M0 regression, M1 elasticity, M2 M1 + slip fields")
+    legendre_degree: int | Literal["auto"] = Field(
+        2, description="highest degree N of P_n(2X-1); auto: by held-out error")
     max_auto_degree: int = Field(4, ge=0, le=8, description="largest degree tried by 'auto'")
     m0_degree: int = Field(3, ge=0, le=8, description="degree of the direct regression M0")
-    output: Path = Path("results")
-    misfit: Literal["displacement", "strain"] = "displacement"
+    output: Path = Field(Path("results"), description="results folder")
+    misfit: Literal["displacement", "strain"] = Field(
+        "displacement", description="integrated displacement modulo rigid motion, or pixel "
+        "strain")
     edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
     boundary_condition: Literal["traction_free", "dirichlet"] = Field(
         "traction_free", description="traction-free (rigid modes removed), or dirichlet: the "
@@ -110,12 +126,14 @@ class RunConfig(_Strict):
         "always refuses)")
     stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = Field(
         "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1)")
-    reduction: Literal["plane_stress", "plane_strain"] = "plane_stress"
+    reduction: Literal["plane_stress", "plane_strain"] = Field(
+        "plane_stress", description="2-D reduction of the stiffness")
     b_law: Literal["vegard"] | list[float] | None = Field(
         None, description="plane strain only: f_b(X) of the b-axis eigenstrain, 'vegard' "
         "(default there: (1 - X)(b_FP/b_LFP - 1), -3.63 % at X = 0) or shifted-Legendre "
         "coefficients")
-    solver: Literal["auto", "lu", "gamg"] = "auto"
+    solver: Literal["auto", "lu", "gamg"] = Field(
+        "auto", description="auto: MUMPS LU up to 300 000 DOFs, CG + GAMG above")
     pixel_size_nm: float | None = Field(None, gt=0, description="override the file's pixel size")
     band_level: float = Field(0.95, gt=0, lt=1, description="pointwise confidence level")
     mesh: MeshConfig = MeshConfig()

@@ -82,7 +82,7 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
     if config.model == "M0":
         return
     from chemomech.inverse.misfit import check_fragments
-    from chemomech.inverse.problem import check_boundary_data
+    from chemomech.inverse.particle import check_boundary_data
 
     for p in prepared:
         if p.displacement is None:
@@ -92,6 +92,39 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
         valid = p.data.mask & np.all(np.isfinite(p.displacement), axis=-1)
         check_fragments(valid, p.data.mask, p.data.name, config.fragmented_data,
                         config.boundary_condition)
+
+
+def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: MPI.Comm
+                        ) -> list[PreparedParticle | None]:
+    """`prepare` (frame check, integration) of each particle on the ranks that hold it in the
+    M1 stage (`chemomech.inverse.problem.particles_of_rank`); world rank 0, which writes the
+    report, receives every particle from the lowest rank holding it.  Entries this rank
+    neither holds nor reports are None.  The data are checked (`check_inversion_data`) where
+    they are prepared; an error on any rank is raised on every rank."""
+    from chemomech.exceptions import InputError
+    from chemomech.inverse.particle import particles_of_rank
+
+    n, size = len(particles), comm.size
+    held = [set(particles_of_rank(r, size, n)) for r in range(size)]
+    first = {k: min(r for r in range(size) if k in held[r]) for k in range(n)}
+    local, failure = {}, None
+    try:
+        local = {k: prepare(particles[k], config) for k in sorted(held[comm.rank])}
+        check_inversion_data(list(local.values()), config)
+    except Exception as exc:  # reported on every rank below, never a hang
+        failure = exc
+    errors = comm.allgather(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if any(errors):
+        raise InputError(f"preparing the particles failed on another rank: "
+                         f"{next(e for e in errors if e)}")
+    parts = comm.gather({k: v for k, v in local.items() if first[k] == comm.rank}, root=0)
+    out: list[PreparedParticle | None] = [local.get(k) for k in range(n)]
+    for part in parts or []:
+        for k, v in part.items():
+            out[k] = v
+    return out
 
 
 def fit_direct_regression(prepared: list[PreparedParticle], degree: int,
@@ -136,7 +169,7 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                     config: RunConfig, setups: list, meshes: list) -> None:
     """Mesh this rank group's particles and append their M1 setups; errors name the particle."""
     from chemomech.exceptions import InputError
-    from chemomech.inverse.problem import particle_setup
+    from chemomech.inverse.particle import particle_setup
     from chemomech.mechanics.mesh import mesh_from_mask
 
     for k in mine:
@@ -163,9 +196,12 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
     """Mesh the particles on rank groups, fit M1 jointly, gather model fields to rank 0."""
-    from chemomech.inverse.problem import M1Model, split_for_particles
+    from chemomech.inverse.particle import split_for_particles
+    from chemomech.inverse.problem import M1Model
     from chemomech.inverse.selection import select_degree
     from chemomech.inverse.uncertainty import (
+        IntegratedStrainNoise,
+        exact_integrated_noise_covariance,
         fit_covariance,
         integrated_noise_covariance,
         strain_noise_sampler,
@@ -199,7 +235,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     opt = config.optimiser
     gradient_check = verify_gradient(model) if opt.verify_gradient else None
     fit = model.fit(method=opt.method, tao_type=opt.tao_type, gatol=opt.gatol, grtol=opt.grtol,
-                    gttol=opt.gttol, max_it=opt.max_it)
+                    gttol=opt.gttol, max_it=opt.max_it, initial_hessian=opt.initial_hessian)
     if opt.method == "tao" and opt.cross_check:
         fast = model.fit(method="linear", with_normal_matrix=False)
         scale = max(np.abs(fast.coefficients).max(), 1e-30)
@@ -212,7 +248,15 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     method = config.uncertainty.method
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    if method == "integrated_noise":
+    dirichlet = config.boundary_condition == "dirichlet"
+    if method == "integrated_noise" and config.uncertainty.evaluation == "exact" \
+            and not dirichlet:  # the exact map has no adjoint of the boundary response yet
+        operators = {s.name: IntegratedStrainNoise(prepared[k].data, pm.pixel_indices(),
+                                                   s.misfit)
+                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
+        cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
+                                                        n_probes=config.uncertainty.n_probes)
+    elif method == "integrated_noise":
         samplers = {s.name: strain_noise_sampler(
             prepared[k].data, pm.pixel_indices(), s.misfit,
             model.boundary_response(s.name) if s.u_boundary is not None else None)
@@ -226,7 +270,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     for k, pm, setup in zip(mine, meshes, setups, strict=True):
         p = prepared[k]
         u = model.displacement(setup.name, fit.coefficients)
-        images_k = model_maps(u, epsilon(u), pm, p.data.mask.shape)
+        images_k = model_maps(u, epsilon(u), pm, p.data.mask.shape, sampler=setup.sampler)
         if group.rank == 0:
             images[setup.name] = images_k
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
@@ -341,12 +385,12 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,
                         config.legendre_degree, config.misfit, comm.size)
-        prepared = [prepare(p, config) for p in particles]
-        check_inversion_data(prepared, config)
+        prepared = prepare_distributed(particles, config, comm)
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px)
+    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
+        if rank0 else None  # needs every particle; used by the report only
     timings["m0"] = time.perf_counter() - t
 
     m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None
@@ -466,6 +510,10 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         summary["fit"] = m1.fit.summary() | {"noise_sigma": float(np.sqrt(m1.sigma2)),
                                              "misfit": config.misfit,
                                              "covariance_method": m1.covariance_method}
+        if m1.covariance_method == "integrated_noise":
+            summary["fit"]["covariance_evaluation"] = (
+                "monte_carlo" if config.boundary_condition == "dirichlet"
+                else config.uncertainty.evaluation)
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
         if m2 is not None:

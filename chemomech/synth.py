@@ -61,6 +61,7 @@ from scipy import ndimage, optimize
 
 from chemomech.correlative.frames import rotation_matrix
 from chemomech.exceptions import InputError
+from chemomech.io.progress import progress
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import LATTICE_ANGSTROM, vegard_misfit
 
@@ -550,7 +551,8 @@ def simulate_dataset(specs: Sequence[ParticleSpec], comm: MPI.Comm | None = None
 
     comm = MPI.COMM_WORLD if comm is None else comm
     mine, error = [], None
-    for index in range(comm.rank, len(specs), comm.size):
+    for index in progress(range(comm.rank, len(specs), comm.size), "synthesis (rank 0's share)",
+                          rank=comm.rank, log=logger):
         try:
             if independent is None:
                 particle = simulate_particle(specs[index], MPI.COMM_SELF)

@@ -424,7 +424,8 @@ def strain_model_builder(particle, fe_degree: int = 1, edge_exclusion_px: int = 
     from mpi4py import MPI
 
     from chemomech.correlative.displacement import measured_strain
-    from chemomech.inverse.problem import M1Model, particle_setup
+    from chemomech.inverse.particle import particle_setup
+    from chemomech.inverse.problem import M1Model
     from chemomech.mechanics.mesh import mesh_from_mask
 
     e = measured_strain(particle)

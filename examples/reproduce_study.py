@@ -74,7 +74,8 @@ def boundary_data_only_error(data: Path) -> dict:
     computed as the pipeline does: measured minus model strain over the used pixels)."""
     from chemomech.analysis.residual import model_error
     from chemomech.correlative.prepared import used_pixels
-    from chemomech.inverse.problem import M1Model, particle_setup
+    from chemomech.inverse.particle import particle_setup
+    from chemomech.inverse.problem import M1Model
     from chemomech.mechanics.fields import model_maps
     from chemomech.mechanics.forms import epsilon
     from chemomech.mechanics.mesh import mesh_from_mask

@@ -21,7 +21,7 @@ def test_minimal_config_gets_documented_defaults(tmp_path):
     assert cfg.data == [tmp_path / "stack.h5"]
     assert (cfg.model, cfg.legendre_degree, cfg.misfit) == ("M1", 2, "displacement")
     assert cfg.output == tmp_path / "results"
-    assert cfg.mesh.size_px == 1.0 and cfg.optimiser.tao_type == "blmvm"
+    assert cfg.mesh.size_px == 1.0 and cfg.optimiser.tao_type == "bqnls"
 
 
 def test_unknown_keys_are_errors_naming_the_key(tmp_path):

@@ -387,7 +387,8 @@ def test_twin_recovers_slip_and_density(twin, twin_config, tmp_path):
 
 
 def _m1_error(prepared, config):
-    from chemomech.inverse.problem import M1Model, particle_setup
+    from chemomech.inverse.particle import particle_setup
+    from chemomech.inverse.problem import M1Model
     from chemomech.mechanics.fields import model_maps
     from chemomech.mechanics.forms import epsilon
     from chemomech.mechanics.mesh import mesh_from_mask

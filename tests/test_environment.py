@@ -128,8 +128,9 @@ def _docker_run_command(text: str) -> str:
 def test_one_documented_run_command_mounts_the_shared_data_at_the_clones_sibling():
     docker = (ROOT / "Dockerfile").read_text()
     command = _docker_run_command(docker)
-    notes = (ROOT / "docs" / "notes-container.md").read_text()
-    assert _docker_run_command(notes) == command, "docs/notes-container.md disagrees"
+    for page in ("README.md", "docs/containers.md"):
+        documented = (ROOT / page).read_text()
+        assert _docker_run_command(documented) == command, f"{page} disagrees"
     mount = re.search(r'-v "?[^\s:"]*/shared"?:(/[^\s:]+)', command)
     assert mount, f"the run command does not mount the shared data: {command}"
     (workdir,) = re.findall(r"^WORKDIR (\S+)$", docker, re.M)

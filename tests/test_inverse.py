@@ -9,7 +9,8 @@ from mpi4py import MPI
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.exceptions import InputError
 from chemomech.inverse.identifiability import Gauge
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.particle import particle_setup, split_for_particles
+from chemomech.inverse.problem import M1Model
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import Material
 from chemomech.mechanics.mesh import mesh_from_mask
@@ -441,7 +442,7 @@ def test_pipeline_refuses_bad_dirichlet_data_before_meshing(clean_twin):
 
 def test_real_particle_dirichlet_n1_reproduces_the_study_setting(real_particle_path, tmp_path):
     """LFP50_P2, N = 1, the study's boundary condition (Dirichlet), through the pipeline:
-    the chemical misfits and the model error relative to M0 (README, docs/notes-study.md)."""
+    the chemical misfits and the model error relative to M0 (README, docs/steps/study.md)."""
     import json
 
     from chemomech.config import RunConfig

@@ -12,12 +12,8 @@ import scipy.io
 
 from chemomech.correlative.importing import add_import_arguments, cmd_import, import_to_stack
 from chemomech.exceptions import InputError
-from chemomech.io.readers import (
-    read_composition_map,
-    read_particles,
-    read_py4dstem_strain,
-    read_reference_mat,
-)
+from chemomech.io.py4dstem import read_py4dstem_strain
+from chemomech.io.readers import read_composition_map, read_particles, read_reference_mat
 from chemomech.io.stack import read_stack, write_stack
 
 SHAPE = (30, 20)

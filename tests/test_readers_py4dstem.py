@@ -17,7 +17,8 @@ from chemomech.cli import main
 from chemomech.correlative.frames import frame_check, strain_crystal_from_image, strain_image
 from chemomech.correlative.importing import import_to_stack
 from chemomech.exceptions import InputError
-from chemomech.io.readers import read_composition_map, read_particles, read_py4dstem_strain
+from chemomech.io.py4dstem import read_py4dstem_strain
+from chemomech.io.readers import read_composition_map, read_particles
 from chemomech.io.stack import read_stack
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "py4dstem"

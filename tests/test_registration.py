@@ -267,7 +267,8 @@ def test_warp_round_trip_and_stack_particle():
     assert np.isfinite(back[inner]).all()
     assert np.max(np.abs(back[inner] - X[inner])) < 0.1   # two bilinear resamplings
     assert np.isnan(back[~mask & (interior_pixels(~mask, 2.0))]).all()
-    from chemomech.io.readers import CompositionMap, StrainMaps
+    from chemomech.io.py4dstem import StrainMaps
+    from chemomech.io.readers import CompositionMap
 
     strain = StrainMaps(e_aa, 0.02 * (1 - X), 0 * X, 0 * X, mask)
     result = RegistrationResult(M, False, 0.99, 10)
@@ -278,7 +279,7 @@ def test_warp_round_trip_and_stack_particle():
 
 
 def test_fixed_channel_rotates_image_frame_strain_to_e_aa():
-    from chemomech.io.readers import StrainMaps
+    from chemomech.io.py4dstem import StrainMaps
 
     e_aa, e_cc, phi = -0.03, 0.01, 0.4
     R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])

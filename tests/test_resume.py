@@ -115,13 +115,15 @@ def resume_and_compare(config: RunConfig, reference: dict, replayed: int) -> tup
 
 
 def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
-    # blmvm pinned: the kill must come mid-optimisation, which a one-step method could not.
-    # gttol 1e-14 runs TAO to the rounding floor (line search at rounding level): the MUMPS
-    # solves round differently from run to run in the last bit, and at the default 1e-9
-    # two uninterrupted runs already stop 1.2e-10 apart; at the floor they agree to ~4e-13
+    # BLMVM from the identity (many evaluations): the default Newton path stops after two,
+    # and the kill must come mid-optimisation.  gttol 1e-14 runs TAO to the rounding floor
+    # (line search at rounding level): the MUMPS solves round differently from run to run
+    # in the last bit, and at the default 1e-9 two uninterrupted runs already stopped
+    # 1.2e-10 apart; at the floor they agree to ~4e-13
     options = dict(data=[tiny], model="M1", legendre_degree=2,
                    uncertainty={"method": "gauss_newton"},
-                   optimiser={"cross_check": False, "tao_type": "blmvm", "gttol": 1e-14})
+                   optimiser={"cross_check": False, "tao_type": "blmvm",
+                              "initial_hessian": "identity", "gttol": 1e-14})
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
     out = tmp_path / "killed"
     saves = {"n": 0}

@@ -13,7 +13,8 @@ from pyadjoint import AdjFloat, taylor_test
 
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.inverse.identifiability import Gauge
-from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+from chemomech.inverse.particle import particle_setup, split_for_particles
+from chemomech.inverse.problem import M1Model
 from chemomech.inverse.verify import verify_gradient
 from chemomech.mechanics.materials import Material
 from chemomech.mechanics.mesh import mesh_from_mask

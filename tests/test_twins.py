@@ -18,7 +18,8 @@ from mpi4py import MPI
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.correlative.frames import frame_check
 from chemomech.exceptions import InputError
-from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.particle import particle_setup
+from chemomech.inverse.problem import M1Model
 from chemomech.inverse.uncertainty import (
     calibrated_band,
     calibrated_fit,

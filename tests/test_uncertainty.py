@@ -17,7 +17,8 @@ from mpi4py import MPI
 
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.exceptions import InputError
-from chemomech.inverse.problem import M1Model, particle_setup
+from chemomech.inverse.particle import particle_setup
+from chemomech.inverse.problem import M1Model
 from chemomech.inverse.selection import select_degree
 from chemomech.inverse.uncertainty import (
     covariance,

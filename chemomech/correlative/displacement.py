@@ -119,6 +119,41 @@ class GradientIntegrator:
         u[self.valid] = u_valid
         return u, (self.D @ u_valid - b) / self.h  # per unit length: a gradient
 
+    def integrate_valid(self, H_valid: np.ndarray) -> np.ndarray:
+        """The linear map H -> u on the valid pixels, batched: H (n_valid, 2, 2, m) ->
+        u (n_valid, 2, m) in nm (one multi-RHS back-substitution per component)."""
+        H = np.asarray(H_valid, dtype=float)
+        u = np.zeros((H.shape[0], 2, H.shape[-1]))
+        for c in range(2):
+            b = np.concatenate([0.5 * self.h * (H[lo, c, axis] + H[hi, c, axis])
+                                for lo, hi, axis in self._pairs], axis=0)
+            u[self._free, c] = self._solve(self._Df.T @ b)
+        return self._remove_piece_means(u)
+
+    def integrate_transpose(self, U_valid: np.ndarray) -> np.ndarray:
+        r"""Adjoint of `integrate_valid`: U (n_valid, 2, m) -> H^T-side (n_valid, 2, 2, m).
+
+        :math:`\langle U, \mathcal{I} H\rangle = \langle \mathcal{I}^T U, H\rangle`; the
+        normal matrix is symmetric, so this is one back-substitution per component too."""
+        U = self._remove_piece_means(np.asarray(U_valid, dtype=float).copy())
+        H = np.zeros((U.shape[0], 2, 2, U.shape[-1]))
+        for c in range(2):
+            b = self._Df @ self._solve(np.ascontiguousarray(U[self._free, c]))
+            start = 0
+            for lo, hi, axis in self._pairs:
+                part = 0.5 * self.h * b[start:start + lo.size]
+                H[lo, c, axis] += part  # lo (and hi) are unique within one axis block
+                H[hi, c, axis] += part
+                start += lo.size
+        return H
+
+    def _remove_piece_means(self, u: np.ndarray) -> np.ndarray:
+        """u minus its mean over each connected piece (the symmetric projector Pi)."""
+        for k in range(self.n_pieces):
+            piece = self.labels == k
+            u[piece] -= u[piece].mean(axis=0)
+        return u
+
 
 def integrate_gradient(H_img: np.ndarray, mask: np.ndarray, pixel_size_nm: float
                        ) -> DisplacementResult:

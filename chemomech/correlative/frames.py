@@ -246,13 +246,19 @@ def frame_check(particle: ParticleData, *, step_deg: float = 0.5, sigma_px: floa
     def curl_rms(angles: np.ndarray, s: int, mirror: bool) -> np.ndarray:
         dHx = gradient_crystal(*(comps[k][0] for k in names), s)
         dHy = gradient_crystal(*(comps[k][1] for k in names), s)
-        Q = np.stack([frame_matrix(phi, mirror) for phi in angles])
-        # curl_i = Q_ip (Q_yq dHx_pq - Q_xq dHy_pq) for every angle a and pixel n
-        V = dHx @ Q[:, 1, :].T - dHy @ Q[:, 0, :].T  # (n, p, a)
-        curl = np.einsum("aip,npa->ani", Q, V, optimize=True)
-        if curl.shape[1] == 0:
+        if dHx.shape[0] == 0:
             return np.full(len(angles), np.nan)
-        return np.sqrt(np.mean(curl**2, axis=(1, 2)))
+        # curl_i(phi) = Q_ip (Q_yq dHx_pq - Q_xq dHy_pq) is quadratic in (cos phi, sin phi):
+        # curl(phi) = A + B cos 2phi + C sin 2phi per pixel and component, so its mean square
+        # is v^T M v with v = (1, cos 2phi, sin 2phi) and the 3x3 Gram matrix M of (A, B, C)
+        # (three angles evaluated instead of every candidate)
+        Q = np.stack([frame_matrix(phi, mirror) for phi in (0.0, math.pi / 4, math.pi / 2)])
+        V = dHx @ Q[:, 1, :].T - dHy @ Q[:, 0, :].T  # (n, p, 3)
+        c0, c45, c90 = np.einsum("aip,npa->ani", Q, V, optimize=True).reshape(3, -1)
+        basis = np.stack([0.5 * (c0 + c90), 0.5 * (c0 - c90), c45 - 0.5 * (c0 + c90)])
+        M = basis @ basis.T / basis.shape[1]
+        v = np.stack([np.ones(len(angles)), np.cos(2 * angles), np.sin(2 * angles)])
+        return np.sqrt(np.maximum(np.einsum("ia,ij,ja->a", v, M, v), 0.0))
 
     candidates = _candidate_angles(stated_angle, math.radians(step_deg))
     angles = np.array([phi for phi, _ in candidates])

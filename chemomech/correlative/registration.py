@@ -54,7 +54,8 @@ from chemomech.exceptions import InputError
 from chemomech.io.stack import interior_pixels
 
 if TYPE_CHECKING:
-    from chemomech.io.readers import CompositionMap, StrainMaps
+    from chemomech.io.py4dstem import StrainMaps
+    from chemomech.io.readers import CompositionMap
     from chemomech.io.stack import ParticleData
 
 logger = logging.getLogger(__name__)
@@ -557,6 +558,7 @@ def register_affine(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarra
 
     `fixed` is the 4D-STEM strain channel (e.g. e_aa) with its particle mask, `moving` the
     X-ray X with its mask; both may hold NaN outside their particles.  `metric`:
+
     - "strain": maximise the strain-X score over pixels `margin_px` inside (the study's way;
       it uses the very correlation the law is learned from, and on the real particle its
       optimum is ~0.8 px off, bench/registration.py);
@@ -566,6 +568,7 @@ def register_affine(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarra
     - "joint": S = (1 - strain_weight) S_morphology + strain_weight S_strain;
     - "auto" (default): morphology, unless the outline leaves the map undetermined
       (`outline_conditioning` < MIN_OUTLINE_CONDITIONING, e.g. an ellipse), then joint.
+
     The outline is matched at the 4D-STEM mask blur (`OUTLINE_BLURS_PX`) that fits best,
     unless `outline_blur_px` is given.
     Optimiser options (`levels`, `contrast`, starts, ...) as in `register_terms`.  The

@@ -12,6 +12,7 @@ from dolfinx import fem
 from chemomech.dislocations.model import M2FitResult, M2Model
 from chemomech.dislocations.settings import TYPICAL_SLIP, TYPICAL_SLIP_LENGTH_NM, AlphaRule
 from chemomech.exceptions import InputError
+from chemomech.io.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def choose_alpha(model: M2Model, rule: AlphaRule = "discrepancy", *,
         model.gammas = saved
     ks = np.arange(decades[0], decades[1] - 1, -1)
     curve, fits, states = [], [], []
+    tracker = Progress(len(ks), "alpha scan", rank=model.world.rank, interval_s=0.0, log=logger)
     for k in ks:
         alpha = float(alpha0 * 10.0**k)
         fit = model.fit(alpha=alpha, **fit_options)
@@ -109,9 +111,8 @@ def choose_alpha(model: M2Model, rule: AlphaRule = "discrepancy", *,
                           model.mean_densities().values())))})
         fits.append(fit)
         states.append(_snapshot(model))
-        if model.world.rank == 0:
-            logger.info("alpha %.3e: misfit %.6g, seminorm %.4g (%d iterations)", alpha,
-                        fit.misfit, fit.seminorm, fit.iterations)
+        tracker.step(info=f"alpha {alpha:.3e}: misfit {fit.misfit:.6g}, seminorm "
+                          f"{fit.seminorm:.4g} ({fit.iterations} iterations)")
         if rule == "discrepancy" and fit.misfit < tau * target_misfit:
             break  # smaller alphas only fit the noise
     if rule == "lcurve":

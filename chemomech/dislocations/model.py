@@ -75,11 +75,12 @@ from chemomech.inverse.blocks import (
     GroupSumBlock,
     LatticeMisfitBlock,
     RegularisationBlock,
-    ReplicateBlock,
     SlipSolveBlock,
+    replicated_controls,
 )
 from chemomech.inverse.optimise import minimise
-from chemomech.inverse.problem import M1Model, split_coefficients
+from chemomech.inverse.particle import split_coefficients
+from chemomech.inverse.problem import M1Model
 from chemomech.mechanics.slip import slip_system
 
 logger = logging.getLogger(__name__)
@@ -221,12 +222,7 @@ class M2Model:
         tape = pyadjoint.Tape()
         with pyadjoint.set_working_tape(tape):
             a0 = self.coefficients
-            controls = [AdjFloat(float(v)) for v in a0]
-            replicate = ReplicateBlock(controls, self.world, self.group)
-            tape.add_block(replicate)
-            copies = [AdjFloat(float(v)) for v in a0]
-            for c in copies:
-                replicate.add_output(c.block_variable)
+            controls, copies = replicated_controls(a0, tape, self.world, self.group)
             gamma_controls, costs = [], []
             for p, gs in zip(self.particles, self.gammas, strict=True):
                 gam = []

@@ -62,7 +62,8 @@ class M1Stage:
 def build_m1_stage(prepared: Sequence, config: RunConfig, comm: MPI.Comm) -> M1Stage:
     """Standalone M1 pieces for M2 (tests, benchmarks): particle groups, meshes, setups with the
     strain misfit and the M1Model, the coefficients by M1's linear fast path."""
-    from chemomech.inverse.problem import M1Model, particle_setup, split_for_particles
+    from chemomech.inverse.particle import particle_setup, split_for_particles
+    from chemomech.inverse.problem import M1Model
     from chemomech.mechanics.mesh import mesh_from_mask
 
     if config.legendre_degree == "auto":

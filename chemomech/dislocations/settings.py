@@ -66,11 +66,11 @@ class DislocationsConfig(_Strict):
     noise_strain: float | Literal["auto", "m1"] = Field(
         "auto", description="strain noise for the discrepancy rule: estimated from the maps, "
         "the M1 residual, or a number")
-    discrepancy_tau: float = Field(1.0, gt=0)
+    discrepancy_tau: float = Field(1.0, gt=0, description="discrepancy target: tau x noise")
     alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
-    tao_type: Literal["blmvm", "bqnls"] = "blmvm"
-    max_it: int = Field(2000, ge=1)
-    grtol: float = Field(1e-7, ge=0)
+    tao_type: Literal["blmvm", "bqnls"] = Field("blmvm", description="TAO method of the M2 fit")
+    max_it: int = Field(2000, ge=1, description="most TAO iterations per alpha")
+    grtol: float = Field(1e-7, ge=0, description="gradient tolerance relative to J")
     bands: bool = Field(True, description="joint Gauss-Newton covariance of the law over "
                         "(a, gamma), marginalised on a (chemomech.dislocations.bands); "
                         "false: no M2 band is published")

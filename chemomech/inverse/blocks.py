@@ -26,7 +26,7 @@ from chemomech.inverse.misfit import PixelMisfit
 if TYPE_CHECKING:  # the particles the blocks act on (duck-typed; no runtime import)
     from chemomech.dislocations.lattice import LatticeMisfit
     from chemomech.dislocations.particle import SlipParticle
-    from chemomech.inverse.problem import _Particle
+    from chemomech.inverse.particle import _Particle
 
 
 class ReplicateBlock(Block):
@@ -63,6 +63,19 @@ class ReplicateBlock(Block):
     def evaluate_hessian_component(self, inputs, hessian_inputs, adj_inputs, block_variable,
                                    idx, relevant_dependencies, prepared=None):
         return float(prepared[idx])
+
+
+def replicated_controls(values: Sequence[float], tape, world: MPI.Comm, group: MPI.Comm
+                        ) -> tuple[list[AdjFloat], list[AdjFloat]]:
+    """Controls a (AdjFloats) and their per-group copies, joined by a `ReplicateBlock` on
+    `tape`: the model is built from the copies, the ReducedFunctional takes the controls."""
+    controls = [AdjFloat(float(v)) for v in values]
+    replicate = ReplicateBlock(controls, world, group)
+    tape.add_block(replicate)
+    copies = [AdjFloat(float(v)) for v in values]
+    for c in copies:
+        replicate.add_output(c.block_variable)
+    return controls, copies
 
 
 class EigenstrainSolveBlock(Block):

@@ -28,19 +28,22 @@ How it is taped (pyadjoint), and why.
     :math:`B^T P (B u - d)` (a ``dolfinx_adjoint`` dual vector), tangent linear
     :math:`r\cdot B\dot u`.
   * `GroupSumBlock` sums the particle costs over the particle groups (COMM_WORLD).
+
 Taylor tests of this tape converge at rate 2 (tests/test_taylor.py).
 
 Every block also has its tangent-linear and second-order adjoint (Hessian) rules, so
 ``ReducedFunctional.hessian`` gives the exact Hessian action (used by TAO's NLS).
 
-Optimisation: PETSc TAO (BLMVM default; BQNLS, LMVM, or NLS with the second-order-adjoint
-Hessian action) on COMM_SELF of world rank 0, the other ranks serving its evaluations (every
-evaluation is collective; J and gradient are allreduced, so the coefficients are the same on
-every rank and, to rounding, for every rank count).  The objective is scaled by :math:`J(0)` so that
-tolerances are relative, and the line search uses a curvature tolerance of 0.1
-(`LINE_SEARCH_DEFAULTS`; PETSc options prefix ``chemomech_m1_``) so that BLMVM needs ~8
-iterations instead of ~70.  The stopping rules are those of the one TAO
-driver, `chemomech.inverse.optimise.minimise`.
+Optimisation: PETSc TAO (BLMVM, BQNLS, LMVM, or NLS with the second-order-adjoint
+Hessian action; the pipeline's default is Newton: BQNLS with the exact Hessian
+:math:`G^T G` as its initial quasi-Newton matrix, ``initial_hessian="exact"``, which stops after
+one step with two evaluations) on COMM_SELF of world rank 0, the other ranks serving its
+evaluations (every evaluation is collective; J and gradient are allreduced, so the
+coefficients are the same on every rank and, to rounding, for every rank count).  The
+objective is scaled by :math:`J(0)` so that tolerances are relative, and the line search
+uses a curvature tolerance of 0.1 (`LINE_SEARCH_DEFAULTS`; PETSc options prefix
+``chemomech_m1_``) so that BLMVM needs ~8 iterations instead of ~70.  The stopping rules
+are those of the one TAO driver, `chemomech.inverse.optimise.minimise`.
 
 Linear fast path: since u is linear in a, the normal equations :math:`(G^T G) a = G^T P d`
 with :math:`G_{:,k} = P B A^+ b_k` give the exact minimiser in 2(N+1) back-substitutions
@@ -72,7 +75,6 @@ import numpy as np
 import pyadjoint
 from dolfinx import fem
 from mpi4py import MPI
-from petsc4py import PETSc
 from pyadjoint import AdjFloat, Control, ReducedFunctional
 
 from chemomech.exceptions import InputError
@@ -80,13 +82,18 @@ from chemomech.inverse.blocks import (
     EigenstrainSolveBlock,
     GroupSumBlock,
     PixelMisfitBlock,
-    ReplicateBlock,
+    replicated_controls,
 )
 from chemomech.inverse.identifiability import Gauge, identifiability
 from chemomech.inverse.misfit import PixelMisfit
 from chemomech.inverse.optimise import minimise, serve_on_rank0
-from chemomech.mechanics.forms import eigenstrain
-from chemomech.mechanics.forward import ElasticityProblem, SolverKind
+from chemomech.inverse.particle import (
+    ParticleSetup,
+    _Particle,
+    coefficient_count,
+    split_coefficients,
+)
+from chemomech.mechanics.forward import SolverKind
 from chemomech.mechanics.materials import Material
 
 logger = logging.getLogger(__name__)
@@ -96,290 +103,9 @@ TAO_TYPES = ("blmvm", "bqnls", "lmvm", "nls")
 #: tighter than the default 0.9 makes the line search near-exact on the quadratic M1
 #: objective, so the quasi-Newton methods terminate in ~2(N+1) steps instead of ~70.
 LINE_SEARCH_DEFAULTS = {"tao_ls_gtol": 0.1}
-
-
-def split_for_particles(comm: MPI.Comm, n_particles: int) -> tuple[MPI.Comm, list[int]]:
-    """Split `comm` into particle groups: (this rank's sub-communicator, its particle indices).
-
-    With n_particles >= size every rank is its own group and holds particles
-    rank, rank + size, ...; otherwise the ranks form n_particles contiguous groups, one
-    particle each, and DOLFINx partitions that particle over the group.
-    """
-    if n_particles < 1:
-        raise InputError(f"need at least one particle, got {n_particles}")
-    size, rank = comm.size, comm.rank
-    if n_particles >= size:
-        color, mine = rank, list(range(rank, n_particles, size))
-    else:
-        color = rank * n_particles // size
-        mine = [color]
-    return comm.Split(color=color, key=rank), mine
-
-
-@dataclass
-class ParticleSetup:
-    """One particle of the joint inversion.
-
-    `X`: Li fraction as a scalar fem.Function on the particle mesh (nm); `rotation_rad`:
-    angle from image x to crystal a (ccw); `misfit`: its data misfit, built on a vector
-    Lagrange space of degree `fe_degree` on the same mesh.
-    """
-
-    name: str
-    X: fem.Function
-    rotation_rad: float
-    misfit: PixelMisfit
-    fe_degree: int = 1
-    u_boundary: fem.Function | None = None  # Dirichlet data on misfit.V (None: traction-free)
-    pieces: int = 1  # connected pieces of the valid data (each with its own rigid modes)
-    misfit_mask: np.ndarray | None = None  # the meshed pixel mask (for boundary images)
-    pixel_size_nm: float | None = None
-
-    @property
-    def boundary_condition(self) -> str:
-        """"dirichlet" when boundary data are imposed, else "traction_free"."""
-        return "traction_free" if self.u_boundary is None else "dirichlet"
-
-    @property
-    def mesh(self):
-        """The particle mesh (coordinates in nm)."""
-        return self.X.function_space.mesh
-
-
-def particle_setup(name: str, particle_mesh, X_image: np.ndarray, rotation_rad: float, *,
-                   displacement: np.ndarray | None = None, strain: np.ndarray | None = None,
-                   edge_exclusion_px: int = 2, fe_degree: int = 1,
-                   X_method: str = "l2", boundary_condition: str = "traction_free",
-                   boundary_displacement: np.ndarray | None = None,
-                   fragmented_data: str = "per_piece") -> ParticleSetup:
-    """A `ParticleSetup` from a `chemomech.mechanics.mesh.ParticleMesh` and images on its
-    pixel grid.
-
-    `X_image` (nx, ny) Li fraction; exactly one of `displacement` (nx, ny, 2) nm, image frame
-    (displacement misfit) or `strain` (nx, ny, 3) = (e_xx, e_yy, e_xy) image frame (strain
-    misfit).  Pixels of the meshed mask within `edge_exclusion_px` of its edge and pixels with
-    non-finite data are left out.  X is carried onto P1 by
-    `chemomech.mechanics.fields.image_to_function`.
-
-    ``boundary_condition="dirichlet"``: the measured displacement (`boundary_displacement`, or
-    `displacement`) is imposed on the whole boundary (bilinear image interpolation, NaN pixels
-    filled by linear extrapolation, `chemomech.mechanics.forward.dirichlet_from_image`); the
-    misfit then has no rigid modes (the data fix them).  Connected pieces of valid
-    displacement data each get their own rigid modes (`fragmented_data="per_piece"`) or are
-    refused (`"refuse"`; always under Dirichlet), `chemomech.inverse.misfit.check_fragments`.
-    """
-    from chemomech.inverse.misfit import (
-        DisplacementMisfit,
-        StrainMisfit,
-        check_fragments,
-        connected_pieces,
-    )
-    from chemomech.io.stack import interior_pixels
-    from chemomech.mechanics.fields import PixelSampler, image_to_function
-
-    if (displacement is None) == (strain is None):
-        raise InputError("give exactly one of displacement and strain", field="misfit")
-    if boundary_condition not in ("traction_free", "dirichlet"):
-        raise InputError(f"must be 'traction_free' or 'dirichlet', got {boundary_condition!r}",
-                         field="boundary_condition")
-    if fragmented_data not in ("per_piece", "refuse"):
-        raise InputError(f"must be 'per_piece' or 'refuse', got {fragmented_data!r}",
-                         field="fragmented_data")
-    mask = particle_mesh.mask
-    dirichlet = boundary_condition == "dirichlet"
-    u_data = boundary_displacement if boundary_displacement is not None else displacement
-    if dirichlet:
-        if u_data is None:
-            raise InputError("dirichlet needs the measured displacement (boundary_displacement)",
-                             field="boundary_condition")
-        check_boundary_data(name, mask, u_data)
-    n_pieces, labels = 1, None
-    if displacement is not None or dirichlet:
-        # the pieces of the integration (finite data), not of the meshed mask: removing a
-        # one-pixel bridge in meshing does not split consistently integrated data
-        valid = np.all(np.isfinite(np.asarray(u_data, float)), axis=-1)
-        n_pieces = check_fragments(valid, mask | valid, name, fragmented_data,
-                                   boundary_condition)
-        labels = connected_pieces(valid)[0] if n_pieces > 1 else None
-    mesh, h = particle_mesh.mesh, particle_mesh.pixel_size_nm
-    X = image_to_function(X_image, h, fem.functionspace(mesh, ("Lagrange", 1)), X_method,
-                          mask=mask, name="X")
-    V = fem.functionspace(mesh, ("Lagrange", fe_degree, (2,)))
-    idx = particle_mesh.pixel_indices()
-    sampler = PixelSampler(V, idx * h)
-    used = interior_pixels(mask, edge_exclusion_px)[idx[:, 0], idx[:, 1]]
-    if displacement is not None:
-        d = np.asarray(displacement, float)[idx[:, 0], idx[:, 1]]
-        used &= np.all(np.isfinite(d), axis=1)
-        pieces = None
-        if labels is not None:
-            pieces = labels[idx[:, 0], idx[:, 1]]
-            counts = np.bincount(pieces[used], minlength=pieces.max() + 1)
-            small = np.flatnonzero((counts > 0) & (counts < 3))
-            if small.size:  # too few pixels to carry their own rigid modes: no information
-                logger.warning("%s: %d data piece(s) with < 3 used pixels left out", name,
-                               small.size)
-                used &= ~np.isin(pieces, small)
-        misfit = DisplacementMisfit.from_sampler(sampler, np.nan_to_num(d), used, name=name,
-                                                 pieces=pieces, rigid_modes=not dirichlet)
-    else:
-        e = np.asarray(strain, float)[idx[:, 0], idx[:, 1]]
-        used &= np.all(np.isfinite(e), axis=1)
-        misfit = StrainMisfit.from_sampler(sampler, np.nan_to_num(e), used, name=name)
-    u_boundary = None
-    if dirichlet:
-        u_boundary = image_to_function(np.asarray(u_data, float), h, V, "bilinear", mask=mask,
-                                       name="u_boundary", fill="linear")
-    return ParticleSetup(name, X, rotation_rad, misfit, fe_degree=fe_degree,
-                         u_boundary=u_boundary, pieces=n_pieces, misfit_mask=mask,
-                         pixel_size_nm=h)
-
-
-def check_boundary_data(name: str, mask: np.ndarray, displacement: np.ndarray) -> None:
-    """Dirichlet needs finite measured displacement on the particle's outermost pixels (the
-    mask's boundary ring); raises naming the particle when all of them are NaN, warns when
-    more than half are (they are filled by linear extrapolation)."""
-    from chemomech.io.stack import interior_pixels
-
-    mask = np.asarray(mask, bool)
-    d = np.asarray(displacement, float)
-    if d.shape != mask.shape + (2,):
-        raise InputError(f"particle {name!r}: displacement shape {d.shape} does not match the "
-                         f"mask {mask.shape} + (2,)", field="boundary_condition")
-    ring = mask & ~interior_pixels(mask, 1)
-    finite = ring & np.all(np.isfinite(d), axis=-1)
-    if not finite.any():
-        raise InputError(f"particle {name!r}: boundary_condition dirichlet needs measured "
-                         f"displacement on the boundary, but all {int(ring.sum())} boundary "
-                         f"pixels are NaN", field="boundary_condition")
-    if finite.sum() < 0.5 * ring.sum():
-        logger.warning("%s: %d of %d boundary pixels have no displacement data (filled by "
-                       "extrapolation)", name, int(ring.sum() - finite.sum()), int(ring.sum()))
-
-
-def coefficient_count(degree: int) -> int:
-    """Length 2(N+1) of the control vector (a_{0..N,a}, a_{0..N,c})."""
-    return 2 * (degree + 1)
-
-
-def split_coefficients(coefficients: Sequence[float], degree: int) -> tuple[np.ndarray, ...]:
-    """(a_{.,a}, a_{.,c}) from the stacked control vector."""
-    a = np.asarray(coefficients, dtype=float)
-    return a[: degree + 1].copy(), a[degree + 1:].copy()
-
-
-class _Particle:
-    """Factorised forward operator, basis loads and fixed load of one particle.
-
-    u(a) = A^-1 (b_0 + sum_k a_k b_k): the basis loads b_k vanish on Dirichlet DOFs; the fixed
-    load b_0 (None if zero) holds the lifted Dirichlet data and, in plane strain, the load of
-    the b-eigenstrain f_b(X) (`Material.b_coupling`).  Without Dirichlet data A is singular
-    and A^-1 is the pseudo-inverse A^+ (rigid modes removed).
-    """
-
-    def __init__(self, setup: ParticleSetup, degree: int, material: Material,
-                 solver: SolverKind):
-        from chemomech.mechanics.forms import out_of_plane_load_form, shifted_legendre_series
-        from chemomech.mechanics.forward import dirichlet_bc
-
-        self.setup = setup
-        self.misfit = setup.misfit
-        mesh = setup.mesh
-        n_c = coefficient_count(degree)
-        t0 = time.perf_counter()
-        C = material.ufl_tensor(setup.rotation_rad, setup.X)
-        Vm = self.misfit.V
-        if Vm.mesh is not mesh:
-            raise InputError(f"particle {setup.name!r}: the misfit space is not on the "
-                             f"particle mesh", field="misfit")
-        bcs = [] if setup.u_boundary is None else [dirichlet_bc(setup.u_boundary)]
-        try:
-            self.problem = ElasticityProblem(mesh, C, degree=setup.fe_degree, solver=solver,
-                                             bcs=bcs, V=Vm)
-        except ValueError as err:
-            raise InputError(f"particle {setup.name!r}: {err}", field="misfit") from None
-        self.V = self.problem.V
-        self.setup_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        unit = fem.Constant(mesh, np.zeros(n_c))
-        eps_star = eigenstrain(setup.X, [unit[n] for n in range(degree + 1)],
-                               [unit[degree + 1 + n] for n in range(degree + 1)],
-                               setup.rotation_rad)
-        self.loads: list[PETSc.Vec] = []
-        for k in range(n_c):
-            unit.value[:] = 0.0
-            unit.value[k] = 1.0
-            self.loads.append(self.problem.load_vector(eps_star, homogeneous=True))
-        self.offset = self.problem.boundary_load()
-        B = material.b_coupling(setup.rotation_rad, setup.X)
-        if B is not None and np.any(material.b_coefficients):
-            f_b = shifted_legendre_series(setup.X, material.b_coefficients)
-            b_law = self.problem.assemble_load(
-                out_of_plane_load_form(f_b, B, self.problem.test_function), homogeneous=True)
-            if self.offset is None:
-                self.offset = b_law
-            else:
-                self.offset.axpy(1.0, b_law)
-                b_law.destroy()
-        self.load_time = time.perf_counter() - t0
-        self._rhs = self.loads[0].duplicate()
-
-    @property
-    def comm(self) -> MPI.Comm:
-        return self.setup.mesh.comm
-
-    def solve(self, coefficients: Sequence[float], u: fem.Function | None = None,
-              homogeneous: bool = False) -> fem.Function:
-        """u = A^-1 (b_0 + sum_k a_k b_k) (one back-substitution); without b_0 if
-        `homogeneous` (the tangent-linear response)."""
-        self._rhs.zeroEntries()
-        self._rhs.maxpy([float(c) for c in coefficients], self.loads)
-        if self.offset is not None and not homogeneous:
-            self._rhs.axpy(1.0, self.offset)
-        return self.problem.solve_vector(self._rhs, u)
-
-    def solve_adjoint(self, g) -> fem.Function:
-        """lambda = A^-1 g for a ghost-consistent dual vector g (A symmetric)."""
-        n_owned = self.V.dofmap.index_map.size_local * self.V.dofmap.index_map_bs
-        self._rhs.array_w[:] = g.array[:n_owned]
-        return self.problem.solve_vector(self._rhs, fem.Function(self.V))
-
-    def basis_responses(self) -> list[fem.Function]:
-        """u_k = A^-1 b_k for every basis load."""
-        out = []
-        for b in self.loads:
-            self._rhs.zeroEntries()
-            self._rhs.axpy(1.0, b)
-            out.append(self.problem.solve_vector(self._rhs, fem.Function(self.V)))
-        return out
-
-    def boundary_response(self, displacement: np.ndarray) -> np.ndarray:
-        """B A^-1 b_0(n): the observed response to a displacement image n (nx, ny, 2) nm
-        imposed as Dirichlet data (eigenstrain zero); the data themselves are restored.
-        Collective on the particle's communicator."""
-        from chemomech.mechanics.fields import image_to_function
-
-        g = self.setup.u_boundary
-        if g is None:
-            raise InputError(f"particle {self.setup.name!r} has no Dirichlet data",
-                             field="boundary_condition")
-        saved = g.x.array.copy()
-        mask = self.setup.misfit_mask
-        g.x.array[:] = image_to_function(displacement, self.setup.pixel_size_nm, self.V,
-                                         "bilinear", mask=mask, fill="linear").x.array
-        try:
-            b = self.problem.boundary_load()
-            u = self.problem.solve_vector(b, fem.Function(self.V))
-            b.destroy()
-        finally:
-            g.x.array[:] = saved
-        return self.misfit.observe(u)
-
-    def offset_response(self) -> fem.Function | None:
-        """u_0 = A^-1 b_0, the response at a = 0 (None when b_0 = 0)."""
-        if self.offset is None:
-            return None
-        return self.solve(np.zeros(len(self.loads)), fem.Function(self.V))
+#: Newton (NLS): solve the Newton system to rounding (CG on the exact Hessian action of the
+#: 2(N+1) coefficients ends in at most 2(N+1) steps), so that one Newton step is exact.
+NEWTON_DEFAULTS = {"ksp_rtol": 1e-14, "ksp_atol": 0.0}
 
 
 @dataclass
@@ -533,12 +259,7 @@ class M1Model:
             np.asarray(coefficients, float)
         tape = pyadjoint.Tape()
         with pyadjoint.set_working_tape(tape):
-            controls = [AdjFloat(float(v)) for v in a0]
-            replicate = ReplicateBlock(controls, self.world, self.group)
-            tape.add_block(replicate)
-            copies = [AdjFloat(float(v)) for v in a0]
-            for c in copies:
-                replicate.add_output(c.block_variable)
+            controls, copies = replicated_controls(a0, tape, self.world, self.group)
             costs = []
             for p in self.particles:
                 u = dxa.Function(p.V, name="u")
@@ -616,11 +337,12 @@ class M1Model:
     def fit(self, method: str = "tao", tao_type: str = "blmvm", gatol: float = 1e-12,
             grtol: float = 0.0, gttol: float = 1e-12, max_it: int = 500,
             bounds: tuple[Sequence[float], Sequence[float]] | None = None,
-            initial: Sequence[float] | None = None, with_normal_matrix: bool = True
-            ) -> FitResult:
+            initial: Sequence[float] | None = None, with_normal_matrix: bool = True,
+            initial_hessian: str = "identity") -> FitResult:
         """Minimise J(a): adjoint gradients + PETSc TAO ("tao") or the normal equations ("linear").
 
         TAO tolerances apply to the objective scaled by J(0); `bounds` = (lower, upper) on a.
+        `initial_hessian`: "identity" or "exact" (H0 = G^T G for blmvm/bqnls).
         `with_normal_matrix` also returns G^T G (2(N+1) extra back-substitutions on the TAO
         path) for the Gauss-Newton covariance.
         """
@@ -636,7 +358,7 @@ class M1Model:
             iterations, converged, reason = 0, True, "normal equations"
         elif method == "tao":
             a, J, iterations, converged, reason = self._fit_tao(
-                tao_type, gatol, grtol, gttol, max_it, bounds, initial)
+                tao_type, gatol, grtol, gttol, max_it, bounds, initial, initial_hessian)
             N = r = c = None
         else:
             raise InputError(f"method must be 'tao' or 'linear', got {method!r}",
@@ -669,9 +391,12 @@ class M1Model:
         gathered = self.world.allgather(local if self.group.rank == 0 else {})
         return {k: v for d in gathered for k, v in d.items()}
 
-    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial):
+    def _fit_tao(self, tao_type, gatol, grtol, gttol, max_it, bounds, initial,
+                 initial_hessian="identity"):
         """TAO (`chemomech.inverse.optimise.minimise`) on world rank 0; the other ranks serve
-        its evaluations (collective solves)."""
+        its evaluations (collective solves).  ``initial_hessian="exact"`` gives BLMVM/BQNLS
+        the exact Hessian G^T G (from the normal equations, 2(N+1) back-substitutions) as H0,
+        so that their first step is the Newton step."""
         if tao_type not in TAO_TYPES:
             raise InputError(f"tao_type must be one of {TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -695,13 +420,19 @@ class M1Model:
                 return T.T @ self.hessian_action(T @ np.asarray(h))
         self.reduced_functional(a0)
         J_ref, _ = self.cost_and_gradient(a0)
+        scale = 1.0 / J_ref if J_ref > 0 else 1.0
+        H0 = None
+        if tao_type in ("blmvm", "bqnls") and initial_hessian == "exact":
+            N = self.normal_equations()[0]  # the Hessian in a; in z it is T^T N T
+            H0 = _ExactHessian(N if self._transform is None else T.T @ N @ T, scale)
+        defaults = LINE_SEARCH_DEFAULTS | (NEWTON_DEFAULTS if tao_type == "nls" else {})
 
         def driver(calls):
             out = minimise(calls["gradient"], x0, tao_type=tao_type, prefix="chemomech_m1_",
                            J0=J_ref, gatol=gatol, grtol=grtol, gttol=gttol, max_it=max_it,
                            bounds=bounds,
                            hessian_action=calls["hessian"] if tao_type == "nls" else None,
-                           option_defaults=LINE_SEARCH_DEFAULTS, label="M1 TAO")
+                           initial_hessian=H0, option_defaults=defaults, label="M1 TAO")
             return out.x, out.J, out.iterations, out.converged, out.text, out.evaluation_time_s
 
         x, J, iterations, converged, text, t_eval = serve_on_rank0(
@@ -709,6 +440,21 @@ class M1Model:
         self.timings_s["tao_evaluations"] = t_eval
         a = x if self._transform is None else T @ np.asarray(x) + t
         return a, J, iterations, converged, text
+
+
+class _ExactHessian:
+    """PETSc shell context of the LMVM initial Hessian H0 = scale * G^T G (the exact Hessian
+    of the scaled quadratic objective): `mult` H0 x, `apply` H0^-1 x."""
+
+    def __init__(self, normal_matrix: np.ndarray, scale: float):
+        self.H = scale * np.asarray(normal_matrix, float)
+        self.H_inv = np.linalg.pinv(self.H, rcond=1e-14, hermitian=True)
+
+    def mult(self, mat, x, y):
+        y.setArray(self.H @ x.getArray(readonly=True))
+
+    def apply(self, pc, x, y):
+        y.setArray(self.H_inv @ x.getArray(readonly=True))
 
 
 def has_null_space(all_dirichlet: bool, stiffness: str) -> bool:

@@ -377,9 +377,17 @@ def sample_expression(expr, sampler: PixelSampler, degree: int | None = None) ->
     return values.reshape((len(sampler.owned), *shape))
 
 
-def model_maps(u, strain_expr, pm, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0."""
-    sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
+def model_maps(u, strain_expr, pm, shape: tuple[int, int],
+               sampler: PixelSampler | None = None) -> dict[str, np.ndarray]:
+    """u and eps(u) of the model at the meshed pixels, as images on the group's rank 0.
+
+    `sampler`: a `PixelSampler` at ``pm.pixel_points_nm()`` on a space of u's mesh and element
+    (e.g. the misfit's) to reuse its point location; by default a new one is built."""
+    if sampler is None or sampler.V.mesh is not u.function_space.mesh \
+            or len(sampler.points_nm) != len(pm.pixel_indices()):
+        sampler = PixelSampler(u.function_space, pm.pixel_points_nm())
+    elif sampler.V is not u.function_space:
+        sampler = sampler.for_space(u.function_space)
     u_values = sampler.gather(sampler(u))
     eps_values = sampler.gather(sample_expression(strain_expr, sampler).reshape(-1, 4))
     if u_values is None:

@@ -3,6 +3,7 @@
 Every pattern is converted to the scattering-vector length s = 1/d = 2 sin(theta)/lambda in
 1/nm, ascending, which is the variable of the variance method (Groma's q is s - s_hkl).
 Conventions of the abscissa:
+
   - "2theta": degrees, needs the wavelength (Angstrom);
   - "d": Angstrom;
   - "q": 4 pi sin(theta)/lambda in 1/Angstrom (s = q / 2 pi).
