@@ -94,9 +94,12 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     from chemomech.exceptions import InputError
+    from chemomech.io.parallel import import_deferred
     from chemomech.io.readers import read_particles
     from chemomech.mechanics.mesh import mesh_from_mask
+    from chemomech.pipeline import COMPILED_MODULES
 
+    import_deferred(*COMPILED_MODULES)
     particles = read_particles([args.input])
     if args.particle:
         particles = [p for p in particles if p.name == args.particle]

@@ -40,7 +40,7 @@ from chemomech.correlative.prepared import PreparedParticle, prepare_particle, u
 from chemomech.exceptions import ConfigError
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
-from chemomech.io.parallel import describe, signals_deferred, stage
+from chemomech.io.parallel import describe, import_deferred, signals_deferred, stage
 from chemomech.io.readers import read_data
 from chemomech.io.results import (
     CHECKPOINTS,
@@ -56,6 +56,11 @@ from chemomech.mechanics.materials import Material
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 101
+
+
+#: compiled modules the run imports, loaded before it starts (`import_deferred`: a signal
+#: during their initialisation would crash the process instead of stopping it cleanly)
+COMPILED_MODULES = ("petsc4py.PETSc", "dolfinx", "dolfinx.fem.petsc", "dolfinx.io.gmsh")
 
 
 def load_particles(config: RunConfig) -> list[ParticleData]:
@@ -288,29 +293,31 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
     from chemomech.inverse.optimise import checkpointing
 
     t_start = time.perf_counter()
+    import_deferred(*COMPILED_MODULES)
     with stage("checking the inputs", comm):  # before the output folder is touched
         for entry in config.data:
             for path in entry if isinstance(entry, list) else [entry]:
                 if not Path(path).exists():
                     raise ConfigError(f"data: no such file {path}")
     folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
-    with stage("opening the output folder", comm):
-        if folder is not None:
-            folder.open()
-    work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
     package_logger = logging.getLogger("chemomech")
     level = package_logger.level
     handler = None
-    if folder is not None:  # progress and the log file on rank 0 only
-        handler = logging.FileHandler(work / "log.txt", mode="w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                               "%(message)s"))
-        handler.setLevel(logging.INFO)
-        package_logger.addHandler(handler)
-        if package_logger.getEffectiveLevel() > logging.INFO:
-            package_logger.setLevel(logging.INFO)
-        _resume_note(folder, config, work)
-    try:
+    try:  # from here on a signal or an error moves the partial folder to OUTPUT.failed
+        with stage("opening the output folder", comm):
+            if folder is not None:
+                with signals_deferred():  # the partial folder exists iff folder.path is set
+                    folder.open()
+        work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
+        if folder is not None:  # progress and the log file on rank 0 only
+            handler = logging.FileHandler(work / "log.txt", mode="w")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s"))
+            handler.setLevel(logging.INFO)
+            package_logger.addHandler(handler)
+            if package_logger.getEffectiveLevel() > logging.INFO:
+                package_logger.setLevel(logging.INFO)
+            _resume_note(folder, config, work)
         with checkpointing(work / CHECKPOINTS) as store:
             summary = _run(config, comm, work, t_start)
         if store.replayed and comm.rank == 0:
@@ -324,13 +331,14 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
         return summary
     except BaseException as exc:
         if folder is not None:
-            if handler is not None:  # the error is the last line of log.txt
-                handler.handle(package_logger.makeRecord(
-                    package_logger.name, logging.ERROR, __file__, 0, "%s", (describe(exc),),
-                    None))
-            _close_log(package_logger, handler)
-            handler = None
-            folder.fail()
+            with signals_deferred():  # a second signal does not cut the clean-up short
+                if handler is not None:  # the error is the last line of log.txt
+                    handler.handle(package_logger.makeRecord(
+                        package_logger.name, logging.ERROR, __file__, 0, "%s",
+                        (describe(exc),), None))
+                _close_log(package_logger, handler)
+                handler = None
+                folder.fail()
         raise
     finally:
         _close_log(package_logger, handler)

@@ -18,6 +18,7 @@ temporary files before the process ends.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
@@ -121,14 +122,19 @@ def exit_status(exc: BaseException) -> int:
 def exit_on_error(main: Callable[[], int], comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     """Run `main`; errors become one logged line and an exit status (`exit_status`).
 
-    Bugs (not `ChemomechError`) also print their traceback.  Under MPI an error that is not
-    collective ends every rank with ``comm.Abort`` after its message is logged: the other ranks
-    may be blocked in a collective that this rank will never join."""
+    Bugs (not `ChemomechError`) also print their traceback; any error after SIGINT or SIGTERM
+    arrived is `Interrupted` (whatever the interrupted code turned the signal into).  Under
+    MPI an error that is not collective ends every rank with ``comm.Abort`` after its message
+    is logged: the other ranks may be blocked in a collective that this rank will never join."""
     try:
         return int(main() or 0)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        if _received and not isinstance(exc, KeyboardInterrupt):
+            # the signal's exception was turned into another one by the code it interrupted
+            # (an import wrapper, a C library's error code): the process was interrupted
+            exc = Interrupted(_received[-1])
         status = exit_status(exc)
         prefix = f"rank {comm.rank}: " if comm.size > 1 and not isinstance(exc, RankError) \
             else ""
@@ -173,6 +179,18 @@ def signals_deferred() -> Iterator[None]:
         _deferring.pop()
     if not _deferring and len(_received) > before:
         raise Interrupted(_received[-1])
+
+
+def import_deferred(*names: str) -> None:
+    """Import the modules `names` with SIGINT and SIGTERM held back (`signals_deferred`).
+
+    For compiled extensions whose initialisation runs Python code (DOLFINx's nanobind module
+    imports others): the `Interrupted` raised there by the signal handler does not unwind,
+    the process dies with SIGSEGV, without cleaning up.  Imported once, before the work
+    starts, they are never initialised under a signal."""
+    with signals_deferred():
+        for name in names:
+            importlib.import_module(name)
 
 
 def install_signal_handlers() -> dict:

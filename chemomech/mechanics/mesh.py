@@ -31,6 +31,7 @@ from mpi4py import MPI
 from scipy import ndimage
 
 from chemomech.exceptions import InputError
+from chemomech.io.parallel import signals_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -300,27 +301,30 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
     h = float(pixel_size_nm)
     loops_nm = [loop * h for loop in trace_boundaries(mask, simplify_tol_px)]
 
-    started_here = not gmsh.isInitialized()
-    if started_here:
-        gmsh.initialize(interruptible=False)
-    gmsh.option.setNumber("General.Terminal", 0)
-    error = None
-    try:
-        if comm.rank == 0:
-            try:
-                _build_gmsh_model(gmsh, loops_nm, mesh_size_px * h, size_map, h)
-            except Exception as exc:  # gmsh raises bare Exceptions
-                error = f"gmsh could not mesh the particle: {exc}"
-        error = comm.bcast(error, root=0)
-        if error is not None:
-            raise InputError(error, field="mask")
-        data = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=2)
-    finally:
-        if comm.rank == 0 and "particle" in gmsh.model.list():
-            gmsh.model.setCurrent("particle")
-            gmsh.model.remove()
+    # SIGINT/SIGTERM wait until gmsh is finalized and the mesh distributed: an exception
+    # unwinding through a half-built gmsh model or mesh would leave C state behind
+    with signals_deferred():
+        started_here = not gmsh.isInitialized()
         if started_here:
-            gmsh.finalize()
+            gmsh.initialize(interruptible=False)
+        gmsh.option.setNumber("General.Terminal", 0)
+        error = None
+        try:
+            if comm.rank == 0:
+                try:
+                    _build_gmsh_model(gmsh, loops_nm, mesh_size_px * h, size_map, h)
+                except Exception as exc:  # gmsh raises bare Exceptions
+                    error = f"gmsh could not mesh the particle: {exc}"
+            error = comm.bcast(error, root=0)
+            if error is not None:
+                raise InputError(error, field="mask")
+            data = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=2)
+        finally:
+            if comm.rank == 0 and "particle" in gmsh.model.list():
+                gmsh.model.setCurrent("particle")
+                gmsh.model.remove()
+            if started_here:
+                gmsh.finalize()
     data.mesh.name = "particle"
     n_cells = data.mesh.topology.index_map(2).size_global
     logger.info("meshed particle: %d px, %d hole(s), %d cells (h = %.4g nm, size %.3g px)",
