@@ -155,17 +155,14 @@ def crystal_mesh(loops_image_nm: list[np.ndarray], origin: np.ndarray, rotation_
                  size_nm: float):
     """gmsh triangle mesh (COMM_SELF) of the outline minus the voids, in crystal coordinates
     xi = R^T (x - origin) (nm); loop 0 is the outline."""
-    import gmsh
     from dolfinx.io import gmsh as gmshio
     from mpi4py import MPI
 
+    from chemomech.mechanics.mesh import gmsh_session
+
     R = _rotation(rotation_rad)
-    started = not gmsh.isInitialized()
-    if started:
-        gmsh.initialize(interruptible=False)
-    gmsh.option.setNumber("General.Terminal", 0)
-    gmsh.model.add("independent_twin")
-    try:
+    with gmsh_session("independent_twin", MPI.COMM_SELF) as gmsh:
+        gmsh.model.add("independent_twin")
         curve_loops = []
         for loop in loops_image_nm:
             xi = (loop - origin) @ R  # rows: R^T (x - origin)
@@ -183,10 +180,6 @@ def crystal_mesh(loops_image_nm: list[np.ndarray], origin: np.ndarray, rotation_
         gmsh.option.setNumber("Mesh.Algorithm", 5)  # Delaunay
         gmsh.model.mesh.generate(2)
         data = gmshio.model_to_mesh(gmsh.model, MPI.COMM_SELF, 0, gdim=2)
-    finally:
-        gmsh.model.remove()
-        if started:
-            gmsh.finalize()
     return data.mesh
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -270,6 +272,30 @@ def _build_gmsh_model(gmsh, loops_nm: list[np.ndarray], lc: float,
         gmsh.view.remove(view)
 
 
+@contextmanager
+def gmsh_session(model_name: str, comm: MPI.Comm) -> Iterator:
+    """The gmsh module, initialised (quiet, not interruptible) unless it already was; on exit
+    the model `model_name` is removed on rank 0 and gmsh finalised if started here.
+
+    SIGINT/SIGTERM wait until the session ends (and the mesh is distributed inside it): an
+    exception unwinding through a half-built gmsh model would leave C state behind."""
+    import gmsh
+
+    with signals_deferred():
+        started_here = not gmsh.isInitialized()
+        if started_here:
+            gmsh.initialize(interruptible=False)
+        gmsh.option.setNumber("General.Terminal", 0)
+        try:
+            yield gmsh
+        finally:
+            if comm.rank == 0 and model_name in gmsh.model.list():
+                gmsh.model.setCurrent(model_name)
+                gmsh.model.remove()
+            if started_here:
+                gmsh.finalize()
+
+
 def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, *,
                    mesh_size_px: float = 1.0, simplify_tol_px: float = 0.25,
                    min_island_px: int = 20, min_hole_px: int = 4,
@@ -282,7 +308,6 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
     image X (same shape, [0, 1] inside the mask, checked); cells are ``refine_size_px`` where
     :math:`|\nabla X| \ge` ``refine_gradient_per_px`` (per pixel) within ``refine_distance_px``.
     """
-    import gmsh
     from dolfinx.io import gmsh as gmshio
 
     if not pixel_size_nm > 0:
@@ -301,30 +326,17 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
     h = float(pixel_size_nm)
     loops_nm = [loop * h for loop in trace_boundaries(mask, simplify_tol_px)]
 
-    # SIGINT/SIGTERM wait until gmsh is finalized and the mesh distributed: an exception
-    # unwinding through a half-built gmsh model or mesh would leave C state behind
-    with signals_deferred():
-        started_here = not gmsh.isInitialized()
-        if started_here:
-            gmsh.initialize(interruptible=False)
-        gmsh.option.setNumber("General.Terminal", 0)
+    with gmsh_session("particle", comm) as gmsh:
         error = None
-        try:
-            if comm.rank == 0:
-                try:
-                    _build_gmsh_model(gmsh, loops_nm, mesh_size_px * h, size_map, h)
-                except Exception as exc:  # gmsh raises bare Exceptions
-                    error = f"gmsh could not mesh the particle: {exc}"
-            error = comm.bcast(error, root=0)
-            if error is not None:
-                raise InputError(error, field="mask")
-            data = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=2)
-        finally:
-            if comm.rank == 0 and "particle" in gmsh.model.list():
-                gmsh.model.setCurrent("particle")
-                gmsh.model.remove()
-            if started_here:
-                gmsh.finalize()
+        if comm.rank == 0:
+            try:
+                _build_gmsh_model(gmsh, loops_nm, mesh_size_px * h, size_map, h)
+            except Exception as exc:  # gmsh raises bare Exceptions
+                error = f"gmsh could not mesh the particle: {exc}"
+        error = comm.bcast(error, root=0)
+        if error is not None:
+            raise InputError(error, field="mask")
+        data = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=2)
     data.mesh.name = "particle"
     n_cells = data.mesh.topology.index_map(2).size_global
     logger.info("meshed particle: %d px, %d hole(s), %d cells (h = %.4g nm, size %.3g px)",

@@ -116,10 +116,9 @@ def extruded_platelet_mesh(mask: np.ndarray, pixel_size_nm: float, thickness_nm:
     beam, crystal b), with `pores` closed voids at mid-thickness: ellipsoids of in-plane
     radius `pore_radius_nm` and z semi-axis :math:`\min(r, 0.35 t)` (spheres when they fit).
     Returns a `Platelet3D`.  gmsh OCC on rank 0."""
-    import gmsh
     from dolfinx.io import gmsh as gmshio
 
-    from chemomech.mechanics.mesh import repair_mask, trace_boundaries
+    from chemomech.mechanics.mesh import gmsh_session, repair_mask, trace_boundaries
 
     h, t = float(pixel_size_nm), float(thickness_nm)
     if not t > 0:
@@ -130,11 +129,7 @@ def extruded_platelet_mesh(mask: np.ndarray, pixel_size_nm: float, thickness_nm:
     voids = [(x, y, 0.5 * t, pore_radius_nm, r_z)
              for x, y in _pore_centres(mask, h, pores, pore_radius_nm, seed)] if pores else []
     lc = mesh_size_px * h
-    started_here = not gmsh.isInitialized()
-    if started_here:
-        gmsh.initialize(interruptible=False)
-    gmsh.option.setNumber("General.Terminal", 0)
-    try:
+    with gmsh_session("platelet", comm) as gmsh:
         if comm.rank == 0:
             gmsh.model.add("platelet")
             occ = gmsh.model.occ
@@ -160,10 +155,4 @@ def extruded_platelet_mesh(mask: np.ndarray, pixel_size_nm: float, thickness_nm:
             gmsh.option.setNumber("Mesh.MeshSizeMin", 0.25 * lc)
             gmsh.model.mesh.generate(3)
         data = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=3)
-    finally:
-        if comm.rank == 0 and "platelet" in gmsh.model.list():
-            gmsh.model.setCurrent("platelet")
-            gmsh.model.remove()
-        if started_here:
-            gmsh.finalize()
     return Platelet3D(data.mesh, mask, h, t, voids)
