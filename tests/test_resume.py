@@ -103,14 +103,34 @@ def killed_run(config: RunConfig, when, monkeypatch) -> None:
     monkeypatch.setattr(EvaluationLog, "_save", save)
 
 
-def resume_and_compare(config: RunConfig, reference: dict, replayed: int) -> tuple[dict, str]:
-    """Resume `config`; its coefficients equal the uninterrupted `reference` to 1e-10."""
+def _coefficients(summary: dict) -> np.ndarray:
+    return np.r_[summary["coefficients"]["a"], summary["coefficients"]["c"]]
+
+
+def _relative(a: float | np.ndarray, b: float | np.ndarray) -> float:
+    return float(np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b)))
+
+
+def rerun_tolerance(first: dict, second: dict, key=_coefficients) -> float:
+    """The bound for resumed vs uninterrupted: the reproducibility of an uninterrupted run.
+
+    MUMPS solves are reproducible only to the last bit from run to run (one adjoint solve gave
+    3 variants in 6 runs here), and the optimiser amplifies that: two plain runs of these
+    tests differ by up to ~1.2e-10 relative (measured over 6 runs).  So the bound is 1e-9
+    relative (8x that), or 10x the spread of this test's two plain runs where that is larger;
+    the spread itself must stay below 1e-8, so the check can still fail."""
+    spread = _relative(key(second), key(first))
+    assert spread <= 1e-8, f"two uninterrupted runs differ by {spread:.1e}"
+    return max(1e-9, 10.0 * spread)
+
+
+def resume_and_compare(config: RunConfig, reference: dict, replayed: int,
+                       tolerance: float = 1e-9) -> tuple[dict, str]:
+    """Resume `config`; its coefficients equal the uninterrupted `reference` to `tolerance`."""
     resumed = run(config, MPI.COMM_SELF, resume=True)
     log = (config.output / "log.txt").read_text()
     assert f"{replayed} TAO evaluation(s) taken from the checkpoints" in log
-    a = np.r_[resumed["coefficients"]["a"], resumed["coefficients"]["c"]]
-    b = np.r_[reference["coefficients"]["a"], reference["coefficients"]["c"]]
-    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))
+    assert _relative(_coefficients(resumed), _coefficients(reference)) <= tolerance
     return resumed, log
 
 
@@ -121,6 +141,8 @@ def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
                    optimiser={"cross_check": False, "tao_type": "blmvm",
                               "initial_hessian": "identity"})
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
+    again = run(RunConfig(output=tmp_path / "plain2", **options), MPI.COMM_SELF)
+    tolerance = rerun_tolerance(reference, again)
     out = tmp_path / "killed"
     saves = {"n": 0}
 
@@ -135,7 +157,8 @@ def test_m1_resume_equals_the_uninterrupted_run(tiny, tmp_path, monkeypatch):
     assert "interrupted by SIGINT" in (failed / "log.txt").read_text().splitlines()[-1]
 
     # evaluations 2-4 replayed (the first one is recomputed to check the checkpoint)
-    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 3)
+    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 3,
+                                      tolerance)
     assert "resuming from the checkpoints" in log
     assert resumed["fit"]["iterations"] == reference["fit"]["iterations"]
     on_disk = json.loads((out / "summary.json").read_text())
@@ -148,6 +171,10 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
                    uncertainty={"method": "gauss_newton"}, optimiser={"cross_check": False},
                    dislocations={"bands": False})
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
+    again = run(RunConfig(output=tmp_path / "plain2", **options), MPI.COMM_SELF)
+    tolerance = rerun_tolerance(reference, again)
+    alpha_tolerance = rerun_tolerance(
+        reference, again, key=lambda s: s["dislocations"]["regularisation"]["alpha"])
     out = tmp_path / "killed"
 
     def second_alpha(log):  # the second alpha of the scan, 10 evaluations in
@@ -157,13 +184,16 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
     done = {p.name for p in (out.with_name("killed.failed") / "checkpoints").glob("*TAO*")}
     assert {"chemomech_m1_M1_TAO-000", "chemomech_m2_M2_TAO-000",
             "chemomech_m2_M2_TAO-001"} == done, done
-    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 9)
+    resumed, log = resume_and_compare(RunConfig(output=out, **options), reference, 9,
+                                      tolerance)
     assert "chemomech_m2_M2_TAO-000: finished before" in log
     m2, m2_ref = resumed["dislocations"], reference["dislocations"]
     assert m2["regularisation"]["alpha"] == pytest.approx(m2_ref["regularisation"]["alpha"],
-                                                          rel=1e-10)
+                                                          rel=alpha_tolerance)
     # (not the iteration count of the calls after the resumed one: like two uninterrupted
     # runs, which MUMPS makes equal only to the last bit, TAO may stop one iteration apart)
     for key in ("misfit", "seminorm"):
-        assert m2["fit"][key] == pytest.approx(m2_ref["fit"][key], rel=1e-10), key
-    assert m2["mean_density_um2"] == pytest.approx(m2_ref["mean_density_um2"], rel=1e-10)
+        bound = rerun_tolerance(reference, again, key=lambda s: s["dislocations"]["fit"][key])
+        assert m2["fit"][key] == pytest.approx(m2_ref["fit"][key], rel=bound), key
+    bound = rerun_tolerance(reference, again, key=lambda s: s["dislocations"]["mean_density_um2"])
+    assert m2["mean_density_um2"] == pytest.approx(m2_ref["mean_density_um2"], rel=bound)
