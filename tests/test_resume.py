@@ -111,17 +111,19 @@ def _relative(a: float | np.ndarray, b: float | np.ndarray) -> float:
     return float(np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b)))
 
 
-def rerun_tolerance(first: dict, second: dict, key=_coefficients) -> float:
+def rerun_tolerance(first: dict, second: dict, key=_coefficients, floor: float = 1e-9
+                    ) -> float:
     """The bound for resumed vs uninterrupted: the reproducibility of an uninterrupted run.
 
     MUMPS solves are reproducible only to the last bit from run to run (one adjoint solve gave
     3 variants in 6 runs here), and the optimiser amplifies that: two plain runs of these
-    tests differ by up to ~1.2e-10 relative (measured over 6 runs).  So the bound is 1e-9
-    relative (8x that), or 10x the spread of this test's two plain runs where that is larger;
-    the spread itself must stay below 1e-8, so the check can still fail."""
+    tests differ by up to ~1.2e-10 relative in M1's coefficients and ~2.3e-9 in M2's chosen
+    alpha (measured).  So the bound is `floor` (1e-9 for M1, 1e-8 for M2: ~4-8x those), or 10x
+    the spread of this test's two plain runs where that is larger; the spread itself must stay
+    below 10 `floor`, so the check can still fail."""
     spread = _relative(key(second), key(first))
-    assert spread <= 1e-8, f"two uninterrupted runs differ by {spread:.1e}"
-    return max(1e-9, 10.0 * spread)
+    assert spread <= 10.0 * floor, f"two uninterrupted runs differ by {spread:.1e}"
+    return max(floor, 10.0 * spread)
 
 
 def resume_and_compare(config: RunConfig, reference: dict, replayed: int,
@@ -172,9 +174,10 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
                    dislocations={"bands": False})
     reference = run(RunConfig(output=tmp_path / "plain", **options), MPI.COMM_SELF)
     again = run(RunConfig(output=tmp_path / "plain2", **options), MPI.COMM_SELF)
-    tolerance = rerun_tolerance(reference, again)
+    tolerance = rerun_tolerance(reference, again, floor=1e-8)
     alpha_tolerance = rerun_tolerance(
-        reference, again, key=lambda s: s["dislocations"]["regularisation"]["alpha"])
+        reference, again, key=lambda s: s["dislocations"]["regularisation"]["alpha"],
+        floor=1e-8)
     out = tmp_path / "killed"
 
     def second_alpha(log):  # the second alpha of the scan, 10 evaluations in
@@ -193,7 +196,9 @@ def test_m2_resume_in_the_alpha_scan_equals_the_uninterrupted_run(tiny, tmp_path
     # (not the iteration count of the calls after the resumed one: like two uninterrupted
     # runs, which MUMPS makes equal only to the last bit, TAO may stop one iteration apart)
     for key in ("misfit", "seminorm"):
-        bound = rerun_tolerance(reference, again, key=lambda s: s["dislocations"]["fit"][key])
+        bound = rerun_tolerance(reference, again, floor=1e-8,
+                                key=lambda s: s["dislocations"]["fit"][key])
         assert m2["fit"][key] == pytest.approx(m2_ref["fit"][key], rel=bound), key
-    bound = rerun_tolerance(reference, again, key=lambda s: s["dislocations"]["mean_density_um2"])
+    bound = rerun_tolerance(reference, again, floor=1e-8,
+                            key=lambda s: s["dislocations"]["mean_density_um2"])
     assert m2["mean_density_um2"] == pytest.approx(m2_ref["mean_density_um2"], rel=bound)
