@@ -48,6 +48,17 @@ def twin_config():
     return _config()
 
 
+def _uniform_block(nx: int, ny: int, h: float, phi: float):
+    """A rectangular particle (2 px margin) at X = 0.5 with zero measured strain, and its mask."""
+    from chemomech.io.stack import ParticleData
+
+    mask = np.zeros((nx, ny), bool)
+    mask[2:-2, 2:-2] = True
+    zero = np.where(mask, 0.0, np.nan)
+    return ParticleData("block", np.where(mask, 0.5, np.nan), zero, zero, zero, zero, mask,
+                        h, phi, "crystal", 1, "LiFePO4", "test"), mask
+
+
 def _model(particle, comm, kind="h1", alpha=1.0, systems=("D",), theta_weight=1.0,
            fe_degree=1):
     config = _config(slip_systems=list(systems), theta_weight=theta_weight,
@@ -220,15 +231,10 @@ def test_linear_slip_is_a_uniform_gnd_density_that_bends_the_lattice():
     relaxes stress-free by bending the lattice: lattice strain 0 and |grad theta| = k (Nye),
     P2 displacements (the closed-form u is quadratic)."""
     from chemomech.dislocations.density import slip_maps
-    from chemomech.io.stack import ParticleData
     from chemomech.mechanics.mesh import mesh_from_mask
 
     nx, ny, h, phi = 28, 18, 20.0, 0.4
-    mask = np.zeros((nx, ny), bool)
-    mask[2:-2, 2:-2] = True
-    zero = np.where(mask, 0.0, np.nan)
-    particle = ParticleData("block", np.where(mask, 0.5, np.nan), zero, zero, zero, zero, mask,
-                            h, phi, "crystal", 1, "LiFePO4", "test")
+    particle, mask = _uniform_block(nx, ny, h, phi)
     model = _model(particle, MPI.COMM_SELF, fe_degree=2)
     p = model.particles[0]
     system = slip_system("D")
@@ -302,15 +308,10 @@ def test_slip_varying_across_the_glide_plane_is_invisible():
     no GND: grad gamma . s = 0): no lattice strain, no lattice rotation change, zero density.
     Such fields are fixed by the regulariser alone (P2 displacements, exact)."""
     from chemomech.dislocations.density import slip_maps
-    from chemomech.io.stack import ParticleData
     from chemomech.mechanics.mesh import mesh_from_mask
 
     nx, ny, h, phi = 24, 16, 20.0, -0.7
-    mask = np.zeros((nx, ny), bool)
-    mask[2:-2, 2:-2] = True
-    zero = np.where(mask, 0.0, np.nan)
-    particle = ParticleData("block", np.where(mask, 0.5, np.nan), zero, zero, zero, zero, mask,
-                            h, phi, "crystal", 1, "LiFePO4", "test")
+    particle, mask = _uniform_block(nx, ny, h, phi)
     model = _model(particle, MPI.COMM_SELF, fe_degree=2)
     from chemomech.correlative.frames import rotation_matrix
 
