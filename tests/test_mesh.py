@@ -69,12 +69,18 @@ def test_every_pixel_centre_is_inside_the_simplified_boundary():
 
 
 def test_mesh_size_controls_the_number_of_cells():
-    mask = annulus(r_out=12.0)
+    """Cells ~ (1 / size)^2, and the size is the edge length: equilateral triangles of edge
+    1 px are 2 / sqrt(3) = 2.31 per px^2 (more near the staircase boundary, whose short
+    segments are kept; before the size was honoured gmsh spread them inwards: 3.7 per px^2)."""
+    mask = annulus(n=90, r_out=40.0)
     coarse = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=2.0)
     fine = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0)
-    ratio = fine.mesh.topology.index_map(2).size_global / coarse.mesh.topology.index_map(
-        2).size_global
-    assert 3.0 < ratio < 5.0  # cells ~ (1 / size)^2
+    n_fine = fine.mesh.topology.index_map(2).size_global
+    assert 3.0 < n_fine / coarse.mesh.topology.index_map(2).size_global < 5.0
+    assert 2.31 < n_fine / mask.sum() < 2.7
+    edges = fine.mesh.h(1, np.arange(fine.mesh.topology.index_map(1).size_local,
+                                     dtype=np.int32)) / H
+    assert 0.85 < np.median(edges) < 1.15
 
 
 def test_refinement_where_the_composition_gradient_is_high():

@@ -24,11 +24,12 @@ from chemomech.io.results import atomic_path, write_text_atomic  # noqa: E402
 COLORS = {"a": "tab:purple", "c": "tab:green"}
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a figure as PNG atomically and close it."""
+def save_figure(fig, path: str | Path, tight: bool = True) -> Path:
+    """Save a figure as PNG atomically and close it; `tight` crops it to its artists (one
+    more draw: a figure laid out by hand saves in about 60 % of the time)."""
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+            fig.savefig(tmp, dpi=150, bbox_inches="tight" if tight else None, format="png")
     finally:
         plt.close(fig)
     return Path(path)
@@ -62,7 +63,9 @@ def plot_residual_maps(maps: Mapping[str, np.ndarray], mask: np.ndarray, pixel_s
                        path: str | Path, title: str = "") -> Path:
     """Residual strain components (e.g. aa, cc, ac in the crystal frame) as maps (Fig. 3b)."""
     n = len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.7 * n + 1.2, 3.6), squeeze=False, sharey=True)
+    fig.subplots_adjust(left=0.6 / (2.7 * n + 1.2), right=0.84, bottom=0.14, top=0.8,
+                        wspace=0.08)  # by hand: save_figure(tight=False), one draw
     nx, ny = mask.shape
     extent = (0, nx * pixel_size_nm * 1e-3, ny * pixel_size_nm * 1e-3, 0)
     values = np.concatenate([np.abs(m[mask & np.isfinite(m)]) for m in maps.values()])
@@ -73,10 +76,10 @@ def plot_residual_maps(maps: Mapping[str, np.ndarray], mask: np.ndarray, pixel_s
         ax.set_title(f"residual $\\varepsilon_{{{label}}}$")
         ax.set_xlabel("x (um)")
     axes[0][0].set_ylabel("y (um)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="strain")
+    fig.colorbar(im, cax=fig.add_axes((0.87, 0.14, 0.015, 0.66)), label="strain")
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_model_errors(errors: Mapping[str, float], path: str | Path,
@@ -120,7 +123,7 @@ def write_pixel_fields(h5_path: str | Path, particles: Mapping[str, Mapping],
             attributes = []
             for key, image in entry["maps"].items():
                 image = np.asarray(image, dtype=np.float64)
-                group.create_dataset(key, data=image, compression="gzip")
+                group.create_dataset(key, data=image)  # gzip: +0.5 s / 10 particles, -40 %
                 # stored [i, j]; XDMF lists dimensions slowest first with x fastest
                 attributes.append(
                     f'      <Attribute Name="{key}" AttributeType="Scalar" Center="Node">\n'

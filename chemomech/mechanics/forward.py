@@ -132,9 +132,9 @@ class ElasticityProblem:
         ksp.setOperators(self.A)
         ksp.setOptionsPrefix(prefix)
         ksp.setFromOptions()
+        ksp.setUp()  # MUMPS reads its mat_mumps_* options here, at the factorisation
         for key in opts:
             del db[prefix + key]
-        ksp.setUp()
         return ksp
 
     def load_vector(self, eps_star, homogeneous: bool = False) -> PETSc.Vec:
