@@ -81,6 +81,13 @@ def test_mesh_size_controls_the_number_of_cells():
     edges = fine.mesh.h(1, np.arange(fine.mesh.topology.index_map(1).size_local,
                                      dtype=np.int32)) / H
     assert 0.85 < np.median(edges) < 1.15
+    x = fine.mesh.geometry.x[fine.mesh.geometry.dofmaps[0]][:, :, :2]
+    angles = []
+    for k in range(3):
+        u, v = x[:, (k + 1) % 3] - x[:, k], x[:, (k + 2) % 3] - x[:, k]
+        angles.append(np.degrees(np.arccos(np.sum(u * v, axis=1) / np.linalg.norm(u, axis=1)
+                                           / np.linalg.norm(v, axis=1))))
+    assert min(map(np.min, angles)) > 20.0  # 22 deg on the demo twins (1:4 split of 2 px)
 
 
 def test_refinement_where_the_composition_gradient_is_high():
