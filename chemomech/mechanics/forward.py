@@ -68,7 +68,8 @@ def rigid_body_modes(V: fem.FunctionSpace) -> PETSc.NullSpace:
 
 
 def choose_solver(num_dofs: int, kind: SolverKind = "auto") -> Literal["lu", "gamg"]:
-    """MUMPS LU for small problems (<= LU_MAX_DOFS global DOFs), CG + GAMG for large ones."""
+    """MUMPS (LDL^T) for small problems (<= LU_MAX_DOFS global DOFs), CG + GAMG for large
+    ones."""
     if kind == "auto":
         return "lu" if num_dofs <= LU_MAX_DOFS else "gamg"
     if kind not in ("lu", "gamg"):
@@ -122,8 +123,9 @@ class ElasticityProblem:
     def _make_ksp(self, rtol: float, extra: dict) -> PETSc.KSP:
         ElasticityProblem._count += 1
         prefix = f"chemomech_elasticity_{ElasticityProblem._count}_"
-        if self.solver == "lu":
-            opts = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+        if self.solver == "lu":  # K is symmetric: MUMPS LDL^T, half the factor of LU
+            opts = {"ksp_type": "preonly", "pc_type": "cholesky",
+                    "pc_factor_mat_solver_type": "mumps"}
             if self.nullspace is not None:  # singular: let MUMPS detect the null pivots
                 opts |= {"mat_mumps_icntl_24": 1, "mat_mumps_icntl_25": 0}
         else:
