@@ -549,15 +549,16 @@ def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
                    m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
     from chemomech.analysis.report import (
+        ResidualMaps,
         plot_curves,
         plot_model_errors,
-        plot_residual_maps,
         write_pixel_fields,
     )
 
     figures = out / "figures"
     write_text_atomic(out / "config.yaml", dump_config(config))
     fields = {}
+    residual_maps = ResidualMaps(["aa", "cc", "ac"])  # one figure, redrawn per particle
     for p in prepared:
         name = p.data.name
         residual, used = residuals[name]
@@ -603,9 +604,10 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                              title=f"{name}: GND density, mean "
                                    f"{m2.mean_density_um2[name]:.3g} um^-2")
         fields[name] = {"pixel_size_nm": p.data.pixel_size_nm, "maps": maps}
-        plot_residual_maps(crystal[main], used, p.data.pixel_size_nm,
+        residual_maps.save(crystal[main], used, p.data.pixel_size_nm,
                            figures / f"residual_{name}.png",
                            title=f"{name}: residual strain ({main}), mean X = {p.data.mean_X:.2f}")
+    residual_maps.close()
     write_pixel_fields(out / "fields.h5", fields)
     plot_curves(summary["eigenstrain_curve"], figures / "eigenstrain.png",
                 baseline=summary["m0"]["eigenstrain_curve"] if m1 is not None else None,
