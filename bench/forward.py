@@ -187,18 +187,23 @@ def _num_edges(mesh) -> int:
 LEGACY_GAMG = {"pc_gamg_threshold": -1.0}
 
 
-def compare(mesh_size_px: float) -> dict:
-    """Legacy against current GAMG options on one P1 mesh, in one run: setup, a solve and a
-    re-solve with a different load (the same operator, as in an inverse iteration)."""
+def _platelet_case(comm, mesh_size_px: float):
+    """(ParticleMesh, X on P1, stiffness, Vegard misfit) of the platelet at one mesh size."""
     from dolfinx import fem
 
-    comm = MPI.COMM_WORLD
     mask, X_image = platelet()
     pm = mesh_from_mask(mask, PIXEL_NM, comm, mesh_size_px=mesh_size_px)
     X = image_to_function(np.where(mask, X_image, np.nan), PIXEL_NM,
                           fem.functionspace(pm.mesh, ("Lagrange", 1)), mask=mask)
-    misfit = vegard_misfit()
-    C = stiffness_tensor(Material().image_tensor(ANGLE))
+    return pm, X, stiffness_tensor(Material().image_tensor(ANGLE)), vegard_misfit()
+
+
+def compare(mesh_size_px: float) -> dict:
+    """Legacy against current GAMG options on one P1 mesh, in one run: setup, a solve and a
+    re-solve with a different load (the same operator, as in an inverse iteration)."""
+
+    comm = MPI.COMM_WORLD
+    pm, X, C, misfit = _platelet_case(comm, mesh_size_px)
     loads = [eigenstrain(X, [misfit["a"] / 2, -misfit["a"] / 2],
                          [misfit["c"] / 2, -misfit["c"] / 2], ANGLE),
              eigenstrain(X, [misfit["a"] / 3, misfit["a"] / 4],
@@ -272,12 +277,7 @@ def resolve(mesh_size_px: float) -> dict:
     from dolfinx import fem
 
     comm = MPI.COMM_WORLD
-    mask, X_image = platelet()
-    pm = mesh_from_mask(mask, PIXEL_NM, comm, mesh_size_px=mesh_size_px)
-    X = image_to_function(np.where(mask, X_image, np.nan), PIXEL_NM,
-                          fem.functionspace(pm.mesh, ("Lagrange", 1)), mask=mask)
-    misfit = vegard_misfit()
-    C = stiffness_tensor(Material().image_tensor(ANGLE))
+    pm, X, C, misfit = _platelet_case(comm, mesh_size_px)
     base = np.array([misfit["a"] / 2, -misfit["a"] / 2, misfit["c"] / 2, -misfit["c"] / 2])
     other = np.array([misfit["a"] / 3, misfit["a"] / 4, -misfit["c"] / 2, misfit["c"] / 5])
     x = ufl.SpatialCoordinate(pm.mesh)
