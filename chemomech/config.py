@@ -90,7 +90,15 @@ class FrameConfig(_Strict):
     """Frame check of the measured gradient (DESIGN §2)."""
 
     check: bool = Field(True, description="rank the frames, warn if the file's is not best")
-    adopt: bool = Field(False, description="use the most compatible frame instead of the file's")
+    adopt: bool = Field(False, description="use the most compatible frame instead of the file's "
+                        "(needs check: true)")
+
+    @model_validator(mode="after")
+    def _adopt_needs_check(self):
+        if self.adopt and not self.check:
+            raise ValueError("adopt: true needs check: true (the adopted frame is the check's "
+                             "best frame)")
+        return self
 
 
 class RunConfig(_Strict):
@@ -147,6 +155,13 @@ class RunConfig(_Strict):
     def _as_list(cls, value):
         return value if isinstance(value, list) else [value]
 
+    @field_validator("particles")
+    @classmethod
+    def _some_particles(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list selects no particle (use 'all' or names)")
+        return value
+
     @field_validator("legendre_degree")
     @classmethod
     def _degree_range(cls, value):
@@ -177,6 +192,10 @@ class RunConfig(_Strict):
                    "reduction" if self.reduction == "plane_strain" else "stiffness")
             raise ValueError(f"{key}: model M2 supports only traction_free, plane_stress and a "
                              f"constant stiffness so far")
+        if self.misfit == "strain" and self.uncertainty.method == "integrated_noise":
+            raise ValueError("uncertainty.method: integrated_noise is the noise of the "
+                             "integrated displacement (misfit: displacement); with misfit: "
+                             "strain use auto or gauss_newton")
         if dirichlet and self.model == "M0":
             raise ValueError("boundary_condition: dirichlet needs a mechanical model (M1)")
         return self

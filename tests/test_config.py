@@ -37,6 +37,7 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path):
     ("data: s.h5\nlegendre_degree: often\n", "legendre_degree"),
     ("data: s.h5\nedge_exclusion_px: -1\n", "edge_exclusion_px"),
     ("particles: all\n", "data"),
+    ("data: s.h5\nparticles: []\n", "particles"),  # selected nothing, crashed in the run
     ("- just\n- a list\n", "mapping"),
 ])
 def test_bad_values_are_clear_errors(tmp_path, text, key):
@@ -75,6 +76,9 @@ def test_strain_composition_pairs_are_resolved(tmp_path):
     ("model: M2\nreduction: plane_strain\n", "reduction"),
     ("model: M0\nboundary_condition: dirichlet\n", "boundary_condition"),
     ("fragmented_data: ignore\n", "fragmented_data"),
+    ("frame: {check: false, adopt: true}\n", "frame.*adopt"),  # adopt was silently ignored
+    ("misfit: strain\nuncertainty: {method: integrated_noise}\n",  # crashed in the bands
+     "uncertainty.method"),
 ])
 def test_unsupported_study_combinations_are_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):

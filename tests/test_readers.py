@@ -374,3 +374,20 @@ def test_read_data_combines_inputs_and_selects_particles(tmp_path):
         read_data(data, particles=["Z"])
     with pytest.raises(InputError, match="more than one input"):
         read_data([tmp_path / "A.mat", tmp_path / "A.mat"])
+
+
+def test_the_pixel_size_override_applies_to_every_kind_of_input(tmp_path):
+    """`pixel_size_nm` (config key, `import --pixel-size-nm`) also overrides a stack file's
+    stored size (it was ignored for stacks: a run on a stack kept the file's h)."""
+    from chemomech.io.readers import read_data
+
+    m = maps(9)
+    scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))
+    write_stack(tmp_path / "s.h5", read_reference_mat(tmp_path / "A.mat", name="B"))
+    strain = tmp_path / "C.npz"
+    np.savez(strain, **{k: m[k] for k in ("e_xx", "e_yy", "e_xy", "theta")}, pixel_size_nm=5.0)
+    comp = tmp_path / "C_X.npz"
+    np.savez(comp, X=np.where(m["mask"], m["X"], np.nan))
+    data = [tmp_path / "A.mat", tmp_path / "s.h5", [strain, comp]]
+    assert [p.pixel_size_nm for p in read_data(data)] == [16.6, 16.6, 5.0]
+    assert [p.pixel_size_nm for p in read_data(data, pixel_size_nm=7.0)] == [7.0, 7.0, 7.0]

@@ -174,6 +174,16 @@ def test_wrong_format_attribute(tmp_path):
     assert err.value.field == "format"
 
 
+def test_a_stack_without_particles_is_refused_naming_the_file(tmp_path):
+    """A stack whose `particles` group is empty (an inversion crashed on it with IndexError)."""
+    path = write_stack(tmp_path / "s.h5", make_particle())
+    with h5py.File(path, "a") as f:
+        del f["particles/p1"]
+    with pytest.raises(InputError, match="holds no particle") as err:
+        read_stack(path)
+    assert err.value.path == str(path) and err.value.field == "particles"
+
+
 def test_write_is_atomic_and_refuses_duplicates(tmp_path):
     out = tmp_path / "s.h5"
     write_stack(out, make_particle())

@@ -391,7 +391,8 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
                                            keep_largest=keep_largest)]
         overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
                                        ("strain_frame", strain_frame),
-                                       ("theta_sign", theta_sign)) if v is not None}
+                                       ("theta_sign", theta_sign),
+                                       ("pixel_size_nm", pixel_size_nm)) if v is not None}
         if overrides and kind != "mat":
             particles = [_override(q, overrides) for q in particles]
         return particles
@@ -442,4 +443,5 @@ def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
     q = p.with_frame(values.get("rotation_rad", p.rotation_rad),
                      values.get("theta_sign", p.theta_sign), "frame set by the user")
     q.strain_frame = values.get("strain_frame", p.strain_frame)
+    q.pixel_size_nm = values.get("pixel_size_nm", p.pixel_size_nm)
     return ParticleData(**{k: getattr(q, k) for k in q.__dataclass_fields__})

@@ -423,6 +423,8 @@ def read_stack(path: str | Path, names: Sequence[str] | None = None) -> list[Par
     f = _open_stack(path)
     try:
         available = list(f["particles"].keys())
+        if not available:
+            raise InputError("the stack holds no particle", path=path_str, field="particles")
         wanted = available if names is None else list(names)
         missing = [n for n in wanted if n not in available]
         if missing:
