@@ -94,6 +94,19 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
                         config.boundary_condition)
 
 
+def check_meshable(particle: ParticleData, min_island_px: int) -> None:
+    """Refuse, before the integration, a particle the mesher would drop whole (fewer pixels
+    than `mesh.min_island_px`)."""
+    n = int(particle.mask.sum())
+    if n < min_island_px:
+        from chemomech.exceptions import InputError
+
+        raise InputError(f"particle {particle.name!r} has {n} pixels, fewer than "
+                         f"mesh.min_island_px = {min_island_px}: too small to mesh (lower "
+                         "mesh.min_island_px, or leave it out with `particles`)",
+                         path=particle.file, field="mask")
+
+
 def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: MPI.Comm
                         ) -> list[PreparedParticle | None]:
     """`prepare` (frame check, integration) of each particle on the ranks that hold it in the
@@ -381,6 +394,7 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         if config.model in ("M1", "M2"):
             for p in particles:
                 check_interior(p)
+                check_meshable(p, config.mesh.min_island_px)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,

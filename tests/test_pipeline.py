@@ -133,3 +133,36 @@ def test_pipeline_gives_the_serial_answer_on_all_ranks(tmp_path):
             assert world["model_errors"][model] == pytest.approx(
                 serial["model_errors"][model], rel=1e-8)
     comm.barrier()
+
+
+def _small_stack(path, X=None, n_pixels_side=20):
+    """One elliptic particle with a mild strain, for the refusal tests (never meshed)."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    shape = (n_pixels_side + 4, n_pixels_side + 4)
+    i, j = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
+    c = (shape[0] - 1) / 2
+    mask = (i - c) ** 2 + (j - c) ** 2 < (n_pixels_side / 2) ** 2
+    ramp = np.clip(i / (shape[0] - 1), 0, 1)
+    X = ramp if X is None else X
+    zero = np.zeros(shape)
+    write_stack(path, ParticleData(name="p", X=X, e_xx=-0.02 * (1 - ramp), e_yy=zero,
+                                   e_xy=zero, theta=zero, mask=mask, pixel_size_nm=20.0))
+    return path
+
+
+def test_refusals_before_the_mesh_name_the_key_and_leave_no_output(tmp_path, caplog):
+    """A particle smaller than mesh.min_island_px (was: the mesher's error, after the
+    integration, not naming the key), and a uniform X with the default M0 degree 3 (was:
+    LinAlgError from the M0 regression)."""
+    stack = _small_stack(tmp_path / "s.h5")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {stack}\nmesh: {{min_island_px: 1000}}\noutput: out\n")
+    assert main(["invert", str(config)]) == 2
+    assert "mesh.min_island_px = 1000" in caplog.text and "particle 'p' has" in caplog.text
+    assert not (tmp_path / "out").exists()
+    uniform = _small_stack(tmp_path / "u.h5", X=np.full((24, 24), 0.5))
+    config.write_text(f"data: {uniform}\nlegendre_degree: 0\noutput: out\n")
+    assert main(["invert", str(config)]) == 2
+    assert "1 distinct value" in caplog.text and "m0_degree" in caplog.text
+    assert "Traceback" not in caplog.text and not (tmp_path / "out").exists()

@@ -107,6 +107,8 @@ def test_X_normalised_outside_mask_and_clipped_within_tolerance():
     ("pixel_size_nm", lambda p: None, "pixel size"),
     ("pixel_size_nm", lambda p: -1.0, "pixel size"),
     ("pixel_size_nm", lambda p: float("nan"), "pixel size"),
+    ("pixel_size_nm", lambda p: "25nm", "pixel size"),  # a string attribute: was ValueError
+    ("rotation_rad", lambda p: "north", "finite"),
     ("e_xx", lambda p: 100 * p.e_xx, "percent"),
     ("theta", lambda p: np.where(p.mask, 3.0, 0), "degrees"),
     ("strain_frame", lambda p: "lab", "crystal"),
