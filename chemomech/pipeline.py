@@ -403,8 +403,9 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
-        if rank0 else None  # needs every particle; used by the report only
+    with stage("the M0 regression", comm):  # an error on rank 0 ends every rank
+        m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
+            if rank0 else None  # needs every particle; used by the report only
     timings["m0"] = time.perf_counter() - t
 
     m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None

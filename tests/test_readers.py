@@ -222,6 +222,9 @@ def test_py4dstem_missing_pixel_size_percent_and_truncated(tmp_path):
     write_py4dstem_v012(other, m, labels=["a", "b", "c", "d", "e"])
     with pytest.raises(InputError, match="no py4DSTEM strain map"):
         read_py4dstem_strain(other)
+    # as a [strain, composition] pair: the message says the strain map is what is missing
+    with pytest.raises(InputError, match=r"labels.h5 \(composition: no py4DSTEM strain map"):
+        read_particles([other, comp])
 
 
 # --------------------------------------------------------------------------- composition

@@ -399,8 +399,12 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
     strain_paths = [p for p in paths if kinds[p] in ("py4dstem", "npz-strain")]
     comp_paths = [p for p in paths if kinds[p] == "composition"]
     if len(paths) != 2 or len(strain_paths) != 1 or len(comp_paths) != 1:
+        def kind(p: Path) -> str:  # an HDF5 file read as composition holds no strain map
+            hdf5 = kinds[p] == "composition" and p.suffix.lower() not in (".npz", ".tif", ".tiff")
+            return f"{kinds[p]}: no py4DSTEM strain map found in it" if hdf5 else kinds[p]
+
         raise InputError(f"give one stack, .mat or particle .npz, or one strain file and one "
-                         f"composition file; got {[f'{p} ({kinds[p]})' for p in paths]}",
+                         f"composition file; got {[f'{p} ({kind(p)})' for p in paths]}",
                          path=", ".join(map(str, paths)), field="inputs")
     sp, cp = strain_paths[0], comp_paths[0]
     if kinds[sp] == "py4dstem":
