@@ -106,9 +106,14 @@ def cmd_mesh(args: argparse.Namespace) -> int:
         if not particles:
             raise InputError(f"no particle named {args.particle!r}", path=args.input)
     p = particles[0]
-    pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_WORLD, mesh_size_px=args.mesh_size_px,
-                        simplify_tol_px=args.simplify_tol_px, min_island_px=args.min_island_px,
-                        refine=p.X if args.refine else None)
+    try:
+        pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_WORLD,
+                            mesh_size_px=args.mesh_size_px, simplify_tol_px=args.simplify_tol_px,
+                            min_island_px=args.min_island_px,
+                            refine=p.X if args.refine else None)
+    except InputError as err:  # name the particle, the file and the flags
+        raise InputError(f"particle {p.name!r} ({int(p.mask.sum())} px): {err} (see "
+                         "--min-island-px, --mesh-size-px)", path=args.input) from None
     pm.write_xdmf(args.output)
     logger.info("mesh of %s: %d cells, area %.4g um^2 -> %s", p.name,
                 pm.mesh.topology.index_map(2).size_global, pm.area_nm2 * 1e-6, args.output)

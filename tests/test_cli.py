@@ -141,3 +141,21 @@ def test_sigint_prints_one_line_and_removes_the_temporary_file(real_particle_pat
     assert err.strip().splitlines()[-1].endswith("interrupted by SIGINT"), err
     assert "Traceback" not in err
     assert not tmp.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, caplog):
+    """The mesher's "no particle of at least N px" named neither the particle nor the flag."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    mask = np.zeros((12, 12), bool)
+    mask[4:8, 4:8] = True
+    zero = np.zeros(mask.shape)
+    stack = write_stack(tmp_path / "s.h5", ParticleData(
+        name="speck", X=np.full(mask.shape, 0.5), e_xx=zero, e_yy=zero, e_xy=zero, theta=zero,
+        mask=mask, pixel_size_nm=10.0))
+    out = tmp_path / "m.xdmf"
+    with pytest.warns(UserWarning, match="dropped 1 island"):
+        assert main(["mesh", str(stack), "-o", str(out), "--min-island-px", "30"]) == 2
+    line = caplog.text.strip().splitlines()[-1]
+    assert "s.h5" in line and "particle 'speck' (16 px)" in line and "--min-island-px" in line
+    assert not out.exists()

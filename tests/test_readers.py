@@ -394,3 +394,10 @@ def test_the_pixel_size_override_applies_to_every_kind_of_input(tmp_path):
     data = [tmp_path / "A.mat", tmp_path / "s.h5", [strain, comp]]
     assert [p.pixel_size_nm for p in read_data(data)] == [16.6, 16.6, 5.0]
     assert [p.pixel_size_nm for p in read_data(data, pixel_size_nm=7.0)] == [7.0, 7.0, 7.0]
+
+    # --name renames the one particle of a stack (it was ignored), and is refused for several
+    assert [p.name for p in read_particles([tmp_path / "s.h5"], name="D")] == ["D"]
+    write_stack(tmp_path / "two.h5", read_data(data))
+    with pytest.raises(InputError, match="renames one particle; the stack holds 3") as err:
+        read_particles([tmp_path / "two.h5"], name="D")
+    assert err.value.field == "name"

@@ -381,6 +381,9 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
         p, kind = paths[0], kinds[paths[0]]
         if kind == "stack":
             particles = read_stack(p)
+            if name is not None and len(particles) != 1:
+                raise InputError(f"a name renames one particle; the stack holds "
+                                 f"{len(particles)}", path=str(p), field="name")
         elif kind == "mat":
             rot: str | float = mat_rotation if rotation_rad is None else rotation_rad
             particles = [read_reference_mat(
@@ -392,7 +395,9 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
         overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
                                        ("strain_frame", strain_frame),
                                        ("theta_sign", theta_sign),
-                                       ("pixel_size_nm", pixel_size_nm)) if v is not None}
+                                       ("pixel_size_nm", pixel_size_nm),
+                                       ("name", name if kind == "stack" else None))
+                     if v is not None}
         if overrides and kind != "mat":
             particles = [_override(q, overrides) for q in particles]
         return particles
@@ -448,4 +453,5 @@ def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
                      values.get("theta_sign", p.theta_sign), "frame set by the user")
     q.strain_frame = values.get("strain_frame", p.strain_frame)
     q.pixel_size_nm = values.get("pixel_size_nm", p.pixel_size_nm)
+    q.name = values.get("name", p.name)
     return ParticleData(**{k: getattr(q, k) for k in q.__dataclass_fields__})
