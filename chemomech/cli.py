@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 logger = logging.getLogger("chemomech")
 
@@ -100,6 +102,13 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from chemomech.pipeline import COMPILED_MODULES
 
     import_deferred(*COMPILED_MODULES)
+    output = Path(args.output)
+    if output.suffix != ".xdmf":  # XDMFFile writes the mesh beside it as OUTPUT.h5
+        raise InputError(f"the mesh file must end in .xdmf, got {output.name!r}",
+                         field="--output")
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise InputError(f"cannot write into {output.parent} (not a writable folder)",
+                         field="--output")
     particles = read_particles([args.input])
     if args.particle:
         particles = [p for p in particles if p.name == args.particle]

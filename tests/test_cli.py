@@ -159,3 +159,7 @@ def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, cap
     line = caplog.text.strip().splitlines()[-1]
     assert "s.h5" in line and "particle 'speck' (16 px)" in line and "--min-island-px" in line
     assert not out.exists()
+    for bad in (tmp_path / "m.h5", tmp_path / "no" / "m.xdmf"):  # was RuntimeError after meshing
+        assert main(["mesh", str(stack), "-o", str(bad)]) == 2
+        assert "--output" in caplog.text.strip().splitlines()[-1]
+    assert "Traceback" not in caplog.text
