@@ -42,21 +42,13 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _degree(text: str) -> int | str:
-    """`--degree`: an integer 0..8 or 'auto'."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
-
-
 def add_invert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `chemomech invert`."""
     parser.add_argument("config", help="YAML run configuration (see README)")
     parser.add_argument("--output", help="override the config's output folder")
-    parser.add_argument("--degree", type=_degree,
+    from chemomech.config import parse_degree
+
+    parser.add_argument("--degree", type=parse_degree,
                         help="override legendre_degree (integer or 'auto')")
     parser.add_argument("--model", choices=("M0", "M1", "M2"), help="override the model")
     parser.add_argument("--resume", action="store_true",

@@ -238,6 +238,21 @@ class RunConfig(_Strict):
         return self.model_copy(update={"data": data, "output": output})
 
 
+def parse_degree(text: str) -> int | str:
+    """A command-line degree (`--degree`): an integer 0..8 or 'auto'."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        degree = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+    if not 0 <= degree <= 8:
+        raise argparse.ArgumentTypeError(f"must be 0..8 or 'auto', got {degree}")
+    return degree
+
+
 def load_config(path: str | Path, **overrides) -> RunConfig:
     """Read and validate a YAML config; errors name the file and the offending keys."""
     path = Path(path)

@@ -163,3 +163,30 @@ def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, cap
         assert main(["mesh", str(stack), "-o", str(bad)]) == 2
         assert "--output" in caplog.text.strip().splitlines()[-1]
     assert "Traceback" not in caplog.text
+
+
+def test_degree_flags_bins_and_analyze_particle_names_are_checked(tmp_path, capsys, caplog):
+    """demo --degree nine was a ValueError traceback; analyze --particles nope analysed
+    nothing with status 0; analyze --bins 0 was a ValueError."""
+    parser = build_parser()
+    for argv in (["demo", "--degree", "nine"], ["demo", "--degree", "9"],
+                 ["invert", "c.yaml", "--degree", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2
+        assert "--degree" in capsys.readouterr().err
+    assert parser.parse_args(["demo", "--degree", "auto"]).degree == "auto"
+    assert parser.parse_args(["demo"]).degree == 2
+    from chemomech.io.stack import ParticleData, write_stack
+
+    mask = np.zeros((12, 12), bool)
+    mask[3:9, 3:9] = True
+    zero = np.zeros(mask.shape)
+    stack = write_stack(tmp_path / "s.h5", ParticleData(
+        name="p", X=np.full(mask.shape, 0.5), e_xx=zero, e_yy=zero, e_xy=zero, theta=zero,
+        mask=mask, pixel_size_nm=10.0))
+    out = tmp_path / "a"
+    assert main(["analyze", str(stack), "-o", str(out), "--particles", "nope"]) == 2
+    assert "['nope'] not found" in caplog.text
+    assert main(["analyze", str(stack), "-o", str(out), "--bins", "0"]) == 2
+    assert "--bins" in caplog.text.strip().splitlines()[-1] and not out.exists()
