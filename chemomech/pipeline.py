@@ -94,16 +94,20 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
                         config.boundary_condition)
 
 
-def check_meshable(particle: ParticleData, min_island_px: int) -> None:
-    """Refuse, before the integration, a particle the mesher would drop whole (fewer pixels
-    than `mesh.min_island_px`)."""
-    n = int(particle.mask.sum())
-    if n < min_island_px:
-        from chemomech.exceptions import InputError
+def check_particle_size(particle: ParticleData, config: RunConfig) -> None:
+    """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`
+    or (M1, M2) one the mesher would drop whole (fewer pixels than `mesh.min_island_px`)."""
+    from chemomech.exceptions import InputError
+    from chemomech.io.stack import interior_pixels
 
+    n, edge = int(particle.mask.sum()), config.edge_exclusion_px
+    if not interior_pixels(particle.mask, edge).any():
+        raise InputError(f"particle {particle.name!r}: edge_exclusion_px = {edge} leaves none "
+                         f"of its {n} pixels", path=particle.file, field="mask")
+    if config.model in ("M1", "M2") and n < config.mesh.min_island_px:
         raise InputError(f"particle {particle.name!r} has {n} pixels, fewer than "
-                         f"mesh.min_island_px = {min_island_px}: too small to mesh (lower "
-                         "mesh.min_island_px, or leave it out with `particles`)",
+                         f"mesh.min_island_px = {config.mesh.min_island_px}: too small to "
+                         "mesh (lower mesh.min_island_px, or leave it out with `particles`)",
                          path=particle.file, field="mask")
 
 
@@ -391,10 +395,10 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     t = time.perf_counter()
     with stage("reading the data", comm):
         particles = load_particles(config)
-        if config.model in ("M1", "M2"):
-            for p in particles:
+        for p in particles:
+            if config.model in ("M1", "M2"):
                 check_interior(p)
-                check_meshable(p, config.mesh.min_island_px)
+            check_particle_size(p, config)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,

@@ -153,14 +153,17 @@ def _small_stack(path, X=None, n_pixels_side=20):
 
 def test_refusals_before_the_mesh_name_the_key_and_leave_no_output(tmp_path, caplog):
     """A particle smaller than mesh.min_island_px (was: the mesher's error, after the
-    integration, not naming the key), and a uniform X with the default M0 degree 3 (was:
-    LinAlgError from the M0 regression)."""
+    integration, not naming the key), one emptied by edge_exclusion_px, and a uniform X with
+    the default M0 degree 3 (was: LinAlgError from the M0 regression)."""
     stack = _small_stack(tmp_path / "s.h5")
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {stack}\nmesh: {{min_island_px: 1000}}\noutput: out\n")
     assert main(["invert", str(config)]) == 2
     assert "mesh.min_island_px = 1000" in caplog.text and "particle 'p' has" in caplog.text
     assert not (tmp_path / "out").exists()
+    config.write_text(f"data: {stack}\nmodel: M0\nedge_exclusion_px: 30\noutput: out\n")
+    assert main(["invert", str(config)]) == 2  # was "M0 needs more than 4 valid pixels"
+    assert "edge_exclusion_px = 30 leaves none of its" in caplog.text
     uniform = _small_stack(tmp_path / "u.h5", X=np.full((24, 24), 0.5))
     config.write_text(f"data: {uniform}\nlegendre_degree: 0\noutput: out\n")
     assert main(["invert", str(config)]) == 2
