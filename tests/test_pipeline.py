@@ -169,3 +169,53 @@ def test_refusals_before_the_mesh_name_the_key_and_leave_no_output(tmp_path, cap
     assert main(["invert", str(config)]) == 2
     assert "1 distinct value" in caplog.text and "m0_degree" in caplog.text
     assert "Traceback" not in caplog.text and not (tmp_path / "out").exists()
+
+
+def _rotated_90(p):
+    """The particle turned by +90 degrees in the image plane: (x, y) -> (-y, x), so maps
+    A'[m-1-j, i] = A[i, j] (np.rot90), the crystal a axis turns with it (rotation + pi/2) and
+    image-frame strain components transform as a tensor (crystal-frame ones do not)."""
+    from dataclasses import fields
+
+    from chemomech.io.stack import ParticleData
+
+    values = {f.name: getattr(p, f.name) for f in fields(p)} | {"truth": {}}
+    for key in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask", "thickness", "dark_field"):
+        if values[key] is not None:
+            values[key] = np.rot90(values[key])
+    if p.strain_frame == "image":
+        values["e_xx"], values["e_yy"] = values["e_yy"], values["e_xx"]
+        values["e_xy"] = -values["e_xy"]
+    values["rotation_rad"] = p.rotation_rad + np.pi / 2
+    return ParticleData(**values)
+
+
+def test_the_law_is_invariant_under_rotation_pixel_size_and_repetition(twins, tmp_path):
+    """Physics probes: the law is a material property.  Turning the particles by 90 degrees
+    changes only the mesh (agreement to the discretisation, 2e-3 of the range of f); the
+    strain is dimensionless, so doubling the pixel size changes nothing (rounding); giving
+    every particle twice doubles the normal equations, the same minimiser (rounding)."""
+    from dataclasses import replace
+
+    from chemomech.io.stack import read_stack, write_stack
+    from chemomech.mechanics import legendre
+
+    particles = read_stack(twins)[:2]
+    X = np.linspace(0, 1, 101)
+
+    def law(label, ps):
+        path = write_stack(tmp_path / f"{label}.h5", ps)
+        config = RunConfig(data=[path], legendre_degree=1, output=tmp_path / label,
+                           optimiser={"method": "linear"}, uncertainty={"method": "gauss_newton"},
+                           frame={"check": False})
+        c = run(config, MPI.COMM_SELF)["coefficients"]
+        return np.array([legendre.evaluate(c[d], X) for d in ("a", "c")])
+
+    base = law("base", particles)
+    span = np.ptp(base, axis=1)[:, None]
+    rotated = law("rotated", [_rotated_90(p) for p in particles])
+    assert np.abs(rotated - base).max(axis=1) / span[:, 0] == pytest.approx([0, 0], abs=2e-3)
+    scaled = law("scaled", [replace(p, pixel_size_nm=2 * p.pixel_size_nm) for p in particles])
+    np.testing.assert_allclose(scaled, base, rtol=0, atol=1e-9 * span.max())
+    twice = law("twice", particles + [replace(p, name=p.name + "_again") for p in particles])
+    np.testing.assert_allclose(twice, base, rtol=0, atol=1e-9 * span.max())
