@@ -401,3 +401,22 @@ def test_the_pixel_size_override_applies_to_every_kind_of_input(tmp_path):
     with pytest.raises(InputError, match="renames one particle; the stack holds 3") as err:
         read_particles([tmp_path / "two.h5"], name="D")
     assert err.value.field == "name"
+
+
+def test_a_corrupt_npz_is_refused_as_such(tmp_path):
+    """Random bytes in an .npz: np.load took them for a pickle and the message advised
+    `allow_pickle`; a truncated archive is refused the same way."""
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+    m = maps(10)
+    good = tmp_path / "good.npz"
+    np.savez(good, **{k: m[k] for k in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask")},
+             pixel_size_nm=5.0)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:2000])
+    for bad in (garbage, cut):
+        for read in (lambda p: read_particles([p]), read_composition_map):
+            with pytest.raises(InputError, match="not a readable .npz file") as err:
+                read(bad)
+            assert err.value.path == str(bad) and "pickle" not in str(err.value)
+    assert read_particles([good])[0].pixel_size_nm == 5.0

@@ -224,12 +224,7 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
         raise InputError("no such file", path=str(path))
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:
-            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
-        return _composition_from_arrays(arrays, path, threshold)
+        return _composition_from_arrays(_load_npz(path, ()), path, threshold)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -255,10 +250,15 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
 
 def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     """All arrays of an .npz file; a missing required array is an InputError naming it."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+        raise InputError("not a readable .npz file (not a zip archive; truncated or "
+                         "corrupt?)", path=str(path))
     try:
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
     for key in required:
         if key not in arrays:
@@ -342,12 +342,8 @@ def _kind(path: Path) -> str:
     if suffix == ".mat":
         return "mat"
     if suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                has_strain = {"e_xx", "e_yy", "e_xy", "theta"} <= set(z.files)
-                has_x = "X" in z.files
-        except (OSError, ValueError) as err:
-            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        names = set(_load_npz(path, ()))
+        has_strain, has_x = {"e_xx", "e_yy", "e_xy", "theta"} <= names, "X" in names
         if has_strain:
             return "npz-particle" if has_x else "npz-strain"
         return "composition"
