@@ -190,3 +190,29 @@ def test_degree_flags_bins_and_analyze_particle_names_are_checked(tmp_path, caps
     assert "['nope'] not found" in caplog.text
     assert main(["analyze", str(stack), "-o", str(out), "--bins", "0"]) == 2
     assert "--bins" in caplog.text.strip().splitlines()[-1] and not out.exists()
+
+
+def test_petsc_options_reach_tao_through_the_environment(tmp_path):
+    """docs/troubleshooting.md: `PETSC_OPTIONS=-chemomech_m1_tao_monitor chemomech invert`
+    shows TAO's iterations (as a command-line flag it is refused by argparse)."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    i, j = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
+    mask = (i - 11.5) ** 2 + (j - 11.5) ** 2 < 100
+    X = np.clip(i / 23, 0, 1)
+    zero = np.zeros(mask.shape)
+    stack = write_stack(tmp_path / "s.h5", ParticleData(
+        name="p", X=X, e_xx=-0.02 * (1 - X), e_yy=0.01 * (1 - X), e_xy=zero, theta=zero,
+        mask=mask, pixel_size_nm=20.0))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {stack}\nlegendre_degree: 1\nm0_degree: 1\noutput: out\n"
+                      "uncertainty: {method: gauss_newton}\n")
+    command = [str(REPO / "scripts" / "in-env"), sys.executable, "-m", "chemomech", "invert",
+               str(config)]
+    env = os.environ | {"PYTHONPATH": str(REPO), "PETSC_OPTIONS": "-chemomech_m1_tao_monitor"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Iteration information for chemomech_m1_ solve" in done.stdout
+    refused = subprocess.run(command + ["-chemomech_m1_tao_monitor"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr
