@@ -101,20 +101,14 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
                         config.boundary_condition)
 
 
-def check_particle_size(particle: ParticleData, config: RunConfig) -> None:
-    """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`
-    or (M1, M2) one the mesher would drop whole (fewer pixels than `mesh.min_island_px`)."""
+def check_particle_size(particle: ParticleData, edge_exclusion_px: int) -> None:
+    """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`."""
     from chemomech.exceptions import InputError
     from chemomech.io.stack import interior_pixels
 
-    n, edge = int(particle.mask.sum()), config.edge_exclusion_px
-    if not interior_pixels(particle.mask, edge).any():
-        raise InputError(f"particle {particle.name!r}: edge_exclusion_px = {edge} leaves none "
-                         f"of its {n} pixels", path=particle.file, field="mask")
-    if config.model in ("M1", "M2") and n < config.mesh.min_island_px:
-        raise InputError(f"particle {particle.name!r} has {n} pixels, fewer than "
-                         f"mesh.min_island_px = {config.mesh.min_island_px}: too small to "
-                         "mesh (lower mesh.min_island_px, or leave it out with `particles`)",
+    if not interior_pixels(particle.mask, edge_exclusion_px).any():
+        raise InputError(f"particle {particle.name!r}: edge_exclusion_px = {edge_exclusion_px} "
+                         f"leaves none of its {int(particle.mask.sum())} pixels",
                          path=particle.file, field="mask")
 
 
@@ -205,8 +199,10 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                                 mesh_size_px=config.mesh.size_px,
                                 simplify_tol_px=config.mesh.simplify_tol_px,
                                 min_island_px=config.mesh.min_island_px)
-        except InputError as err:
-            raise InputError(f"particle {p.data.name!r}: {err}", path=p.data.file) from None
+        except InputError as err:  # names the key: the mesher knows only its argument
+            raise InputError(f"particle {p.data.name!r} ({int(p.data.mask.sum())} px): {err} "
+                             "(see mesh.min_island_px, mesh.size_px, mesh.simplify_tol_px)",
+                             path=p.data.file) from None
         meshes.append(pm)
         data = ({"displacement": p.displacement} if config.misfit == "displacement" else
                 {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
@@ -421,7 +417,7 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         for p in particles:
             if config.model in ("M1", "M2"):
                 check_interior(p)
-            check_particle_size(p, config)
+            check_particle_size(p, config.edge_exclusion_px)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,

@@ -151,15 +151,18 @@ def _small_stack(path, X=None, n_pixels_side=20):
     return path
 
 
-def test_refusals_before_the_mesh_name_the_key_and_leave_no_output(tmp_path, caplog):
-    """A particle smaller than mesh.min_island_px (was: the mesher's error, after the
-    integration, not naming the key), one emptied by edge_exclusion_px, and a uniform X with
-    the default M0 degree 3 (was: LinAlgError from the M0 regression)."""
+def test_refusals_name_the_key_and_leave_no_run(tmp_path, caplog):
+    """A particle smaller than mesh.min_island_px (the mesher's error did not name the key),
+    one emptied by edge_exclusion_px (refused before the integration; was "M0 needs more than
+    4 valid pixels"), and a uniform X with the default M0 degree 3 (was: LinAlgError from the
+    M0 regression)."""
     stack = _small_stack(tmp_path / "s.h5")
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {stack}\nmesh: {{min_island_px: 1000}}\noutput: out\n")
-    assert main(["invert", str(config)]) == 2
-    assert "mesh.min_island_px = 1000" in caplog.text and "particle 'p' has" in caplog.text
+    with pytest.warns(UserWarning, match="dropped 1 island"):
+        assert main(["invert", str(config)]) == 2
+    assert "particle 'p' (" in caplog.text and "at least 1000 px" in caplog.text
+    assert "mesh.min_island_px" in caplog.text
     assert not (tmp_path / "out").exists()
     config.write_text(f"data: {stack}\nmodel: M0\nedge_exclusion_px: 30\noutput: out\n")
     assert main(["invert", str(config)]) == 2  # was "M0 needs more than 4 valid pixels"
