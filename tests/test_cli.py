@@ -143,16 +143,22 @@ def test_sigint_prints_one_line_and_removes_the_temporary_file(real_particle_pat
     assert not tmp.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, caplog):
-    """The mesher's "no particle of at least N px" named neither the particle nor the flag."""
+def _square_stack(path, side: int, name: str):
+    """A stack of one square particle of side x side pixels (X = 0.5, no strain)."""
     from chemomech.io.stack import ParticleData, write_stack
 
     mask = np.zeros((12, 12), bool)
-    mask[4:8, 4:8] = True
+    lo = (12 - side) // 2
+    mask[lo:lo + side, lo:lo + side] = True
     zero = np.zeros(mask.shape)
-    stack = write_stack(tmp_path / "s.h5", ParticleData(
-        name="speck", X=np.full(mask.shape, 0.5), e_xx=zero, e_yy=zero, e_xy=zero, theta=zero,
-        mask=mask, pixel_size_nm=10.0))
+    return write_stack(path, ParticleData(name=name, X=np.full(mask.shape, 0.5), e_xx=zero,
+                                          e_yy=zero, e_xy=zero, theta=zero, mask=mask,
+                                          pixel_size_nm=10.0))
+
+
+def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, caplog):
+    """The mesher's "no particle of at least N px" named neither the particle nor the flag."""
+    stack = _square_stack(tmp_path / "s.h5", 4, "speck")
     out = tmp_path / "m.xdmf"
     with pytest.warns(UserWarning, match="dropped 1 island"):
         assert main(["mesh", str(stack), "-o", str(out), "--min-island-px", "30"]) == 2
@@ -177,14 +183,7 @@ def test_degree_flags_bins_and_analyze_particle_names_are_checked(tmp_path, caps
         assert "--degree" in capsys.readouterr().err
     assert parser.parse_args(["demo", "--degree", "auto"]).degree == "auto"
     assert parser.parse_args(["demo"]).degree == 2
-    from chemomech.io.stack import ParticleData, write_stack
-
-    mask = np.zeros((12, 12), bool)
-    mask[3:9, 3:9] = True
-    zero = np.zeros(mask.shape)
-    stack = write_stack(tmp_path / "s.h5", ParticleData(
-        name="p", X=np.full(mask.shape, 0.5), e_xx=zero, e_yy=zero, e_xy=zero, theta=zero,
-        mask=mask, pixel_size_nm=10.0))
+    stack = _square_stack(tmp_path / "s.h5", 6, "p")
     out = tmp_path / "a"
     assert main(["analyze", str(stack), "-o", str(out), "--particles", "nope"]) == 2
     assert "['nope'] not found" in caplog.text

@@ -360,17 +360,22 @@ def test_import_frame_check_adopts(tmp_path, caplog):
     assert "frame check adopted" in p.source
 
 
-def test_read_data_combines_inputs_and_selects_particles(tmp_path):
-    from chemomech.io.readers import read_data
-
-    m = maps(8)
+def three_inputs(tmp_path, seed: int) -> list:
+    """A .mat (particle A), a stack (B, 16.6 nm) and a [strain .npz (5 nm), X .npz] pair (C)."""
+    m = maps(seed)
     scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))
     write_stack(tmp_path / "s.h5", read_reference_mat(tmp_path / "A.mat", name="B"))
     strain = tmp_path / "C.npz"
     np.savez(strain, **{k: m[k] for k in ("e_xx", "e_yy", "e_xy", "theta")}, pixel_size_nm=5.0)
     comp = tmp_path / "C_X.npz"
     np.savez(comp, X=np.where(m["mask"], m["X"], np.nan))
-    data = [tmp_path / "A.mat", str(tmp_path / "s.h5"), [strain, comp]]
+    return [tmp_path / "A.mat", str(tmp_path / "s.h5"), [strain, comp]]
+
+
+def test_read_data_combines_inputs_and_selects_particles(tmp_path):
+    from chemomech.io.readers import read_data
+
+    data = three_inputs(tmp_path, 8)
     assert [p.name for p in read_data(data)] == ["A", "B", "C"]
     assert [p.name for p in read_data(data, particles=["C", "A"])] == ["C", "A"]
     with pytest.raises(InputError, match="not found"):
@@ -384,14 +389,7 @@ def test_the_pixel_size_override_applies_to_every_kind_of_input(tmp_path):
     stored size (it was ignored for stacks: a run on a stack kept the file's h)."""
     from chemomech.io.readers import read_data
 
-    m = maps(9)
-    scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))
-    write_stack(tmp_path / "s.h5", read_reference_mat(tmp_path / "A.mat", name="B"))
-    strain = tmp_path / "C.npz"
-    np.savez(strain, **{k: m[k] for k in ("e_xx", "e_yy", "e_xy", "theta")}, pixel_size_nm=5.0)
-    comp = tmp_path / "C_X.npz"
-    np.savez(comp, X=np.where(m["mask"], m["X"], np.nan))
-    data = [tmp_path / "A.mat", tmp_path / "s.h5", [strain, comp]]
+    data = three_inputs(tmp_path, 9)
     assert [p.pixel_size_nm for p in read_data(data)] == [16.6, 16.6, 5.0]
     assert [p.pixel_size_nm for p in read_data(data, pixel_size_nm=7.0)] == [7.0, 7.0, 7.0]
 
