@@ -199,3 +199,18 @@ def test_dirichlet_one_and_two_ranks_agree():
         a = parallel.images["twin"]["gamma_D"]
         b = serial.images["twin"]["gamma_D"]
         assert np.nanmax(np.abs(a - b)) < 1e-5 * np.nanmax(np.abs(b))
+
+
+def test_dirichlet_m2_refuses_fragmented_boundary_data(twin):
+    """A NaN line across the particle splits its data into two integrated pieces: the
+    Dirichlet data would jump between them, so M2 refuses, naming the key and the pixels."""
+    from chemomech.exceptions import InputError
+
+    i = int(np.flatnonzero(twin.mask.any(axis=1)).mean())
+    cut = {k: np.where(np.arange(twin.mask.shape[0])[:, None] == i, np.nan, getattr(twin, k))
+           for k in ("e_xx", "e_yy", "e_xy", "theta")}
+    config = _config(**DIRICHLET)
+    prepared = [prepare(dataclasses.replace(twin, **cut), config)]
+    with pytest.raises(InputError, match="2 separate pieces") as err:
+        build_m1_stage(prepared, config, MPI.COMM_SELF)
+    assert err.value.field == "boundary_condition" and f"({i}, " in str(err.value)
