@@ -322,7 +322,10 @@ class M2Model:
         return a, gam
 
     def _free(self, a: np.ndarray) -> np.ndarray:
-        """The free coefficients z of a (least squares: a is projected onto the gauge)."""
+        """The free coefficients z of a (least squares: a is projected onto the gauge; a itself
+        without a gauge)."""
+        if self.m1._transform is None:
+            return np.asarray(a, float).copy()
         T, t = self.gauge_transform()
         return np.linalg.lstsq(T, np.asarray(a, float) - t, rcond=None)[0]
 
