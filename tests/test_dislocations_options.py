@@ -214,3 +214,26 @@ def test_dirichlet_m2_refuses_fragmented_boundary_data(twin):
     with pytest.raises(InputError, match="2 separate pieces") as err:
         build_m1_stage(prepared, config, MPI.COMM_SELF)
     assert err.value.field == "boundary_condition" and f"({i}, " in str(err.value)
+
+
+def test_the_guide_quotes_bench_m2_options_json():
+    """The LFP50_P2 table of docs/steps/dislocations.md is bench/results/m2_options.json."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    variants = json.loads((root / "bench/results/m2_options.json").read_text())["variants"]
+    text = (root / "docs/steps/dislocations.md").read_text()
+    rows = {"dirichlet": r"dirichlet", "mixed": r"\+ stiffness mixed",
+            "plane_strain": r"\+ reduction plane_strain"}
+    for name, label in rows.items():
+        row = re.search(rf"^\| {label} \| ([\d.]+) / ([\d.]+) / ([\d.]+) \| ([-\d.]+) % \| "
+                        rf"([\d.]+) \|", text, flags=re.MULTILINE)
+        assert row, name
+        v = variants[name]
+        quoted = [float(x) for x in row.groups()]
+        assert np.allclose(quoted[:3], [v["model_errors"][m] for m in ("M0", "M1", "M2")],
+                           rtol=0, atol=5e-6), name
+        assert quoted[3] == pytest.approx(v["m2_vs_m1_percent"], abs=0.05), name
+        assert quoted[4] == pytest.approx(v["alpha"], abs=5e-4), name
