@@ -26,11 +26,11 @@ alpha is dimensionless for h1 and in 1/nm for tv; mesh coordinates in nm).
 
 Adjoint.  The state is affine in all controls: :math:`u = A^+(b_0 + \sum_k a_k b_k + \sum_s
 K_s\gamma_s)` with M1's fixed load :math:`b_0` (zero traction-free in plane stress), basis
-loads :math:`b_k` and factorised operator (the M1
-model's particles are reused, not rebuilt) and the slip-load matrices :math:`K_s`
-(`chemomech.dislocations.particle`).  `SlipSolveBlock` tapes this map (adjoint: one
-back-substitution :math:`\lambda = A^+ g`, then :math:`b_k\cdot\lambda` and
-:math:`K_s^T\lambda`), `LatticeMisfitBlock` the misfit (which depends on u *and* on gamma),
+loads :math:`b_k` and factorised operator (the M1 model's particles are reused, not rebuilt)
+and the slip-load matrices :math:`K_s` (`chemomech.dislocations.particle`).
+`SlipSolveBlock` tapes this map (adjoint: one back-substitution :math:`\lambda = A^+ g`, then
+:math:`b_k\cdot\lambda` and :math:`K_s^T\lambda`; tangent linear without :math:`b_0`),
+`LatticeMisfitBlock` the misfit (which depends on u *and* on gamma),
 `RegularisationBlock` R.  Taylor tests give rate 2 (tests/test_dislocations.py).
 
 Optimisation: PETSc TAO (BLMVM by default, or BQNLS) on the world communicator with a
