@@ -72,8 +72,8 @@ class UncertaintyConfig(_Strict):
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
-        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
-        "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
+        "exact", description="integrated_noise in closed form (adjoint integrations; with "
+        "dirichlet also of the boundary response) or by Monte Carlo (n_draws)")
     n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
                           "noise-level trace")
 
