@@ -75,8 +75,8 @@ class UncertaintyConfig(_Strict):
         "is correlated by the integration), gauss_newton for the strain misfit")
     n_draws: Int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
-        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
-        "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
+        "exact", description="integrated_noise in closed form (adjoint integrations; with "
+        "dirichlet also of the boundary response) or by Monte Carlo (n_draws)")
     n_probes: Int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
                           "noise-level trace")
 
@@ -125,7 +125,7 @@ class RunConfig(_Strict):
     boundary_condition: Literal["traction_free", "dirichlet"] = Field(
         "traction_free", description="traction-free (rigid modes removed), or dirichlet: the "
         "integrated measured displacement imposed on the whole boundary, misfit over the "
-        "interior (what the study's code did; M1 only)")
+        "interior (what the study's code did; M1 and M2)")
     gauge: Literal["auto", "none", "LiFePO4"] | GaugeConfig = Field(
         "auto", description="fixes the constant parts of f_a, f_c, undetermined under "
         "dirichlet with a constant stiffness (weakly determined with stiffness mixed): "
@@ -136,7 +136,7 @@ class RunConfig(_Strict):
         "piece gets its own rigid modes in the misfit, or the run is refused (dirichlet "
         "always refuses)")
     stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = Field(
-        "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1)")
+        "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1, M2)")
     reduction: Literal["plane_stress", "plane_strain"] = Field(
         "plane_stress", description="2-D reduction of the stiffness")
     b_law: Literal["vegard"] | list[float] | None = Field(
@@ -192,12 +192,6 @@ class RunConfig(_Strict):
         if self.b_law is not None and self.reduction != "plane_strain":
             raise ValueError("b_law: acts only with reduction: plane_strain (plane stress has "
                              "sigma_bb = 0, so f_b does not enter the in-plane fields)")
-        if self.model == "M2" and (dirichlet or self.reduction == "plane_strain"
-                                   or self.stiffness == "mixed"):
-            key = ("boundary_condition" if dirichlet else
-                   "reduction" if self.reduction == "plane_strain" else "stiffness")
-            raise ValueError(f"{key}: model M2 supports only traction_free, plane_stress and a "
-                             f"constant stiffness so far")
         if self.misfit == "strain" and self.uncertainty.method == "integrated_noise":
             raise ValueError("uncertainty.method: integrated_noise is the noise of the "
                              "integrated displacement (misfit: displacement); with misfit: "

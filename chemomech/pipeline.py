@@ -268,12 +268,11 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     method = config.uncertainty.method
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    dirichlet = config.boundary_condition == "dirichlet"
-    if method == "integrated_noise" and config.uncertainty.evaluation == "exact" \
-            and not dirichlet:  # the exact map has no adjoint of the boundary response yet
-        operators = {s.name: IntegratedStrainNoise(prepared[k].data, pm.pixel_indices(),
-                                                   s.misfit)
-                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
+    if method == "integrated_noise" and config.uncertainty.evaluation == "exact":
+        operators = {s.name: IntegratedStrainNoise(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model._particle(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
                                                         n_probes=config.uncertainty.n_probes)
     elif method == "integrated_noise":
@@ -549,9 +548,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                              "misfit": config.misfit,
                                              "covariance_method": m1.covariance_method}
         if m1.covariance_method == "integrated_noise":
-            summary["fit"]["covariance_evaluation"] = (
-                "monte_carlo" if config.boundary_condition == "dirichlet"
-                else config.uncertainty.evaluation)
+            summary["fit"]["covariance_evaluation"] = config.uncertainty.evaluation
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
         if m2 is not None:

@@ -32,7 +32,7 @@ def test_domain_errors_exit_2_with_the_reason(tmp_path, caplog):
     assert main(["mesh", str(missing), "-o", str(tmp_path / "m.xdmf")]) == 2
     assert "nope.h5" in caplog.text
     config = tmp_path / "run.yaml"
-    config.write_text("data: x.h5\nmodel: M2\nboundary_condition: dirichlet\n")  # M1 only
+    config.write_text("data: x.h5\nmodel: M0\nboundary_condition: dirichlet\n")  # M1, M2
     assert main(["invert", str(config)]) == 2
     assert "boundary_condition" in caplog.text
 

@@ -75,9 +75,6 @@ def test_strain_composition_pairs_are_resolved(tmp_path):
     ("boundary_condition: dirichlet\nlegendre_degree: 0\n", "legendre_degree"),
     ("b_law: vegard\n", "b_law"),  # plane stress: f_b has no effect
     ("reduction: plane_strain\nb_law: sometimes\n", "b_law"),
-    ("model: M2\nboundary_condition: dirichlet\n", "boundary_condition"),
-    ("model: M2\nstiffness: mixed\n", "stiffness"),
-    ("model: M2\nreduction: plane_strain\n", "reduction"),
     ("model: M0\nboundary_condition: dirichlet\n", "boundary_condition"),
     ("fragmented_data: ignore\n", "fragmented_data"),
     ("frame: {check: false, adopt: true}\n", "frame.*adopt"),  # adopt was silently ignored
