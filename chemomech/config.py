@@ -47,6 +47,13 @@ class MeshConfig(_Strict):
     min_island_px: Int = Field(50, ge=1, description="drop particles smaller than this")
     fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
 
+    @field_validator("fe_degree", mode="before")
+    @classmethod
+    def _not_bool(cls, value):  # Literal[1, 2] takes YAML's true for 1
+        if isinstance(value, bool):
+            raise ValueError(f"must be 1 or 2, got {value}")
+        return value
+
 
 class OptimiserConfig(_Strict):
     """The optimiser of the adjoint path (PETSc TAO) or the linear fast path."""

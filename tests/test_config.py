@@ -41,6 +41,7 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path):
     ("data: s.h5\nmodel: M0\nlegendre_degree: 1\n", "m0_degree"),  # was silently ignored
     ("- just\n- a list\n", "mapping"),
     ("data: s.h5\nlegendre_degree: true\n", "legendre_degree"),  # was read as degree 1
+    ("data: s.h5\nmesh: {fe_degree: true}\n", "mesh.fe_degree"),
     ("data: s.h5\noptimiser: {max_it: 2.5}\n", "optimiser.max_it"),
     ("data: s.h5\nparticles: [a, b, a]\n", "particles listed twice"),  # was fitted twice
 ])
