@@ -203,3 +203,14 @@ def test_real_particle_mesh_holds_every_pixel_centre(real_particle_path):
     sampler = PixelSampler(V, pm.pixel_points_nm())
     assert sampler.num_outside == 0
     assert len(sampler.owned) == pm.mask.sum()
+
+
+def test_a_mesh_size_that_would_take_minutes_is_refused_before_gmsh():
+    """0.01 px on a 1250 px particle: ~3e7 cells (gmsh ran for minutes at 2.5 GB, deaf to
+    SIGTERM); refused at once, naming the key.  Refinement counts its own size."""
+    mask = annulus(r_out=20.0)
+    with pytest.raises(InputError, match=r"mesh.size_px.*about 3\.\de\+07 cells"):
+        mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=0.01)
+    X = np.where(mask, 0.5, np.nan)
+    with pytest.raises(InputError, match="mesh size 0.01 px"):
+        mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0, refine=X, refine_size_px=0.01)

@@ -343,6 +343,13 @@ def gmsh_session(model_name: str, comm: MPI.Comm) -> Iterator:
                 gmsh.finalize()
 
 
+#: triangles per px^2 of a mesh of size 1 px (measured: 2.47; scales as size^-2)
+CELLS_PER_PX2 = 2.5
+#: refused above this estimated cell count per particle: gmsh, in one call that signals
+#: cannot interrupt, would run for minutes and take gigabytes
+MAX_CELLS = 5e6
+
+
 def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, *,
                    mesh_size_px: float = 1.0, simplify_tol_px: float = 0.25,
                    min_island_px: int = 20, min_hole_px: int = 4,
@@ -362,6 +369,12 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
         raise InputError("need mesh_size_px > 0 and 0 <= simplify_tol_px < 0.5 "
                          f"(got {mesh_size_px}, {simplify_tol_px})", field="mesh_size_px")
     mask = repair_mask(mask, min_island_px=min_island_px, min_hole_px=min_hole_px, thin=thin)
+    smallest = min(mesh_size_px, refine_size_px) if refine is not None else mesh_size_px
+    expected = CELLS_PER_PX2 * int(mask.sum()) / smallest**2
+    if expected > MAX_CELLS:
+        raise InputError(f"mesh size {smallest:g} px would give about {expected:.2g} cells for "
+                         f"this {int(mask.sum())} px particle (at most {MAX_CELLS:.0e}): "
+                         "choose a larger size", field="mesh.size_px")
     size_map = None
     if refine is not None:
         check_composition(refine, mask, name="refine")
