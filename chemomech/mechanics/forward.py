@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 SolverKind = Literal["auto", "lu", "gamg"]
 
-#: "auto" uses MUMPS LU up to this many global DOFs, CG + GAMG above.
+#: "auto" uses MUMPS (LDL^T) up to this many global DOFs, CG + GAMG above.
 LU_MAX_DOFS = 300_000
 #: GAMG for elasticity (rigid modes as near-null space): dropping graph edges weaker than
 #: 1 % of the diagonal (PETSc's default keeps all) gives aggregates that follow the strong
