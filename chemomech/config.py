@@ -67,15 +67,49 @@ class OptimiserConfig(_Strict):
 class UncertaintyConfig(_Strict):
     """Covariance of the coefficients behind the 95 % bands."""
 
-    method: Literal["auto", "gauss_newton", "integrated_noise"] = Field(
+    method: Literal["auto", "gauss_newton", "integrated_noise", "calibrated"] = Field(
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
-        "is correlated by the integration), gauss_newton for the strain misfit")
+        "is correlated by the integration), gauss_newton for the strain misfit; calibrated: "
+        "that noise covariance widened by a sandwich over pixel blocks, a mesh-refinement "
+        "estimate of the discretisation error and, when stated, the composition errors "
+        "(M1 bands; docs/verification.md)")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
         "exact", description="integrated_noise in closed form (adjoint integrations) or by "
         "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
     n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
                           "noise-level trace")
+    block_px: float = Field(8.0, gt=0, description="calibrated: side (px) of the square "
+                            "pixel blocks of the sandwich covariance")
+    discretisation: Literal["coarse", "fine", "none"] = Field(
+        "coarse", description="calibrated: discretisation error from a second fit on a mesh "
+        "2x coarser (cheap) or 2x finer, Richardson-scaled by discretisation_rate; none")
+    discretisation_rate: float = Field(1.0, gt=0, description="calibrated: assumed "
+                                       "convergence rate p of the law with the mesh size")
+    noise_composition: float = Field(0.0, ge=0, le=0.5, description="calibrated: std of the "
+                                     "noise of the X map (sigma_X, fraction)")
+    registration_px: float = Field(0.0, ge=0, le=5, description="calibrated: std (px, per "
+                                   "axis) of the X-to-strain misregistration")
+    blur_px: float = Field(0.0, ge=0, le=5, description="calibrated: Gaussian std (px) of the "
+                           "X map's blur (resolution of the X-ray map)")
+    composition_draws: int = Field(12, ge=2, description="calibrated: Monte Carlo refits per "
+                                   "X error (noise, registration)")
+    bias_correction: bool = Field(True, description="calibrated: remove the bias that X noise "
+                                  "causes (SIMEX-like, from the noise draws)")
+
+    @model_validator(mode="after")
+    def _calibrated_options(self):
+        """The calibrated options act only with method calibrated: refuse them otherwise."""
+        if self.method != "calibrated":
+            defaults = UncertaintyConfig.model_fields
+            changed = [k for k in ("block_px", "discretisation", "discretisation_rate",
+                                   "noise_composition", "registration_px", "blur_px",
+                                   "composition_draws", "bias_correction")
+                       if getattr(self, k) != defaults[k].default]
+            if changed:
+                raise ValueError(f"{changed[0]}: acts only with uncertainty.method: "
+                                 f"calibrated (method is {self.method})")
+        return self
 
 
 class GaugeConfig(_Strict):
