@@ -68,11 +68,12 @@ class UncertaintyConfig(_Strict):
     """Covariance of the coefficients behind the 95 % bands."""
 
     method: Literal["auto", "gauss_newton", "integrated_noise", "calibrated"] = Field(
-        "auto", description="auto: integrated_noise for the displacement misfit (its noise "
-        "is correlated by the integration), gauss_newton for the strain misfit; calibrated: "
-        "that noise covariance widened by a sandwich over pixel blocks, a mesh-refinement "
+        "auto", description="auto: calibrated for model M1; for M2 (whose band is its own) "
+        "the noise covariance: integrated_noise for the displacement misfit (its noise is "
+        "correlated by the integration), gauss_newton for the strain misfit; calibrated: "
+        "that noise covariance widened by a sandwich over pixel blocks, a second-mesh "
         "estimate of the discretisation error and, when stated, the composition errors "
-        "(M1 bands; docs/verification.md)")
+        "(docs/verification.md)")
     n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
         "exact", description="integrated_noise in closed form (adjoint integrations) or by "
@@ -97,18 +98,21 @@ class UncertaintyConfig(_Strict):
     bias_correction: bool = Field(True, description="calibrated: remove the bias that X noise "
                                   "causes (SIMEX-like, from the noise draws)")
 
+    def calibrated_options_set(self) -> list[str]:
+        """The calibrated-only options given a non-default value."""
+        defaults = UncertaintyConfig.model_fields
+        return [k for k in ("block_px", "discretisation", "discretisation_rate",
+                            "noise_composition", "registration_px", "blur_px",
+                            "composition_draws", "bias_correction")
+                if getattr(self, k) != defaults[k].default]
+
     @model_validator(mode="after")
     def _calibrated_options(self):
-        """The calibrated options act only with method calibrated: refuse them otherwise."""
-        if self.method != "calibrated":
-            defaults = UncertaintyConfig.model_fields
-            changed = [k for k in ("block_px", "discretisation", "discretisation_rate",
-                                   "noise_composition", "registration_px", "blur_px",
-                                   "composition_draws", "bias_correction")
-                       if getattr(self, k) != defaults[k].default]
-            if changed:
-                raise ValueError(f"{changed[0]}: acts only with uncertainty.method: "
-                                 f"calibrated (method is {self.method})")
+        """The calibrated options act only with method calibrated (or auto, for M1)."""
+        changed = self.calibrated_options_set()
+        if changed and self.method not in ("calibrated", "auto"):
+            raise ValueError(f"{changed[0]}: acts only with uncertainty.method: calibrated "
+                             f"(method is {self.method})")
         return self
 
 
@@ -211,6 +215,11 @@ class RunConfig(_Strict):
                    "reduction" if self.reduction == "plane_strain" else "stiffness")
             raise ValueError(f"{key}: model M2 supports only traction_free, plane_stress and a "
                              f"constant stiffness so far")
+        changed = self.uncertainty.calibrated_options_set()
+        if changed and self.model != "M1" and self.uncertainty.method == "auto":
+            raise ValueError(f"uncertainty.{changed[0]}: acts only with the calibrated band, "
+                             f"which auto chooses for model M1 only (model is {self.model}; "
+                             f"set uncertainty.method: calibrated)")
         if dirichlet and self.model == "M0":
             raise ValueError("boundary_condition: dirichlet needs a mechanical model (M1)")
         return self

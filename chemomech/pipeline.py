@@ -371,6 +371,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
 def resolved_uncertainty_method(config: RunConfig) -> str:
     """The covariance method of the run: `uncertainty.method`, with auto resolved."""
     method = config.uncertainty.method
+    if method == "auto" and config.model == "M1":
+        return "calibrated"
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
     return method
