@@ -9,8 +9,8 @@
 3. M0: pixel regression of e_aa, e_cc on X (`chemomech.inverse.regression`);
 4. M1: particles dealt to rank groups, meshed from their masks, the joint inversion with
    adjoint gradients and TAO or the linear fast path (`chemomech.inverse.problem`), degree chosen by
-   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), Gauss-Newton bands
-   (`chemomech.inverse.uncertainty`);
+   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), bands
+   (`chemomech.inverse.uncertainty`; by default calibrated: `calibrated_covariance`);
 5. residual strain, model errors and incompatibility (`chemomech.analysis.residual`), then
    `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt`
    (`chemomech.analysis.report`).

@@ -22,9 +22,9 @@ strain maps is propagated through the very integration that made d
 :math:`\hat a_k = (G^T G)^{-1} G^T P n_k`; the noise level is calibrated so that the expected
 residual norm matches the observed one (model error therefore widens the band, the
 conservative direction).  Cost: one integration per particle per draw.  The same covariance
-in closed form, `exact_integrated_noise_covariance` (the default of the pipeline), costs
-2(N+1) adjoint integrations per particle and has no sampling error in its shape; the Monte
-Carlo stays as its test oracle.
+in closed form, `exact_integrated_noise_covariance` (the noise part of the pipeline's
+default, calibrated band), costs 2(N+1) adjoint integrations per particle and has no
+sampling error in its shape; the Monte Carlo stays as its test oracle.
 
 Bands are pointwise (not simultaneous) at `level` (default 95 %), normal quantile.
 """
