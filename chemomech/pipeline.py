@@ -40,11 +40,18 @@ from chemomech.correlative.prepared import PreparedParticle, prepare_particle, u
 from chemomech.exceptions import ConfigError
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
-from chemomech.io.parallel import describe, import_deferred, signals_deferred, stage
+from chemomech.io.parallel import (
+    describe,
+    import_deferred,
+    is_collective,
+    signals_deferred,
+    stage,
+)
 from chemomech.io.readers import read_data
 from chemomech.io.results import (
     CHECKPOINTS,
     RunFolder,
+    fail_partial,
     versions,
     write_json_atomic,
     write_text_atomic,
@@ -400,7 +407,7 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
     folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
     package_logger = logging.getLogger("chemomech")
     level = package_logger.level
-    handler = None
+    handler, work = None, None
     try:  # from here on a signal or an error moves the partial folder to OUTPUT.failed
         with stage("opening the output folder", comm):
             if folder is not None:
@@ -408,7 +415,8 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
                     folder.open()
         work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
         if folder is not None:  # progress and the log file on rank 0 only
-            handler = logging.FileHandler(work / "log.txt", mode="w")
+            (work / "log.txt").write_text("")  # appended to: another rank's last error too
+            handler = logging.FileHandler(work / "log.txt", mode="a")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s"))
             handler.setLevel(logging.INFO)
@@ -428,6 +436,9 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
                 folder.commit()
         return summary
     except BaseException as exc:
+        if folder is None and work is not None and isinstance(exc, Exception) \
+                and not is_collective(exc):
+            _fail_from_rank(work, comm.rank, exc)  # rank 0 is blocked: it never sees it
         if folder is not None:
             with signals_deferred():  # a second signal does not cut the clean-up short
                 if handler is not None:  # the error is the last line of log.txt
@@ -443,6 +454,18 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
         package_logger.setLevel(level)
         if folder is not None:
             folder.close()
+
+
+def _fail_from_rank(work: Path, rank: int, exc: BaseException) -> None:
+    """An error on this rank alone ends the job (`exit_on_error` aborts it): append it to the
+    run's log.txt (one O_APPEND write, as rank 0's) and move the run to OUTPUT.failed."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        with open(work / "log.txt", "a") as file:
+            file.write(f"{stamp} ERROR chemomech: rank {rank}: {describe(exc)}\n")
+    except OSError:
+        return  # the folder is gone: the message still reaches stderr
+    fail_partial(work)
 
 
 def _close_log(package_logger: logging.Logger, handler: logging.Handler | None) -> None:
