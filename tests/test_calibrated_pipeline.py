@@ -115,9 +115,8 @@ def test_calibrated_joint_fit_gives_the_serial_answer_on_all_ranks(tmp_path):
     comm = MPI.COMM_WORLD
     base = Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
     data = base / "twins.h5"
-    if comm.rank == 0:
-        write_stack(data, [_twin(seed, True) for seed in (4, 5)])
-    comm.barrier()
+    twins = [_twin(seed, True) for seed in (4, 5)]  # on every rank (COMM_SELF solves)
+    write_stack(data, twins, comm=comm)
     config = RunConfig(data=[data], model="M1", legendre_degree=2, output=base / "world",
                        optimiser={"method": "linear"}, misfit="strain",
                        uncertainty={"method": "calibrated", "composition_draws": 4} | DIRTY)
