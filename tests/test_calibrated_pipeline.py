@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from chemomech.config import RunConfig, load_config
 from chemomech.exceptions import ConfigError
-from chemomech.inverse.uncertainty import discretisation_covariance
+from chemomech.inverse.uncertainty import discretisation_covariance, noise_floor
 from chemomech.io.stack import write_stack
 from chemomech.pipeline import run
 from chemomech.twins import (
@@ -130,3 +130,28 @@ def test_calibrated_joint_fit_gives_the_serial_answer_on_all_ranks(tmp_path):
         assert np.abs(C - D).max() <= 1e-6 * np.abs(D).max()
         assert world["uncertainty"]["blocks"] == serial["uncertainty"]["blocks"]
     comm.barrier()
+
+
+def test_calibrated_band_keeps_the_gauge_under_dirichlet_data(tmp_path):
+    """Dirichlet data, gauge f(1) = 0: every part keeps zero variance at X = 1 (the noise
+    floor acts on the range of the singular noise covariance), the band is finite elsewhere."""
+    data = write_stack(tmp_path / "twin.h5", _twin(3, False))
+    summary = run(RunConfig(data=[data], model="M1", legendre_degree=2, output=tmp_path / "d",
+                            boundary_condition="dirichlet", optimiser={"method": "linear"},
+                            uncertainty={"n_draws": 20}), MPI.COMM_SELF)
+    band = summary["eigenstrain_curve"]
+    width0 = band["a_hi"][0] - band["a_lo"][0]
+    assert 0 < width0 < 0.01
+    for d in "ac":
+        assert band[f"{d}_hi"][-1] - band[f"{d}_lo"][-1] < 1e-8 * width0
+
+
+def test_noise_floor_on_a_singular_noise_covariance():
+    rng = np.random.default_rng(1)
+    B = rng.normal(size=(4, 3))
+    GN = B @ B.T  # rank 3: one direction fixed (a gauge)
+    null = np.linalg.svd(B.T)[2][-1]
+    S = 2.0 * GN + 1e-3 * np.outer(B[:, 0], B[:, 0])
+    C = noise_floor(S, GN)
+    assert np.all(np.isfinite(C)) and abs(null @ C @ null) < 1e-12 * np.abs(C).max()
+    assert np.linalg.eigvalsh(C - GN).min() > -1e-10 * np.abs(C).max()

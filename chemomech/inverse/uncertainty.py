@@ -387,12 +387,16 @@ def noise_floor(sandwich: np.ndarray, gauss_newton: np.ndarray) -> np.ndarray:
     With :math:`W = C_{GN}^{-1/2} S C_{GN}^{-1/2} = Q \Lambda Q^T`, returns
     :math:`C_{GN}^{1/2} Q \max(\Lambda, 1) Q^T C_{GN}^{1/2}`: a sandwich estimated from a few
     dozen blocks may fall below the noise it contains; the noise level itself is known better.
+    The square roots act on the range of :math:`C_{GN}` (eigenvalues above 1e-12 of the
+    largest): directions a gauge fixes keep zero variance.
     """
     w, U = np.linalg.eigh(np.asarray(gauss_newton, dtype=float))
-    w = np.maximum(w, 1e-300)
-    half, inv_half = (U * np.sqrt(w)) @ U.T, (U / np.sqrt(w)) @ U.T
-    lam, Q = np.linalg.eigh(inv_half @ sandwich @ inv_half)
-    return half @ (Q * np.maximum(lam, 1.0)) @ Q.T @ half
+    keep = w > 1e-12 * max(w.max(), 0.0)
+    U, w = U[:, keep], w[keep]
+    half = U * np.sqrt(w)  # C_GN^(1/2) on its range (n x r)
+    inv_half = U / np.sqrt(w)
+    lam, Q = np.linalg.eigh(inv_half.T @ np.asarray(sandwich, dtype=float) @ inv_half)
+    return half @ (Q * np.maximum(lam, 1.0)) @ Q.T @ half.T
 
 
 def shifted_image(image: np.ndarray, shift_px: Sequence[float]) -> np.ndarray:
