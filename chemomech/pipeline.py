@@ -101,6 +101,17 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
                         config.boundary_condition)
 
 
+def check_particle_size(particle: ParticleData, edge_exclusion_px: int) -> None:
+    """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`."""
+    from chemomech.exceptions import InputError
+    from chemomech.io.stack import interior_pixels
+
+    if not interior_pixels(particle.mask, edge_exclusion_px).any():
+        raise InputError(f"particle {particle.name!r}: edge_exclusion_px = {edge_exclusion_px} "
+                         f"leaves none of its {int(particle.mask.sum())} pixels",
+                         path=particle.file, field="mask")
+
+
 def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: MPI.Comm
                         ) -> list[PreparedParticle | None]:
     """`prepare` (frame check, integration) of each particle on the ranks that hold it in the
@@ -190,8 +201,10 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                                 mesh_size_px=size_px or config.mesh.size_px,
                                 simplify_tol_px=config.mesh.simplify_tol_px,
                                 min_island_px=config.mesh.min_island_px)
-        except InputError as err:
-            raise InputError(f"particle {p.data.name!r}: {err}", path=p.data.file) from None
+        except InputError as err:  # names the key: the mesher knows only its argument
+            raise InputError(f"particle {p.data.name!r} ({int(p.data.mask.sum())} px): {err} "
+                             "(see mesh.min_island_px, mesh.size_px, mesh.simplify_tol_px)",
+                             path=p.data.file) from None
         meshes.append(pm)
         setups.append(_particle_setup(p, pm, config))
 
@@ -335,13 +348,12 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     method = resolved_uncertainty_method(config)
     noise_method = method if method != "calibrated" else (
         "integrated_noise" if config.misfit == "displacement" else "gauss_newton")
-    dirichlet = config.boundary_condition == "dirichlet"
     t_bands = time.perf_counter()
-    if noise_method == "integrated_noise" and config.uncertainty.evaluation == "exact" \
-            and not dirichlet:  # the exact map has no adjoint of the boundary response yet
-        operators = {s.name: IntegratedStrainNoise(prepared[k].data, pm.pixel_indices(),
-                                                   s.misfit)
-                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
+    if noise_method == "integrated_noise" and config.uncertainty.evaluation == "exact":
+        operators = {s.name: IntegratedStrainNoise(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model._particle(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
                                                         n_probes=config.uncertainty.n_probes)
     elif noise_method == "integrated_noise":
@@ -499,9 +511,10 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     t = time.perf_counter()
     with stage("reading the data", comm):
         particles = load_particles(config)
-        if config.model in ("M1", "M2"):
-            for p in particles:
+        for p in particles:
+            if config.model in ("M1", "M2"):
                 check_interior(p)
+            check_particle_size(p, config.edge_exclusion_px)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,
@@ -510,8 +523,9 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
-        if rank0 else None  # needs every particle; used by the report only
+    with stage("the M0 regression", comm):  # an error on rank 0 ends every rank
+        m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
+            if rank0 else None  # needs every particle; used by the report only
     timings["m0"] = time.perf_counter() - t
 
     m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None
@@ -637,9 +651,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                              "misfit": config.misfit,
                                              "covariance_method": m1.covariance_method}
         if m1.covariance_method == "integrated_noise":
-            summary["fit"]["covariance_evaluation"] = (
-                "monte_carlo" if config.boundary_condition == "dirichlet"
-                else config.uncertainty.evaluation)
+            summary["fit"]["covariance_evaluation"] = config.uncertainty.evaluation
         if calibrated is not None:
             summary["uncertainty"] = calibrated
         if m1.gradient_check is not None:
