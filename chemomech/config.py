@@ -189,7 +189,8 @@ class RunConfig(_Strict):
         "(default there: (1 - X)(b_FP/b_LFP - 1), -3.63 % at X = 0) or shifted-Legendre "
         "coefficients")
     solver: Literal["auto", "lu", "gamg"] = Field(
-        "auto", description="auto: MUMPS (LDL^T; option value lu) up to 300 000 DOFs, CG + GAMG above")
+        "auto", description="auto: MUMPS (LDL^T; option value lu) up to 300 000 DOFs, "
+        "CG + GAMG above")
     pixel_size_nm: float | None = Field(None, gt=0, description="override the file's pixel size")
     band_level: float = Field(0.95, gt=0, lt=1, description="pointwise confidence level")
     mesh: MeshConfig = MeshConfig()
