@@ -11,6 +11,7 @@ import ufl
 from dolfinx import fem, mesh
 from mpi4py import MPI
 
+from chemomech.exceptions import InputError
 from chemomech.mechanics.materials import Material
 from chemomech.phasefield.initial import random_waves, set_initial_composition
 from chemomech.phasefield.model import Elasticity, FreeEnergy, Kinetics, PhaseFieldForms, vegard_law
@@ -207,6 +208,29 @@ def test_two_ranks_agree_with_one():
     serial = _short_run(MPI.COMM_SELF)
     assert distributed[0] != distributed[-2]  # the state evolved
     assert distributed == pytest.approx(serial, rel=1e-8)
+
+
+def _run_with(comm, linear: str) -> tuple[np.ndarray, PhaseFieldSolver]:
+    forms = _plate_forms(comm)
+    control = StepControl(dt_initial=50.0, grow=1.0, max_steps=4, energy_tol=0.0)
+    solver = PhaseFieldSolver(forms, control, linear=linear)
+    history = solver.run()
+    return np.array([*history.series("energy.total"), forms.mass()]), solver
+
+
+@pytest.mark.mpi
+def test_fieldsplit_gives_the_lu_solution():
+    """FGMRES + fieldsplit (LU on (c, mu), GAMG on u) and MUMPS LU: the same states (the
+    Newton and FGMRES tolerances are 1e-10 and 1e-9), the iterative solver really iterating."""
+    lu, lu_solver = _run_with(MPI.COMM_WORLD, "lu")
+    fs, fs_solver = _run_with(MPI.COMM_WORLD, "fieldsplit")
+    assert fs == pytest.approx(lu, rel=1e-9)
+    state = lu_solver.forms.w.x.array
+    assert np.abs(fs_solver.forms.w.x.array - state).max() < 1e-7 * np.abs(state).max()
+    assert fs_solver.history.series("linear_iterations")[1:].min() > \
+        lu_solver.history.series("linear_iterations")[1:].max()
+    with pytest.raises(InputError, match="linear_solver"):
+        PhaseFieldSolver(lu_solver.forms, linear="cg")
 
 
 def test_crank_nicolson_reaches_the_same_interface():
