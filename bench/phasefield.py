@@ -23,6 +23,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -76,6 +77,8 @@ def main(args: list[str]) -> None:
         linear = args[k + 1]
         args = args[:k] + args[k + 2:]
     comm = MPI.COMM_WORLD
+    logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")  # progress lines
     for name in args or list(CASES):
         result = run_case(name, comm, linear)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others

@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -73,6 +74,8 @@ def main(args: list[str]) -> None:
         linear = args[k + 1]
         args = args[:k] + args[k + 2:]
     comm = MPI.COMM_WORLD
+    logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")  # progress lines
     for size in [float(a) for a in args] or [3.0, 2.0, 1.5, 1.2, 1.0]:
         result = run_case(size, comm, linear)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others

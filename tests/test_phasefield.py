@@ -254,3 +254,22 @@ def test_other_stiffness_choices_relax_with_decreasing_energy(stiffness):
     history = PhaseFieldSolver(forms, control).run()
     energy = history.series("energy.total")
     assert np.all(np.diff(energy) < 0) and history.steps[-1].energy["elastic"] > 0
+
+
+def test_step_report_logs_progress_in_decades_of_the_energy_decrease(caplog):
+    from chemomech.phasefield.solver import StepReport
+
+    report = StepReport(StepControl(energy_tol=1e-8, max_steps=1000), active=True)
+    with caplog.at_level("INFO", logger="chemomech.phasefield.solver"):
+        report.update(1, 10.0, 10.0, 5.0, 1e-4, 3, 3)  # small first decrease (small dt)
+        report.update(2, 30.0, 20.0, 4.0, 1e-2, 4, 4)  # the largest: the reference
+        report.update(3, 60.0, 30.0, 3.9, 1e-5, 2, 2)
+    assert report.fraction(3, 60.0) == pytest.approx(0.5)  # 3 of 6 decades to 1e-8
+    assert report.fraction(999, 60.0) == pytest.approx(0.999)  # the step limit dominates
+    line = caplog.records[-1].getMessage()
+    assert "step 3: t = 60" in line and "F = 3.9" in line and "progress 50 %" in line
+    assert "ETA ~" in line
+    quiet = StepReport(StepControl(), active=False)
+    caplog.clear()
+    quiet.update(1, 1.0, 1.0, 1.0, 1e-3, 1, 1)
+    assert not caplog.records  # other ranks stay silent
