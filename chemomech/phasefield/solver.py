@@ -8,8 +8,10 @@ solved by MUMPS LU (P1 x P1: a few per cent of the 3-D DOFs with P2 u), and the 
 one GAMG V-cycle with the rigid modes as near-null space (and null space); the GAMG
 hierarchy is built once and reused across Newton iterations and steps.  ASM/ILU(1) on the
 (c, mu) block instead needed ~180 FGMRES iterations per Newton step on a 300 x 150 nm test
-plate (against ~15) and failed steps, so it is not offered.  **Rigid modes** (traction-free u): the rigid motions of u (3 in 2-D, 6 in
-3-D; zero in c, mu) span the null space of the Jacobian and the residual is orthogonal to
+plate (against ~15) and failed steps, so it is not offered.
+
+**Rigid modes** (traction-free u): the rigid motions of u (3 in 2-D, 6 in 3-D; zero in c,
+mu) span the null space of the Jacobian and the residual is orthogonal to
 them, so they are attached to the Jacobian as a PETSc null space, MUMPS is told to detect the null
 pivots (ICNTL(24) = 1, as `chemomech.mechanics.forward`), and they are projected out of the state
 after each solve (u is reported orthogonal to the rigid modes).
