@@ -13,7 +13,11 @@ and the machine's load average (1 min) before and after (the machine is shared).
 merges the run into bench/results/phasefield_2d.json by rank count and linear solver:
 
   scripts/in-env python3 bench/phasefield.py
-  scripts/in-env mpirun -n 2 python3 bench/phasefield.py [--linear lu|fieldsplit] [case ...]
+  scripts/in-env mpirun -n 2 python3 bench/phasefield.py [--linear lu|fieldsplit]
+      [--budget-s S] [case ...]
+
+``--budget-s``: stop a case after S s of stepping and record it as unfinished (converged
+false), with its per-step series (t, dt, Newton iterations, wall time).
 """
 
 from __future__ import annotations
@@ -46,7 +50,11 @@ CASES = {
 }
 
 
-def run_case(name: str, comm: MPI.Comm, linear: str) -> dict:
+class _Budget(Exception):
+    """The wall-time budget of a case ran out (the case is recorded as unfinished)."""
+
+
+def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float) -> dict:
     load = os.getloadavg()[0]
     config = PhaseFieldConfig.model_validate(COMMON | CASES[name]
                                              | {"solver": {"linear": linear}})  # validated
@@ -55,7 +63,16 @@ def run_case(name: str, comm: MPI.Comm, linear: str) -> dict:
     setup = time.perf_counter() - t0
     solver = PhaseFieldSolver(forms, control, linear=linear)
     t1 = time.perf_counter()
-    history = solver.run()
+
+    def budget(_, record):  # same decision on every rank
+        if comm.allreduce(time.perf_counter() - t1, op=MPI.MAX) > budget_s:
+            raise _Budget
+
+    try:
+        history = solver.run(budget)
+    except _Budget:
+        history = solver.history
+        history.reason = f"unfinished: wall budget {budget_s:g} s"
     wall = comm.allreduce(time.perf_counter() - t1, op=MPI.MAX)
     s = history.summary()
     dofs = forms.W.dofmap.index_map.size_global * forms.W.dofmap.index_map_bs
@@ -67,22 +84,27 @@ def run_case(name: str, comm: MPI.Comm, linear: str) -> dict:
             "wall_per_step_s": wall / max(s["steps"] + s["rejected"], 1),
             "wall_s": wall, "setup_s": comm.allreduce(setup, op=MPI.MAX),
             "energy_final_GPa_nm2": s["energy_final"],
-            "load_average_1min": [load, os.getloadavg()[0]]}
+            "load_average_1min": [load, os.getloadavg()[0]],
+            "per_step": {k: history.series(k).tolist()
+                         for k in ("t", "dt", "newton_iterations", "wall_s")}}
 
 
 def main(args: list[str]) -> None:
-    linear = "lu"
-    if "--linear" in args:
-        k = args.index("--linear")
-        linear = args[k + 1]
-        args = args[:k] + args[k + 2:]
+    options = {"--linear": "lu", "--budget-s": "inf"}
+    for flag in options:
+        if flag in args:
+            k = args.index(flag)
+            options[flag] = args[k + 1]
+            args = args[:k] + args[k + 2:]
+    linear, budget_s = options["--linear"], float(options["--budget-s"])
     comm = MPI.COMM_WORLD
     logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # progress lines
     for name in args or list(CASES):
-        result = run_case(name, comm, linear)
+        result = run_case(name, comm, linear, budget_s)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others
-            print(name, json.dumps(result), flush=True)
+            print(name, json.dumps({k: v for k, v in result.items() if k != "per_step"}),
+                  flush=True)
             data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             data.setdefault(f"ranks_{comm.size}_{linear}", {})[name] = result
             data["versions"] = versions()
