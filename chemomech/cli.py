@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 logger = logging.getLogger("chemomech")
 
@@ -40,21 +42,13 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _degree(text: str) -> int | str:
-    """`--degree`: an integer 0..8 or 'auto'."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
-
-
 def add_invert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `chemomech invert`."""
     parser.add_argument("config", help="YAML run configuration (see README)")
     parser.add_argument("--output", help="override the config's output folder")
-    parser.add_argument("--degree", type=_degree,
+    from chemomech.config import parse_degree
+
+    parser.add_argument("--degree", type=parse_degree,
                         help="override legendre_degree (integer or 'auto')")
     parser.add_argument("--model", choices=("M0", "M1", "M2"), help="override the model")
     parser.add_argument("--resume", action="store_true",
@@ -100,15 +94,27 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from chemomech.pipeline import COMPILED_MODULES
 
     import_deferred(*COMPILED_MODULES)
+    output = Path(args.output)
+    if output.suffix != ".xdmf":  # XDMFFile writes the mesh beside it as OUTPUT.h5
+        raise InputError(f"the mesh file must end in .xdmf, got {output.name!r}",
+                         field="--output")
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise InputError(f"cannot write into {output.parent} (not a writable folder)",
+                         field="--output")
     particles = read_particles([args.input])
     if args.particle:
         particles = [p for p in particles if p.name == args.particle]
         if not particles:
             raise InputError(f"no particle named {args.particle!r}", path=args.input)
     p = particles[0]
-    pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_WORLD, mesh_size_px=args.mesh_size_px,
-                        simplify_tol_px=args.simplify_tol_px, min_island_px=args.min_island_px,
-                        refine=p.X if args.refine else None)
+    try:
+        pm = mesh_from_mask(p.mask, p.pixel_size_nm, MPI.COMM_WORLD,
+                            mesh_size_px=args.mesh_size_px, simplify_tol_px=args.simplify_tol_px,
+                            min_island_px=args.min_island_px,
+                            refine=p.X if args.refine else None)
+    except InputError as err:  # name the particle, the file and the flags
+        raise InputError(f"particle {p.name!r} ({int(p.mask.sum())} px): {err} (see "
+                         "--min-island-px, --mesh-size-px)", path=args.input) from None
     pm.write_xdmf(args.output)
     logger.info("mesh of %s: %d cells, area %.4g um^2 -> %s", p.name,
                 pm.mesh.topology.index_map(2).size_global, pm.area_nm2 * 1e-6, args.output)

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -29,6 +30,8 @@ from pydantic import (
 
 from chemomech.dislocations.settings import DislocationsConfig
 from chemomech.exceptions import ConfigError
+
+Int = StrictInt  # integer keys: YAML's true / 2.0 are refused, not read as 1 / 2
 
 
 class _Strict(BaseModel):
@@ -41,8 +44,15 @@ class MeshConfig(_Strict):
     size_px: float = Field(1.0, gt=0, description="target element size")
     simplify_tol_px: float = Field(0.25, ge=0, lt=0.5, description="contour simplification "
                                    "(< 0.5 px; every pixel centre stays inside below 0.35)")
-    min_island_px: int = Field(50, ge=1, description="drop particles smaller than this")
+    min_island_px: Int = Field(50, ge=1, description="drop particles smaller than this")
     fe_degree: Literal[1, 2] = Field(1, description="Lagrange degree of the displacement")
+
+    @field_validator("fe_degree", mode="before")
+    @classmethod
+    def _not_bool(cls, value):  # Literal[1, 2] takes YAML's true for 1
+        if isinstance(value, bool):
+            raise ValueError(f"must be 1 or 2, got {value}")
+        return value
 
 
 class OptimiserConfig(_Strict):
@@ -58,7 +68,7 @@ class OptimiserConfig(_Strict):
     gatol: float = Field(0.0, ge=0, description="absolute gradient tolerance (scaled J)")
     grtol: float = Field(0.0, ge=0, description="gradient tolerance relative to J")
     gttol: float = Field(1e-9, ge=0, description="gradient reduction |g|/|g0|")
-    max_it: int = Field(500, ge=1, description="most TAO iterations")
+    max_it: Int = Field(500, ge=1, description="most TAO iterations")
     cross_check: bool = Field(True, description="compare TAO with the linear fast path")
     verify_gradient: bool = Field(False, description="Taylor test of the adjoint gradient "
                                   "before fitting (rates in summary.json)")
@@ -70,11 +80,11 @@ class UncertaintyConfig(_Strict):
     method: Literal["auto", "gauss_newton", "integrated_noise"] = Field(
         "auto", description="auto: integrated_noise for the displacement misfit (its noise "
         "is correlated by the integration), gauss_newton for the strain misfit")
-    n_draws: int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
+    n_draws: Int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
-        "exact", description="integrated_noise in closed form (adjoint integrations) or by "
-        "Monte Carlo (n_draws); Dirichlet runs use Monte Carlo")
-    n_probes: int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
+        "exact", description="integrated_noise in closed form (adjoint integrations; with "
+        "dirichlet also of the boundary response) or by Monte Carlo (n_draws)")
+    n_probes: Int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
                           "noise-level trace")
 
 
@@ -90,7 +100,15 @@ class FrameConfig(_Strict):
     """Frame check of the measured gradient (DESIGN §2)."""
 
     check: bool = Field(True, description="rank the frames, warn if the file's is not best")
-    adopt: bool = Field(False, description="use the most compatible frame instead of the file's")
+    adopt: bool = Field(False, description="use the most compatible frame instead of the file's "
+                        "(needs check: true)")
+
+    @model_validator(mode="after")
+    def _adopt_needs_check(self):
+        if self.adopt and not self.check:
+            raise ValueError("adopt: true needs check: true (the adopted frame is the check's "
+                             "best frame)")
+        return self
 
 
 class RunConfig(_Strict):
@@ -102,19 +120,19 @@ class RunConfig(_Strict):
     particles: Literal["all"] | list[str] = Field("all", description="particle names to use")
     model: Literal["M0", "M1", "M2"] = Field(
         "M1", description="M0 regression, M1 elasticity, M2 M1 + slip fields")
-    legendre_degree: int | Literal["auto"] = Field(
+    legendre_degree: Int | Literal["auto"] = Field(
         2, description="highest degree N of P_n(2X-1); auto: by held-out error")
-    max_auto_degree: int = Field(4, ge=0, le=8, description="largest degree tried by 'auto'")
-    m0_degree: int = Field(3, ge=0, le=8, description="degree of the direct regression M0")
+    max_auto_degree: Int = Field(4, ge=0, le=8, description="largest degree tried by 'auto'")
+    m0_degree: Int = Field(3, ge=0, le=8, description="degree of the direct regression M0")
     output: Path = Field(Path("results"), description="results folder")
     misfit: Literal["displacement", "strain"] = Field(
         "displacement", description="integrated displacement modulo rigid motion, or pixel "
         "strain")
-    edge_exclusion_px: int = Field(2, ge=0, description="pixels this near the edge left out")
+    edge_exclusion_px: Int = Field(2, ge=0, description="pixels this near the edge left out")
     boundary_condition: Literal["traction_free", "dirichlet"] = Field(
         "traction_free", description="traction-free (rigid modes removed), or dirichlet: the "
         "integrated measured displacement imposed on the whole boundary, misfit over the "
-        "interior (what the study's code did; M1 only)")
+        "interior (what the study's code did; M1 and M2)")
     gauge: Literal["auto", "none", "LiFePO4"] | GaugeConfig = Field(
         "auto", description="fixes the constant parts of f_a, f_c, undetermined under "
         "dirichlet with a constant stiffness (weakly determined with stiffness mixed): "
@@ -125,7 +143,7 @@ class RunConfig(_Strict):
         "piece gets its own rigid modes in the misfit, or the run is refused (dirichlet "
         "always refuses)")
     stiffness: Literal["average", "mixed", "LiFePO4", "FePO4"] = Field(
-        "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1)")
+        "average", description="mixed: C(X) = X C_LFP + (1 - X) C_FP (M0, M1, M2)")
     reduction: Literal["plane_stress", "plane_strain"] = Field(
         "plane_stress", description="2-D reduction of the stiffness")
     b_law: Literal["vegard"] | list[float] | None = Field(
@@ -146,6 +164,16 @@ class RunConfig(_Strict):
     @classmethod
     def _as_list(cls, value):
         return value if isinstance(value, list) else [value]
+
+    @field_validator("particles")
+    @classmethod
+    def _some_particles(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list selects no particle (use 'all' or names)")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            twice = sorted({n for n in value if value.count(n) > 1})
+            raise ValueError(f"particles listed twice: {twice}")
+        return value
 
     @field_validator("legendre_degree")
     @classmethod
@@ -171,12 +199,14 @@ class RunConfig(_Strict):
         if self.b_law is not None and self.reduction != "plane_strain":
             raise ValueError("b_law: acts only with reduction: plane_strain (plane stress has "
                              "sigma_bb = 0, so f_b does not enter the in-plane fields)")
-        if self.model == "M2" and (dirichlet or self.reduction == "plane_strain"
-                                   or self.stiffness == "mixed"):
-            key = ("boundary_condition" if dirichlet else
-                   "reduction" if self.reduction == "plane_strain" else "stiffness")
-            raise ValueError(f"{key}: model M2 supports only traction_free, plane_stress and a "
-                             f"constant stiffness so far")
+        if self.misfit == "strain" and self.uncertainty.method == "integrated_noise":
+            raise ValueError("uncertainty.method: integrated_noise is the noise of the "
+                             "integrated displacement (misfit: displacement); with misfit: "
+                             "strain use auto or gauss_newton")
+        if (self.model == "M0" and "legendre_degree" in self.model_fields_set
+                and self.legendre_degree != self.m0_degree):
+            raise ValueError(f"legendre_degree: model M0 fits the degree m0_degree "
+                             f"({self.m0_degree}); set m0_degree instead")
         if dirichlet and self.model == "M0":
             raise ValueError("boundary_condition: dirichlet needs a mechanical model (M1)")
         return self
@@ -207,6 +237,21 @@ class RunConfig(_Strict):
                 for p in self.data]
         output = self.output if self.output.is_absolute() else base / self.output
         return self.model_copy(update={"data": data, "output": output})
+
+
+def parse_degree(text: str) -> int | str:
+    """A command-line degree (`--degree`): an integer 0..8 or 'auto'."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        degree = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+    if not 0 <= degree <= 8:
+        raise argparse.ArgumentTypeError(f"must be 0..8 or 'auto', got {degree}")
+    return degree
 
 
 def load_config(path: str | Path, **overrides) -> RunConfig:

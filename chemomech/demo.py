@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from chemomech.config import RunConfig
+from chemomech.config import RunConfig, parse_degree
 from chemomech.mechanics import legendre
 
 logger = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="results/demo", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the twin dataset")
     parser.add_argument("--particles", type=int, default=10, help="number of twin particles")
-    parser.add_argument("--degree", default="2", help="Legendre degree or 'auto'")
+    parser.add_argument("--degree", default=2, type=parse_degree,
+                        help="Legendre degree 0..8 or 'auto'")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`chemomech demo`: synthesise (once) the default dataset and invert it."""
-    degree = args.degree if args.degree == "auto" else int(args.degree)
-    run_demo(args.output, seed=args.seed, n_particles=args.particles, degree=degree)
+    run_demo(args.output, seed=args.seed, n_particles=args.particles, degree=args.degree)
     return 0
 
 

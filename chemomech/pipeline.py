@@ -40,11 +40,18 @@ from chemomech.correlative.prepared import PreparedParticle, prepare_particle, u
 from chemomech.exceptions import ConfigError
 from chemomech.inverse.regression import RegressionFit, fit_m0
 from chemomech.inverse.uncertainty import band_to_lists, derivative_band, eigenstrain_band
-from chemomech.io.parallel import describe, import_deferred, signals_deferred, stage
+from chemomech.io.parallel import (
+    describe,
+    import_deferred,
+    is_collective,
+    signals_deferred,
+    stage,
+)
 from chemomech.io.readers import read_data
 from chemomech.io.results import (
     CHECKPOINTS,
     RunFolder,
+    fail_partial,
     versions,
     write_json_atomic,
     write_text_atomic,
@@ -92,6 +99,17 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
         valid = p.data.mask & np.all(np.isfinite(p.displacement), axis=-1)
         check_fragments(valid, p.data.mask, p.data.name, config.fragmented_data,
                         config.boundary_condition)
+
+
+def check_particle_size(particle: ParticleData, edge_exclusion_px: int) -> None:
+    """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`."""
+    from chemomech.exceptions import InputError
+    from chemomech.io.stack import interior_pixels
+
+    if not interior_pixels(particle.mask, edge_exclusion_px).any():
+        raise InputError(f"particle {particle.name!r}: edge_exclusion_px = {edge_exclusion_px} "
+                         f"leaves none of its {int(particle.mask.sum())} pixels",
+                         path=particle.file, field="mask")
 
 
 def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: MPI.Comm
@@ -181,8 +199,10 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                                 mesh_size_px=config.mesh.size_px,
                                 simplify_tol_px=config.mesh.simplify_tol_px,
                                 min_island_px=config.mesh.min_island_px)
-        except InputError as err:
-            raise InputError(f"particle {p.data.name!r}: {err}", path=p.data.file) from None
+        except InputError as err:  # names the key: the mesher knows only its argument
+            raise InputError(f"particle {p.data.name!r} ({int(p.data.mask.sum())} px): {err} "
+                             "(see mesh.min_island_px, mesh.size_px, mesh.simplify_tol_px)",
+                             path=p.data.file) from None
         meshes.append(pm)
         data = ({"displacement": p.displacement} if config.misfit == "displacement" else
                 {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
@@ -248,12 +268,11 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     method = config.uncertainty.method
     if method == "auto":
         method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    dirichlet = config.boundary_condition == "dirichlet"
-    if method == "integrated_noise" and config.uncertainty.evaluation == "exact" \
-            and not dirichlet:  # the exact map has no adjoint of the boundary response yet
-        operators = {s.name: IntegratedStrainNoise(prepared[k].data, pm.pixel_indices(),
-                                                   s.misfit)
-                     for k, pm, s in zip(mine, meshes, setups, strict=True)}
+    if method == "integrated_noise" and config.uncertainty.evaluation == "exact":
+        operators = {s.name: IntegratedStrainNoise(
+            prepared[k].data, pm.pixel_indices(), s.misfit,
+            model._particle(s.name) if s.u_boundary is not None else None)
+            for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
                                                         n_probes=config.uncertainty.n_probes)
     elif method == "integrated_noise":
@@ -302,7 +321,7 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
     folder = RunFolder(config.output, resume=resume) if comm.rank == 0 else None
     package_logger = logging.getLogger("chemomech")
     level = package_logger.level
-    handler = None
+    handler, work = None, None
     try:  # from here on a signal or an error moves the partial folder to OUTPUT.failed
         with stage("opening the output folder", comm):
             if folder is not None:
@@ -310,7 +329,8 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
                     folder.open()
         work = Path(comm.bcast(str(folder.path) if folder is not None else None, root=0))
         if folder is not None:  # progress and the log file on rank 0 only
-            handler = logging.FileHandler(work / "log.txt", mode="w")
+            (work / "log.txt").write_text("")  # appended to: another rank's last error too
+            handler = logging.FileHandler(work / "log.txt", mode="a")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s"))
             handler.setLevel(logging.INFO)
@@ -330,6 +350,9 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
                 folder.commit()
         return summary
     except BaseException as exc:
+        if folder is None and work is not None and isinstance(exc, Exception) \
+                and not is_collective(exc):
+            _fail_from_rank(work, comm.rank, exc)  # rank 0 is blocked: it never sees it
         if folder is not None:
             with signals_deferred():  # a second signal does not cut the clean-up short
                 if handler is not None:  # the error is the last line of log.txt
@@ -345,6 +368,18 @@ def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = Fa
         package_logger.setLevel(level)
         if folder is not None:
             folder.close()
+
+
+def _fail_from_rank(work: Path, rank: int, exc: BaseException) -> None:
+    """An error on this rank alone ends the job (`exit_on_error` aborts it): append it to the
+    run's log.txt (one O_APPEND write, as rank 0's) and move the run to OUTPUT.failed."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        with open(work / "log.txt", "a") as file:
+            file.write(f"{stamp} ERROR chemomech: rank {rank}: {describe(exc)}\n")
+    except OSError:
+        return  # the folder is gone: the message still reaches stderr
+    fail_partial(work)
 
 
 def _close_log(package_logger: logging.Logger, handler: logging.Handler | None) -> None:
@@ -378,9 +413,10 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     t = time.perf_counter()
     with stage("reading the data", comm):
         particles = load_particles(config)
-        if config.model in ("M1", "M2"):
-            for p in particles:
+        for p in particles:
+            if config.model in ("M1", "M2"):
                 check_interior(p)
+            check_particle_size(p, config.edge_exclusion_px)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,
@@ -389,8 +425,9 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
     timings["read_and_prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
-        if rank0 else None  # needs every particle; used by the report only
+    with stage("the M0 regression", comm):  # an error on rank 0 ends every rank
+        m0 = fit_direct_regression(prepared, config.m0_degree, config.edge_exclusion_px) \
+            if rank0 else None  # needs every particle; used by the report only
     timings["m0"] = time.perf_counter() - t
 
     m1 = run_m1(prepared, config, comm) if config.model in ("M1", "M2") else None
@@ -511,9 +548,7 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                              "misfit": config.misfit,
                                              "covariance_method": m1.covariance_method}
         if m1.covariance_method == "integrated_noise":
-            summary["fit"]["covariance_evaluation"] = (
-                "monte_carlo" if config.boundary_condition == "dirichlet"
-                else config.uncertainty.evaluation)
+            summary["fit"]["covariance_evaluation"] = config.uncertainty.evaluation
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
         if m2 is not None:

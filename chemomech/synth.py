@@ -674,9 +674,12 @@ def run_synth(args: argparse.Namespace) -> int:
         independent = TwinOptions(supersample=args.supersample, degree=max(args.fe_degree, 2),
                                   blur_px=args.blur, shift_px=tuple(args.shift),
                                   stiffness=args.stiffness)
-    elif (args.blur, tuple(args.shift), args.stiffness) != (0.0, (0.0, 0.0), "average"):
-        raise InputError("--blur, --shift and --stiffness need --generator independent",
-                         field="generator")
+    elif (args.blur, tuple(args.shift), args.stiffness, args.supersample) != (
+            0.0, (0.0, 0.0), "average", 3.0):
+        raise InputError("--blur, --shift, --stiffness and --supersample need --generator "
+                         "independent", field="generator")
+    if args.slip_amplitude != 0.01 and not args.slip:  # it was ignored without --slip
+        raise InputError("--slip-amplitude needs --slip", field="slip_amplitude")
     make_default_dataset(
         args.output, seed=args.seed, n_particles=args.particles, independent=independent,
         noise_strain=args.noise_strain, noise_composition=args.noise_composition,

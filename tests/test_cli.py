@@ -32,7 +32,7 @@ def test_domain_errors_exit_2_with_the_reason(tmp_path, caplog):
     assert main(["mesh", str(missing), "-o", str(tmp_path / "m.xdmf")]) == 2
     assert "nope.h5" in caplog.text
     config = tmp_path / "run.yaml"
-    config.write_text("data: x.h5\nmodel: M2\nboundary_condition: dirichlet\n")  # M1 only
+    config.write_text("data: x.h5\nmodel: M0\nboundary_condition: dirichlet\n")  # M1, M2
     assert main(["invert", str(config)]) == 2
     assert "boundary_condition" in caplog.text
 
@@ -141,3 +141,77 @@ def test_sigint_prints_one_line_and_removes_the_temporary_file(real_particle_pat
     assert err.strip().splitlines()[-1].endswith("interrupted by SIGINT"), err
     assert "Traceback" not in err
     assert not tmp.exists() and list(tmp_path.iterdir()) == []
+
+
+def _square_stack(path, side: int, name: str):
+    """A stack of one square particle of side x side pixels (X = 0.5, no strain)."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    mask = np.zeros((12, 12), bool)
+    lo = (12 - side) // 2
+    mask[lo:lo + side, lo:lo + side] = True
+    zero = np.zeros(mask.shape)
+    return write_stack(path, ParticleData(name=name, X=np.full(mask.shape, 0.5), e_xx=zero,
+                                          e_yy=zero, e_xy=zero, theta=zero, mask=mask,
+                                          pixel_size_nm=10.0))
+
+
+def test_mesh_of_a_too_small_particle_names_particle_file_and_flag(tmp_path, caplog):
+    """The mesher's "no particle of at least N px" named neither the particle nor the flag."""
+    stack = _square_stack(tmp_path / "s.h5", 4, "speck")
+    out = tmp_path / "m.xdmf"
+    with pytest.warns(UserWarning, match="dropped 1 island"):
+        assert main(["mesh", str(stack), "-o", str(out), "--min-island-px", "30"]) == 2
+    line = caplog.text.strip().splitlines()[-1]
+    assert "s.h5" in line and "particle 'speck' (16 px)" in line and "--min-island-px" in line
+    assert not out.exists()
+    for bad in (tmp_path / "m.h5", tmp_path / "no" / "m.xdmf"):  # was RuntimeError after meshing
+        assert main(["mesh", str(stack), "-o", str(bad)]) == 2
+        assert "--output" in caplog.text.strip().splitlines()[-1]
+    assert "Traceback" not in caplog.text
+
+
+def test_degree_flags_bins_and_analyze_particle_names_are_checked(tmp_path, capsys, caplog):
+    """demo --degree nine was a ValueError traceback; analyze --particles nope analysed
+    nothing with status 0; analyze --bins 0 was a ValueError."""
+    parser = build_parser()
+    for argv in (["demo", "--degree", "nine"], ["demo", "--degree", "9"],
+                 ["invert", "c.yaml", "--degree", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2
+        assert "--degree" in capsys.readouterr().err
+    assert parser.parse_args(["demo", "--degree", "auto"]).degree == "auto"
+    assert parser.parse_args(["demo"]).degree == 2
+    stack = _square_stack(tmp_path / "s.h5", 6, "p")
+    out = tmp_path / "a"
+    assert main(["analyze", str(stack), "-o", str(out), "--particles", "nope"]) == 2
+    assert "['nope'] not found" in caplog.text
+    assert main(["analyze", str(stack), "-o", str(out), "--bins", "0"]) == 2
+    assert "--bins" in caplog.text.strip().splitlines()[-1] and not out.exists()
+
+
+def test_petsc_options_reach_tao_through_the_environment(tmp_path):
+    """docs/troubleshooting.md: `PETSC_OPTIONS=-chemomech_m1_tao_monitor chemomech invert`
+    shows TAO's iterations (as a command-line flag it is refused by argparse)."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    i, j = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
+    mask = (i - 11.5) ** 2 + (j - 11.5) ** 2 < 100
+    X = np.clip(i / 23, 0, 1)
+    zero = np.zeros(mask.shape)
+    stack = write_stack(tmp_path / "s.h5", ParticleData(
+        name="p", X=X, e_xx=-0.02 * (1 - X), e_yy=0.01 * (1 - X), e_xy=zero, theta=zero,
+        mask=mask, pixel_size_nm=20.0))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {stack}\nlegendre_degree: 1\nm0_degree: 1\noutput: out\n"
+                      "uncertainty: {method: gauss_newton}\n")
+    command = [str(REPO / "scripts" / "in-env"), sys.executable, "-m", "chemomech", "invert",
+               str(config)]
+    env = os.environ | {"PYTHONPATH": str(REPO), "PETSC_OPTIONS": "-chemomech_m1_tao_monitor"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Iteration information for chemomech_m1_ solve" in done.stdout
+    refused = subprocess.run(command + ["-chemomech_m1_tao_monitor"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr

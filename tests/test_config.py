@@ -37,7 +37,13 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path):
     ("data: s.h5\nlegendre_degree: often\n", "legendre_degree"),
     ("data: s.h5\nedge_exclusion_px: -1\n", "edge_exclusion_px"),
     ("particles: all\n", "data"),
+    ("data: s.h5\nparticles: []\n", "particles"),  # selected nothing, crashed in the run
+    ("data: s.h5\nmodel: M0\nlegendre_degree: 1\n", "m0_degree"),  # was silently ignored
     ("- just\n- a list\n", "mapping"),
+    ("data: s.h5\nlegendre_degree: true\n", "legendre_degree"),  # was read as degree 1
+    ("data: s.h5\nmesh: {fe_degree: true}\n", "mesh.fe_degree"),
+    ("data: s.h5\noptimiser: {max_it: 2.5}\n", "optimiser.max_it"),
+    ("data: s.h5\nparticles: [a, b, a]\n", "particles listed twice"),  # was fitted twice
 ])
 def test_bad_values_are_clear_errors(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):
@@ -70,11 +76,11 @@ def test_strain_composition_pairs_are_resolved(tmp_path):
     ("boundary_condition: dirichlet\nlegendre_degree: 0\n", "legendre_degree"),
     ("b_law: vegard\n", "b_law"),  # plane stress: f_b has no effect
     ("reduction: plane_strain\nb_law: sometimes\n", "b_law"),
-    ("model: M2\nboundary_condition: dirichlet\n", "boundary_condition"),
-    ("model: M2\nstiffness: mixed\n", "stiffness"),
-    ("model: M2\nreduction: plane_strain\n", "reduction"),
     ("model: M0\nboundary_condition: dirichlet\n", "boundary_condition"),
     ("fragmented_data: ignore\n", "fragmented_data"),
+    ("frame: {check: false, adopt: true}\n", "frame.*adopt"),  # adopt was silently ignored
+    ("misfit: strain\nuncertainty: {method: integrated_noise}\n",  # crashed in the bands
+     "uncertainty.method"),
 ])
 def test_unsupported_study_combinations_are_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):

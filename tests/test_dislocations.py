@@ -38,9 +38,9 @@ def twin():
     return _twin()
 
 
-def _config(**dislocations):
+def _config(options: dict | None = None, **dislocations):
     return RunConfig(data=["unused.h5"], legendre_degree=1, edge_exclusion_px=1,
-                     dislocations=dislocations)
+                     dislocations=dislocations, **(options or {}))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def _uniform_block(nx: int, ny: int, h: float, phi: float):
 
 
 def _model(particle, comm, kind="h1", alpha=1.0, systems=("D",), theta_weight=1.0,
-           fe_degree=1):
-    config = _config(slip_systems=list(systems), theta_weight=theta_weight,
+           fe_degree=1, options: dict | None = None):
+    config = _config(options, slip_systems=list(systems), theta_weight=theta_weight,
                      regularisation={"kind": kind, "alpha": alpha})
     config = config.model_copy(update={"mesh": config.mesh.model_copy(
         update={"fe_degree": fe_degree})})
@@ -149,10 +149,18 @@ def _remainders(model, a, g, da, dg):
     return np.log2(np.array(out[:-1]) / np.array(out[1:]))
 
 
+DIRICHLET_OPTIONS = {"boundary_condition": "dirichlet"}  # gauge auto: f(1) = 0
+ALL_OPTIONS = DIRICHLET_OPTIONS | {"stiffness": "mixed", "reduction": "plane_strain"}
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("kind", ["h1", "tv"])
-def test_taylor_rate_two_for_the_slip_field(twin, kind):
-    model = _model(twin, MPI.COMM_WORLD, kind=kind, alpha=3.0)
+@pytest.mark.parametrize("kind, options", [("h1", None), ("tv", None),
+                                           ("h1", DIRICHLET_OPTIONS), ("h1", ALL_OPTIONS)],
+                         ids=["h1", "tv", "h1-dirichlet", "h1-dirichlet-mixed-plane_strain"])
+def test_taylor_rate_two_for_the_slip_field(twin, kind, options):
+    """Also with Dirichlet data (the fixed load b_0 in the forward, not in the tangent linear;
+    slip loads zero on the boundary), C(X) and plane strain with f_b."""
+    model = _model(twin, MPI.COMM_WORLD, kind=kind, alpha=3.0, options=options)
     p = model.particles[0]
     rng = np.random.default_rng(11 + MPI.COMM_WORLD.rank)
     a = np.array([-0.02, 0.02, 0.01, -0.01])

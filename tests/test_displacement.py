@@ -147,3 +147,18 @@ def test_bad_shapes():
         integrate_gradient(np.zeros((4, 4, 2)), np.ones((4, 4), bool), 1.0)
     with pytest.raises(InputError, match="pixel_size"):
         integrate_gradient(np.zeros((4, 4, 2, 2)), np.ones((4, 4), bool), 0.0)
+
+
+def test_a_one_pixel_particle_is_refused_naming_the_particle_and_file():
+    """The integration's error ("only 1 valid pixel(s)") named neither particle nor file."""
+    from chemomech.correlative.prepared import prepare_particle
+    from chemomech.exceptions import InputError
+
+    mask = np.zeros((6, 5), bool)
+    mask[3, 2] = True
+    zero = np.zeros(mask.shape)
+    p = ParticleData(name="speck", X=np.full(mask.shape, 0.5), e_xx=zero, e_yy=zero, e_xy=zero,
+                     theta=zero, mask=mask, pixel_size_nm=10.0, file="stack.h5")
+    with pytest.raises(InputError, match="particle 'speck': .*only 1 valid pixel") as err:
+        prepare_particle(p)
+    assert err.value.path == "stack.h5"

@@ -129,3 +129,30 @@ def test_sigterm_to_mpirun_ends_the_job_and_leaves_no_half_run(two, tmp_path):
     assert done.returncode == 0, done.stdout
     assert (tmp_path / "out" / "summary.json").exists()
     assert not list(tmp_path.glob("out.partial-*")) and not (tmp_path / "out.failed").exists()
+
+
+def test_a_bug_on_rank_1_alone_reaches_the_failed_runs_log(two, tmp_path):
+    """Not a stage error: rank 1 raises inside the fit, where rank 0 waits in a collective.
+    The job aborts, and rank 0 cannot clean up: rank 1 itself moves the run to OUTPUT.failed,
+    whose log.txt ends with its error (not only on stderr)."""
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(
+        {"data": str(two), "model": "M1", "output": "out",
+         "uncertainty": {"method": "gauss_newton"}}))
+    job = script(tmp_path, """
+        from chemomech.cli import main
+        from chemomech.inverse.problem import M1Model
+        fit = M1Model.fit
+        def broken(self, *args, **kwargs):
+            if comm.rank == 1:
+                raise ZeroDivisionError("injected on rank 1")
+            return fit(self, *args, **kwargs)
+        M1Model.fit = broken
+        sys.exit(main(["invert", "run.yaml"]))
+    """)
+    done = mpirun([job], tmp_path, timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "rank 1: ZeroDivisionError: injected on rank 1" in done.stdout
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob("out.partial-*")), "the failing rank moves the run away"
+    log = (tmp_path / "out.failed" / "log.txt").read_text().splitlines()
+    assert "ERROR chemomech: rank 1: ZeroDivisionError: injected on rank 1" in log[-1]

@@ -133,3 +133,92 @@ def test_pipeline_gives_the_serial_answer_on_all_ranks(tmp_path):
             assert world["model_errors"][model] == pytest.approx(
                 serial["model_errors"][model], rel=1e-8)
     comm.barrier()
+
+
+def _small_stack(path, X=None, n_pixels_side=20):
+    """One elliptic particle with a mild strain, for the refusal tests (never meshed)."""
+    from chemomech.io.stack import ParticleData, write_stack
+
+    shape = (n_pixels_side + 4, n_pixels_side + 4)
+    i, j = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
+    c = (shape[0] - 1) / 2
+    mask = (i - c) ** 2 + (j - c) ** 2 < (n_pixels_side / 2) ** 2
+    ramp = np.clip(i / (shape[0] - 1), 0, 1)
+    X = ramp if X is None else X
+    zero = np.zeros(shape)
+    write_stack(path, ParticleData(name="p", X=X, e_xx=-0.02 * (1 - ramp), e_yy=zero,
+                                   e_xy=zero, theta=zero, mask=mask, pixel_size_nm=20.0))
+    return path
+
+
+def test_refusals_name_the_key_and_leave_no_run(tmp_path, caplog):
+    """A particle smaller than mesh.min_island_px (the mesher's error did not name the key),
+    one emptied by edge_exclusion_px (refused before the integration; was "M0 needs more than
+    4 valid pixels"), and a uniform X with the default M0 degree 3 (was: LinAlgError from the
+    M0 regression)."""
+    stack = _small_stack(tmp_path / "s.h5")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {stack}\nmesh: {{min_island_px: 1000}}\noutput: out\n")
+    with pytest.warns(UserWarning, match="dropped 1 island"):
+        assert main(["invert", str(config)]) == 2
+    assert "particle 'p' (" in caplog.text and "at least 1000 px" in caplog.text
+    assert "mesh.min_island_px" in caplog.text
+    assert not (tmp_path / "out").exists()
+    config.write_text(f"data: {stack}\nmodel: M0\nedge_exclusion_px: 30\noutput: out\n")
+    assert main(["invert", str(config)]) == 2  # was "M0 needs more than 4 valid pixels"
+    assert "edge_exclusion_px = 30 leaves none of its" in caplog.text
+    uniform = _small_stack(tmp_path / "u.h5", X=np.full((24, 24), 0.5))
+    config.write_text(f"data: {uniform}\nlegendre_degree: 0\noutput: out\n")
+    assert main(["invert", str(config)]) == 2
+    assert "1 distinct value" in caplog.text and "m0_degree" in caplog.text
+    assert "Traceback" not in caplog.text and not (tmp_path / "out").exists()
+
+
+def _rotated_90(p):
+    """The particle turned by +90 degrees in the image plane: (x, y) -> (-y, x), so maps
+    A'[m-1-j, i] = A[i, j] (np.rot90), the crystal a axis turns with it (rotation + pi/2) and
+    image-frame strain components transform as a tensor (crystal-frame ones do not)."""
+    from dataclasses import fields
+
+    from chemomech.io.stack import ParticleData
+
+    values = {f.name: getattr(p, f.name) for f in fields(p)} | {"truth": {}}
+    for key in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask", "thickness", "dark_field"):
+        if values[key] is not None:
+            values[key] = np.rot90(values[key])
+    if p.strain_frame == "image":
+        values["e_xx"], values["e_yy"] = values["e_yy"], values["e_xx"]
+        values["e_xy"] = -values["e_xy"]
+    values["rotation_rad"] = p.rotation_rad + np.pi / 2
+    return ParticleData(**values)
+
+
+def test_the_law_is_invariant_under_rotation_pixel_size_and_repetition(twins, tmp_path):
+    """Physics probes: the law is a material property.  Turning the particles by 90 degrees
+    changes only the mesh (agreement to the discretisation, 2e-3 of the range of f); the
+    strain is dimensionless, so doubling the pixel size changes nothing (rounding); giving
+    every particle twice doubles the normal equations, the same minimiser (rounding)."""
+    from dataclasses import replace
+
+    from chemomech.io.stack import read_stack, write_stack
+    from chemomech.mechanics import legendre
+
+    particles = read_stack(twins)[:2]
+    X = np.linspace(0, 1, 101)
+
+    def law(label, ps):
+        path = write_stack(tmp_path / f"{label}.h5", ps)
+        config = RunConfig(data=[path], legendre_degree=1, output=tmp_path / label,
+                           optimiser={"method": "linear"}, uncertainty={"method": "gauss_newton"},
+                           frame={"check": False})
+        c = run(config, MPI.COMM_SELF)["coefficients"]
+        return np.array([legendre.evaluate(c[d], X) for d in ("a", "c")])
+
+    base = law("base", particles)
+    span = np.ptp(base, axis=1)[:, None]
+    rotated = law("rotated", [_rotated_90(p) for p in particles])
+    assert np.abs(rotated - base).max(axis=1) / span[:, 0] == pytest.approx([0, 0], abs=2e-3)
+    scaled = law("scaled", [replace(p, pixel_size_nm=2 * p.pixel_size_nm) for p in particles])
+    np.testing.assert_allclose(scaled, base, rtol=0, atol=1e-9 * span.max())
+    twice = law("twice", particles + [replace(p, name=p.name + "_again") for p in particles])
+    np.testing.assert_allclose(twice, base, rtol=0, atol=1e-9 * span.max())

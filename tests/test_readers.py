@@ -222,6 +222,9 @@ def test_py4dstem_missing_pixel_size_percent_and_truncated(tmp_path):
     write_py4dstem_v012(other, m, labels=["a", "b", "c", "d", "e"])
     with pytest.raises(InputError, match="no py4DSTEM strain map"):
         read_py4dstem_strain(other)
+    # as a [strain, composition] pair: the message says the strain map is what is missing
+    with pytest.raises(InputError, match=r"labels.h5 \(composition: no py4DSTEM strain map"):
+        read_particles([other, comp])
 
 
 # --------------------------------------------------------------------------- composition
@@ -357,20 +360,61 @@ def test_import_frame_check_adopts(tmp_path, caplog):
     assert "frame check adopted" in p.source
 
 
-def test_read_data_combines_inputs_and_selects_particles(tmp_path):
-    from chemomech.io.readers import read_data
-
-    m = maps(8)
+def three_inputs(tmp_path, seed: int) -> list:
+    """A .mat (particle A), a stack (B, 16.6 nm) and a [strain .npz (5 nm), X .npz] pair (C)."""
+    m = maps(seed)
     scipy.io.savemat(tmp_path / "A.mat", mat_variables(m))
     write_stack(tmp_path / "s.h5", read_reference_mat(tmp_path / "A.mat", name="B"))
     strain = tmp_path / "C.npz"
     np.savez(strain, **{k: m[k] for k in ("e_xx", "e_yy", "e_xy", "theta")}, pixel_size_nm=5.0)
     comp = tmp_path / "C_X.npz"
     np.savez(comp, X=np.where(m["mask"], m["X"], np.nan))
-    data = [tmp_path / "A.mat", str(tmp_path / "s.h5"), [strain, comp]]
+    return [tmp_path / "A.mat", str(tmp_path / "s.h5"), [strain, comp]]
+
+
+def test_read_data_combines_inputs_and_selects_particles(tmp_path):
+    from chemomech.io.readers import read_data
+
+    data = three_inputs(tmp_path, 8)
     assert [p.name for p in read_data(data)] == ["A", "B", "C"]
     assert [p.name for p in read_data(data, particles=["C", "A"])] == ["C", "A"]
     with pytest.raises(InputError, match="not found"):
         read_data(data, particles=["Z"])
     with pytest.raises(InputError, match="more than one input"):
         read_data([tmp_path / "A.mat", tmp_path / "A.mat"])
+
+
+def test_the_pixel_size_override_applies_to_every_kind_of_input(tmp_path):
+    """`pixel_size_nm` (config key, `import --pixel-size-nm`) also overrides a stack file's
+    stored size (it was ignored for stacks: a run on a stack kept the file's h)."""
+    from chemomech.io.readers import read_data
+
+    data = three_inputs(tmp_path, 9)
+    assert [p.pixel_size_nm for p in read_data(data)] == [16.6, 16.6, 5.0]
+    assert [p.pixel_size_nm for p in read_data(data, pixel_size_nm=7.0)] == [7.0, 7.0, 7.0]
+
+    # --name renames the one particle of a stack (it was ignored), and is refused for several
+    assert [p.name for p in read_particles([tmp_path / "s.h5"], name="D")] == ["D"]
+    write_stack(tmp_path / "two.h5", read_data(data))
+    with pytest.raises(InputError, match="renames one particle; the stack holds 3") as err:
+        read_particles([tmp_path / "two.h5"], name="D")
+    assert err.value.field == "name"
+
+
+def test_a_corrupt_npz_is_refused_as_such(tmp_path):
+    """Random bytes in an .npz: np.load took them for a pickle and the message advised
+    `allow_pickle`; a truncated archive is refused the same way."""
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+    m = maps(10)
+    good = tmp_path / "good.npz"
+    np.savez(good, **{k: m[k] for k in ("X", "e_xx", "e_yy", "e_xy", "theta", "mask")},
+             pixel_size_nm=5.0)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:2000])
+    for bad in (garbage, cut):
+        for read in (lambda p: read_particles([p]), read_composition_map):
+            with pytest.raises(InputError, match="not a readable .npz file") as err:
+                read(bad)
+            assert err.value.path == str(bad) and "pickle" not in str(err.value)
+    assert read_particles([good])[0].pixel_size_nm == 5.0

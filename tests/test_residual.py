@@ -55,3 +55,18 @@ def test_m0_recovers_a_cubic_law_and_its_uncertainty():
     z = (np.r_[fit.coefficients_a, fit.coefficients_c] - np.r_[truth_a, truth_c]) / sd
     assert np.all(np.abs(z) < 4.5)
     assert sd[0] == pytest.approx(noise / np.sqrt(X.size), rel=0.05)
+
+
+def test_m0_on_a_uniform_composition_is_refused_below_degree_zero_and_exact_at_zero():
+    """X the same at every pixel: only the constant of the law is determined (V^T V was
+    inverted regardless: LinAlgError); degree 0 gives the mean strains."""
+    from chemomech.exceptions import InputError
+
+    rng = np.random.default_rng(2)
+    X = np.full(500, 0.5)
+    e_aa, e_cc = -0.02 + 1e-3 * rng.standard_normal(500), 0.01 + 1e-3 * rng.standard_normal(500)
+    with pytest.raises(InputError, match=r"1 distinct value.*degree-3.*m0_degree"):
+        fit_m0(X, e_aa, e_cc, degree=3)
+    fit = fit_m0(X, e_aa, e_cc, degree=0)
+    assert fit.coefficients_a[0] == pytest.approx(e_aa.mean(), rel=1e-12)
+    assert fit.coefficients_c[0] == pytest.approx(e_cc.mean(), rel=1e-12)

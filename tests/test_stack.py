@@ -107,6 +107,8 @@ def test_X_normalised_outside_mask_and_clipped_within_tolerance():
     ("pixel_size_nm", lambda p: None, "pixel size"),
     ("pixel_size_nm", lambda p: -1.0, "pixel size"),
     ("pixel_size_nm", lambda p: float("nan"), "pixel size"),
+    ("pixel_size_nm", lambda p: "25nm", "pixel size"),  # a string attribute: was ValueError
+    ("rotation_rad", lambda p: "north", "finite"),
     ("e_xx", lambda p: 100 * p.e_xx, "percent"),
     ("theta", lambda p: np.where(p.mask, 3.0, 0), "degrees"),
     ("strain_frame", lambda p: "lab", "crystal"),
@@ -172,6 +174,16 @@ def test_wrong_format_attribute(tmp_path):
     with pytest.raises(InputError, match="not a chemomech stack") as err:
         read_stack(other)
     assert err.value.field == "format"
+
+
+def test_a_stack_without_particles_is_refused_naming_the_file(tmp_path):
+    """A stack whose `particles` group is empty (an inversion crashed on it with IndexError)."""
+    path = write_stack(tmp_path / "s.h5", make_particle())
+    with h5py.File(path, "a") as f:
+        del f["particles/p1"]
+    with pytest.raises(InputError, match="holds no particle") as err:
+        read_stack(path)
+    assert err.value.path == str(path) and err.value.field == "particles"
 
 
 def test_write_is_atomic_and_refuses_duplicates(tmp_path):

@@ -266,3 +266,11 @@ def test_synth_cli_independent_generator(tmp_path):
     assert particle.truth["options"]["shift_px"] == [0.2, -0.1]
     with pytest.raises(InputError, match="generator"):
         run_synth(parser.parse_args(["--output", str(tmp_path / "x.h5"), "--blur", "1"]))
+    # flags that were ignored silently: --supersample without the independent generator,
+    # --slip-amplitude without --slip
+    with pytest.raises(InputError, match="supersample need --generator independent"):
+        run_synth(parser.parse_args(["--output", str(tmp_path / "x.h5"), "--supersample", "5"]))
+    with pytest.raises(InputError, match="--slip-amplitude needs --slip"):
+        run_synth(parser.parse_args(["--output", str(tmp_path / "x.h5"),
+                                     "--slip-amplitude", "0.02"]))
+    assert not (tmp_path / "x.h5").exists()

@@ -402,11 +402,13 @@ def add_analysis_arguments(parser) -> None:
 
 def cmd_analysis(args) -> int:
     """`chemomech analyze INPUTS -o DIR`: lattice parameters vs X and interface widths."""
-    from chemomech.io.readers import read_particles
+    from chemomech.exceptions import InputError
+    from chemomech.io.readers import read_data
 
-    particles = read_particles(args.inputs)
-    if args.particles:
-        particles = [p for p in particles if p.name in set(args.particles)]
+    if args.bins < 1:
+        raise InputError(f"must be >= 1, got {args.bins}", field="--bins")
+    # unknown names are an error (they were dropped silently, analysing nothing)
+    particles = read_data([args.inputs], args.particles or "all")
     analyze_particles(particles, args.output, bins=args.bins,
                       cut_length_nm=args.cut_length_nm, sigma_px=args.sigma_px)
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 
 from chemomech.correlative.displacement import measured_displacement, measured_strain
 from chemomech.correlative.frames import crystal_strain, frame_check
+from chemomech.exceptions import InputError
 from chemomech.io.stack import ParticleData, interior_pixels
 
 
@@ -29,7 +30,17 @@ class PreparedParticle:
 def prepare_particle(particle: ParticleData, *, misfit: str = "displacement",
                      check_frame: bool = True, adopt_frame: bool = False) -> PreparedParticle:
     """Frame check (warn, or adopt), then the measured fields; the displacement is
-    integrated only for ``misfit="displacement"``."""
+    integrated only for ``misfit="displacement"``; errors name the particle and its file."""
+    try:
+        return _prepare(particle, misfit, check_frame, adopt_frame)
+    except InputError as err:
+        if err.path is not None or particle.name in str(err):
+            raise
+        raise InputError(f"particle {particle.name!r}: {err}", path=particle.file) from None
+
+
+def _prepare(particle: ParticleData, misfit: str, check_frame: bool, adopt_frame: bool
+             ) -> PreparedParticle:
     if check_frame:
         particle = frame_check(particle, adopt=adopt_frame).particle
     displacement, residual = None, None

@@ -17,9 +17,13 @@ correlation widens the band; M1's covariance rescaled would ignore it).  Slip fi
 different particles are independent, so :math:`H_{\gamma\gamma}` is block-diagonal over
 particles: per particle 2(N+1) conjugate-gradient solves, matrix-free (each product one
 forward and one adjoint back-substitution), preconditioned by the slip block of the LMVM
-initial Hessian (:math:`\alpha L + \beta M` per system); the uniform slip, which no measured
-quantity sees, is the operator's null space (removed).  The noise variance is
-:math:`\sigma^2 = 2 J_\mathrm{misfit} / (n_\mathrm{obs} - 2(N+1))` from the M2 residual: it
+initial Hessian (:math:`\alpha L + \beta M` per system); on a traction-free particle the
+uniform slip, which no measured quantity sees, is the operator's null space (removed; with
+Dirichlet data the data see it).  Under a gauge (Dirichlet data, `M2Model.gauge_transform`
+:math:`a = T z + t`) the marginal is taken in the free coefficients,
+:math:`\mathrm{Cov}(a) = \sigma^2 T\,[T^T(J_a^T J_a - C^T H_{\gamma\gamma}^{-1} C)T]^{-1} T^T`.
+The noise variance is :math:`\sigma^2 = 2 J_\mathrm{misfit} / (n_\mathrm{obs} - n_a)` from the
+M2 residual (:math:`n_a` = 2(N+1), or 2N under a gauge): it
 does not count the slip fields' effective degrees of freedom and treats the residual as white,
 so on real data, where model error dominates the residual, the band is conditional on these
 assumptions and on alpha.
@@ -84,14 +88,15 @@ def m2_covariance(model: M2Model, rtol: float = 1e-6, max_it: int = 5000
         H = PETSc.Mat().createPython([(n_loc, PETSc.DECIDE)] * 2, ctx, comm=comm)
         H.setUp()
         null = []
-        for k in range(len(p.systems)):
+        for k in range(0 if p.dirichlet else len(p.systems)):
             v = H.createVecRight()
             a = np.zeros(n_loc)
             a[k * p.n_owned:(k + 1) * p.n_owned] = 1.0
             v.setArray(a)
             v.normalize()
             null.append(v)
-        H.setNullSpace(PETSc.NullSpace().create(vectors=null, comm=comm))
+        if null:
+            H.setNullSpace(PETSc.NullSpace().create(vectors=null, comm=comm))
         ksp = PETSc.KSP().create(comm)
         ksp.setOperators(H)
         ksp.setType("cg")
@@ -121,8 +126,9 @@ def m2_covariance(model: M2Model, rtol: float = 1e-6, max_it: int = 5000
     schur = model.world.allreduce(schur)
     n_obs = model._world_sum(sum(p.misfit.num_observations for p in model.particles))
     misfit = float(sum(model.misfits().values()))
-    sigma2 = 2.0 * misfit / max(n_obs - n_c, 1)
-    cov = sigma2 * np.linalg.inv(normal - schur)
+    T = model.gauge_transform()[0]
+    sigma2 = 2.0 * misfit / max(n_obs - T.shape[1], 1)
+    cov = sigma2 * T @ np.linalg.inv(T.T @ (normal - schur) @ T) @ T.T
     info = {"cg_iterations": [int(n) for part in model.world.allgather(
                 iterations if model.group.rank == 0 else []) for n in part],
             "time_s": time.perf_counter() - t0}

@@ -18,10 +18,11 @@ at the used pixel centres,
 
 with :math:`\bar\theta` the uniform rotation that fits best (the traction-free model leaves
 the rigid rotation free, so it is projected out, as the displacement misfit projects out the
-rigid modes).  With :math:`w_\theta = 1` (default) this is the Frobenius norm of the
-distortion residual :math:`|H_\mathrm{lat} - H_p|_F^2`; :math:`w_\theta = 0` fits the lattice
-strain alone.  A displacement misfit is not used: it would integrate the measured lattice
-distortion, which is no gradient where dislocations are (its curl is the Nye tensor).
+rigid modes; with Dirichlet data the boundary fixes the rotation and :math:`\bar\theta = 0`).
+With :math:`w_\theta = 1` (default) this is the Frobenius norm of the distortion residual
+:math:`|H_\mathrm{lat} - H_p|_F^2`; :math:`w_\theta = 0` fits the lattice strain alone.  A
+displacement misfit is not used: it would integrate the measured lattice distortion, which is
+no gradient where dislocations are (its curl is the Nye tensor).
 
 The observation is linear: the weighted rows :math:`r = P(B u - \sum_s G_s\gamma_s - d)`,
 component-major (e_xx, e_yy, e_xy, theta blocks over the used pixels), B the gradient
@@ -112,11 +113,12 @@ class LatticeMisfit:
 
     `V`: vector Lagrange space of u; `Q`: scalar P1 space of the slip fields (same mesh);
     `data`: its `LatticeData`; `tensors`: per slip system the image-frame s (x) n (2x2);
-    `theta_weight`: w_theta >= 0.
+    `theta_weight`: w_theta >= 0; `rigid_rotation`: project out the uniform rotation
+    (traction-free), or keep it (Dirichlet data fix the rotation: P = I).
     """
 
     def __init__(self, V, Q, data: LatticeData, tensors: Sequence[np.ndarray],
-                 theta_weight: float = 1.0):
+                 theta_weight: float = 1.0, rigid_rotation: bool = True):
         if theta_weight < 0:
             raise InputError(f"must be >= 0, got {theta_weight}", field="theta_weight")
         self.V, self.Q, self.name = V, Q, data.name
@@ -142,7 +144,7 @@ class LatticeMisfit:
         self.point_indices = owned[used]
         # unit vector of a uniform theta over the used pixels (projected out)
         self._theta = None
-        if 3 in self.blocks:
+        if 3 in self.blocks and rigid_rotation:
             q = np.zeros(self.d.size)
             q[-self.n_local:] = 1.0 / np.sqrt(self.n_pixels)
             self._theta = q

@@ -9,13 +9,14 @@ field per chosen in-plane slip system s (`chemomech.mechanics.slip`),
     \int C:(\varepsilon(u) - \varepsilon^*(X; a) - \mathrm{sym}\,\beta_p):\varepsilon(v)\,dx = 0,
     \qquad \varepsilon^* = R\,\mathrm{diag}(f_a(X), f_c(X))\,R^T,
 
-traction-free, with :math:`\gamma_s` a P1 field on the particle mesh (one per particle and
-system: the number of parameters scales with the image) and the Legendre coefficients shared
-by all particles.  What the data see is the lattice distortion :math:`\nabla u - \beta_p`
-(`chemomech.dislocations.lattice`): the misfit is `LatticeMisfit` on the lattice strain
-:math:`\varepsilon(u) - \mathrm{sym}\,\beta_p` and rotation :math:`\mathrm{skew}(\nabla u -
-\beta_p)`, so a uniform slip changes no measured quantity (gamma is defined up to a constant,
-reported with zero particle mean).  The slip fields are regularised by
+traction-free or with Dirichlet data (below), with :math:`\gamma_s` a P1 field on the particle
+mesh (one per particle and system: the number of parameters scales with the image) and the
+Legendre coefficients shared by all particles.  What the data see is the lattice distortion
+:math:`\nabla u - \beta_p` (`chemomech.dislocations.lattice`): the misfit is `LatticeMisfit` on
+the lattice strain :math:`\varepsilon(u) - \mathrm{sym}\,\beta_p` and rotation
+:math:`\mathrm{skew}(\nabla u - \beta_p)`, so on a traction-free particle a uniform slip
+changes no measured quantity (gamma is defined up to a constant, reported with zero particle
+mean).  The slip fields are regularised by
 
 * ``h1`` (default): :math:`R(\gamma) = \tfrac{\alpha}{2}\int|\nabla\gamma|^2\,dx`, or
 * ``tv``: :math:`R(\gamma) = \alpha\int(|\nabla\gamma|^2 + \epsilon^2)^{1/2}\,dx` (smoothed),
@@ -23,12 +24,13 @@ reported with zero particle mean).  The slip fields are regularised by
 so :math:`J = \sum_k J_k(u_k, \gamma_k) + \sum_{k,s} R(\gamma_{k,s})` (J dimensionless, so
 alpha is dimensionless for h1 and in 1/nm for tv; mesh coordinates in nm).
 
-Adjoint.  The state is linear in all controls: :math:`u = A^+(\sum_k a_k b_k + \sum_s K_s
-\gamma_s)` with M1's basis loads :math:`b_k` and factorised traction-free operator (the M1
-model's particles are reused, not rebuilt) and the slip-load matrices :math:`K_s`
-(`chemomech.dislocations.particle`).  `SlipSolveBlock` tapes this map (adjoint: one
-back-substitution :math:`\lambda = A^+ g`, then :math:`b_k\cdot\lambda` and
-:math:`K_s^T\lambda`), `LatticeMisfitBlock` the misfit (which depends on u *and* on gamma),
+Adjoint.  The state is affine in all controls: :math:`u = A^+(b_0 + \sum_k a_k b_k + \sum_s
+K_s\gamma_s)` with M1's fixed load :math:`b_0` (zero traction-free in plane stress), basis
+loads :math:`b_k` and factorised operator (the M1 model's particles are reused, not rebuilt)
+and the slip-load matrices :math:`K_s` (`chemomech.dislocations.particle`).
+`SlipSolveBlock` tapes this map (adjoint: one back-substitution :math:`\lambda = A^+ g`, then
+:math:`b_k\cdot\lambda` and :math:`K_s^T\lambda`; tangent linear without :math:`b_0`),
+`LatticeMisfitBlock` the misfit (which depends on u *and* on gamma),
 `RegularisationBlock` R.  Taylor tests give rate 2 (tests/test_dislocations.py).
 
 Optimisation: PETSc TAO (BLMVM by default, or BQNLS) on the world communicator with a
@@ -40,6 +42,17 @@ matrix of the lattice misfit (exact) and per slip field :math:`\alpha L + \beta 
 and mass, LU-factorised once per alpha), :math:`\beta = |G_s 1|^2/|\Omega|` the direct data
 curvature of the slip.  The objective is scaled by J at the start; PETSc options prefix
 ``chemomech_m2_``; the stopping rules are those of `chemomech.inverse.optimise.minimise`.
+
+Options: M1's, all affine in the controls.  C is the particle's stiffness (C(X) for
+``stiffness: mixed``; the plane-strain reduction with the b-eigenstrain f_b(X) in M1's fixed
+load :math:`b_0`); with ``boundary_condition: dirichlet`` the measured displacement is
+imposed on the boundary (lifted into :math:`b_0`, so :math:`u = A^{-1}(b_0 + \sum_k a_k b_k +
+\sum_s K_s\gamma_s)` with :math:`K_s` zero on the constrained rows), the misfit keeps the
+uniform rotation, a uniform slip is no longer invisible (it shifts the lattice strain while
+the boundary holds u) and the constant Legendre terms are fixed by M1's `Gauge`: TAO works in
+the free coefficients :math:`z`, :math:`a = T z + t`.  Caveat: the boundary data are the
+integrated *lattice* distortion, which equals the material displacement only where no slip
+crosses the boundary (its curl is the Nye tensor); M2 takes them as the material displacement.
 
 Regularisation weight: `chemomech.dislocations.alpha`.  Outputs: GND density
 (`chemomech.dislocations.density`), lattice maps (`chemomech.dislocations.lattice`), the stage
@@ -78,6 +91,7 @@ from chemomech.inverse.blocks import (
     SlipSolveBlock,
     replicated_controls,
 )
+from chemomech.inverse.identifiability import Gauge
 from chemomech.inverse.optimise import minimise
 from chemomech.inverse.particle import split_coefficients
 from chemomech.inverse.problem import M1Model
@@ -103,6 +117,7 @@ class M2FitResult:
     reason: str
     per_particle_misfit: dict[str, float]
     timings_s: dict[str, float] = field(default_factory=dict)
+    gauge: Gauge | None = None  # M1's gauge (Dirichlet data), None without
 
     @property
     def coefficients(self) -> np.ndarray:
@@ -120,6 +135,7 @@ class M2FitResult:
                 "regularisation_value": self.regularisation_value,
                 "seminorm": self.seminorm, "iterations": self.iterations,
                 "reason": self.reason, "per_particle_misfit": self.per_particle_misfit,
+                "gauge": None if self.gauge is None else self.gauge.summary(),
                 "timings_s": self.timings_s}
 
 
@@ -160,6 +176,13 @@ class M2Model:
         self._evaluations = 0
 
     # -- state -------------------------------------------------------------------------------
+    def gauge_transform(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T, t) with a = T z + t for the free coefficients z: M1's gauge (Dirichlet data with
+        `chemomech.inverse.identifiability.Gauge`), or the identity without one."""
+        if self.m1._transform is None:
+            return np.eye(self.num_coefficients), np.zeros(self.num_coefficients)
+        return self.m1._transform
+
     def set_alpha(self, alpha: float) -> None:
         """Change the regularisation weight (no re-assembly, the tape stays valid)."""
         self.reg = Regularisation(self.reg.kind, float(alpha), self.reg.tv_epsilon_per_nm)
@@ -281,23 +304,33 @@ class M2Model:
         """(per-control (particle, system) pairs, sqrt weights, local TAO size)."""
         pairs = [(i, s) for i in range(len(self.particles)) for s in range(len(self.systems))]
         sqrt_w = [np.sqrt(self.particles[i].weights) for i, _ in pairs]
-        n_local = (self.num_coefficients if self.world.rank == 0 else 0) + \
-            sum(w.size for w in sqrt_w)
+        n_free = self.gauge_transform()[0].shape[1]
+        n_local = (n_free if self.world.rank == 0 else 0) + sum(w.size for w in sqrt_w)
         return pairs, sqrt_w, n_local
 
     def _unpack(self, z: np.ndarray, pairs, sqrt_w) -> tuple[np.ndarray, list[np.ndarray]]:
-        n_c = self.num_coefficients
-        head = z[:n_c] if self.world.rank == 0 else None
-        a = np.asarray(self.world.bcast(head, root=0), float)
-        off = n_c if self.world.rank == 0 else 0
+        """TAO vector -> (a = T z_a + t, slip values)."""
+        T, t = self.gauge_transform()
+        n_free = T.shape[1]
+        head = z[:n_free] if self.world.rank == 0 else None
+        a = T @ np.asarray(self.world.bcast(head, root=0), float) + t
+        off = n_free if self.world.rank == 0 else 0
         gam = []
         for w in sqrt_w:
             gam.append(z[off: off + w.size] / w)
             off += w.size
         return a, gam
 
+    def _free(self, a: np.ndarray) -> np.ndarray:
+        """The free coefficients z of a (least squares: a is projected onto the gauge; a itself
+        without a gauge)."""
+        if self.m1._transform is None:
+            return np.asarray(a, float).copy()
+        T, t = self.gauge_transform()
+        return np.linalg.lstsq(T, np.asarray(a, float) - t, rcond=None)[0]
+
     def _pack(self, a: np.ndarray, gam: Sequence[np.ndarray], sqrt_w) -> np.ndarray:
-        parts = [a] if self.world.rank == 0 else []
+        parts = [self._free(a)] if self.world.rank == 0 else []
         parts += [g * w for g, w in zip(gam, sqrt_w, strict=True)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -305,7 +338,9 @@ class M2Model:
             grtol: float = 1e-7, max_it: int = 2000, initial: Sequence[float] | None = None
             ) -> M2FitResult:
         """Minimise J(a, gamma) with adjoint gradients and PETSc TAO, warm-started from the
-        current state (or `initial` coefficients); `alpha` sets the weight first."""
+        current state (or `initial` coefficients); `alpha` sets the weight first.  Under a
+        gauge (M1's, Dirichlet data) TAO works in the free coefficients z, a = T z + t, so the
+        unidentified constants are no search direction."""
         if tao_type not in M2_TAO_TYPES:
             raise InputError(f"must be one of {M2_TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -313,6 +348,8 @@ class M2Model:
             self.set_alpha(alpha)
         if initial is not None:
             self.coefficients = np.asarray(initial, float).copy()
+        T, t = self.gauge_transform()
+        self.coefficients = T @ self._free(self.coefficients) + t
         t0 = time.perf_counter()
         pairs, sqrt_w, n_local = self._layout()
         gam0 = [self.gammas[i][s].x.array[: self.particles[i].n_owned].copy() for i, s in pairs]
@@ -325,7 +362,7 @@ class M2Model:
         def objective_gradient(z):
             a, gam = self._unpack(z, pairs, sqrt_w)
             J, ga, gg = self.cost_and_gradient(a, gam)
-            head = [ga] if world_rank == 0 else []
+            head = [T.T @ ga] if world_rank == 0 else []
             return J, np.concatenate(
                 head + [d / w for d, w in zip(gg, sqrt_w, strict=True)] or [np.zeros(0)])
 
@@ -340,8 +377,10 @@ class M2Model:
         for (i, s), arr in zip(pairs, gam, strict=True):
             p = self.particles[i]
             f = self.gammas[i][s]
-            # gauge: a uniform slip changes no measured quantity; report zero particle mean
-            f.x.array[: arr.size] = arr - p.comm.allreduce(float(p.weights @ arr))
+            # traction-free: a uniform slip changes no measured quantity; report zero particle
+            # mean (with Dirichlet data it changes the lattice strain: the data fix it)
+            mean = 0.0 if p.dirichlet else p.comm.allreduce(float(p.weights @ arr))
+            f.x.array[: arr.size] = arr - mean
             f.x.scatter_forward()
         t_fit = time.perf_counter() - t0
         per_particle = self.misfits()
@@ -352,7 +391,7 @@ class M2Model:
                    "evaluations": float(self._evaluations)}
         result = M2FitResult(self.degree, tuple(s.label for s in self.systems), self.reg,
                              a_a, a_c, misfit + R, misfit, R, S, iterations, text,
-                             per_particle, timings)
+                             per_particle, timings, self.m1.gauge)
         logger.info("M2 fit (%s, alpha %.3g): misfit %.6g, R %.3g, %d iterations, %.2f s",
                     self.reg.kind, self.reg.alpha, misfit, R, iterations, t_fit)
         return result
@@ -384,7 +423,8 @@ class M2Model:
     def _update_preconditioner(self, pairs) -> None:
         """Factorise S = alpha_eff L + beta M per (particle, system) for the current alpha."""
         N, beta = self._curvatures(pairs)
-        self._pc_coefficients = N
+        T = self.gauge_transform()[0]
+        self._pc_coefficients = T.T @ N @ T  # the coefficient block in the free z
         alpha = self.reg.alpha if self.reg.kind == "h1" else \
             self.reg.alpha / (TYPICAL_SLIP / TYPICAL_SLIP_LENGTH_NM)
         for (i, s), b in zip(pairs, beta, strict=True):
@@ -401,13 +441,14 @@ class M2Model:
 
 class _InitialHessian:
     """PETSc shell context of the LMVM initial Hessian H0 = blockdiag(N, S_z) (scaled):
-    N the coefficients' normal matrix, S_z = W^-1/2 (alpha L + beta M) W^-1/2 per slip field.
-    Used as the H0 matrix and as the PC of its KSP (apply = H0^-1)."""
+    N the coefficients' normal matrix (in the free coefficients under a gauge, T^T N T),
+    S_z = W^-1/2 (alpha L + beta M) W^-1/2 per slip field.  Used as the H0 matrix and as the PC
+    of its KSP (apply = H0^-1)."""
 
     def __init__(self, model: M2Model, pairs, sqrt_w, scale: float):
         self.model, self.pairs, self.sqrt_w, self.scale = model, pairs, sqrt_w, scale
         self.rank0 = model.world.rank == 0
-        self.n_c = model.num_coefficients if self.rank0 else 0
+        self.n_c = model.gauge_transform()[0].shape[1] if self.rank0 else 0
 
     def mult(self, mat, x, y):
         r = x.getArray(readonly=True)

@@ -26,9 +26,15 @@ class SlipParticle:
     r"""Slip-load matrices K_s, slip space, lattice misfit and regularisation forms of one
     particle.
 
-    `base`: M1's particle (`chemomech.inverse.problem._Particle`: factorised operator and basis
-    loads, reused as they are); `data`: its measured lattice distortion; the slip loads are
-    :math:`(K_s)_{ij} = \int C:(\phi_j\,\mathrm{sym}(\hat s\otimes\hat n)):\varepsilon(v_i)\,dx`.
+    `base`: M1's particle (`chemomech.inverse.particle._Particle`: factorised operator, basis
+    loads and fixed load b_0, reused as they are); `data`: its measured lattice distortion; the
+    slip loads are
+    :math:`(K_s)_{ij} = \int C:(\phi_j\,\mathrm{sym}(\hat s\otimes\hat n)):\varepsilon(v_i)\,dx`
+    with the particle's stiffness C (C(X) for ``stiffness: mixed``, the plane-strain reduction)
+    and, with Dirichlet data, rows zero on the constrained DOFs (the slip response satisfies
+    homogeneous boundary conditions, as the basis responses do).  With Dirichlet data the
+    lattice misfit keeps the uniform rotation (the boundary data fix it, as they fix M1's rigid
+    modes).
     """
 
     def __init__(self, base, systems: Sequence[InPlaneSlipSystem], reg: Regularisation,
@@ -41,16 +47,19 @@ class SlipParticle:
         self.systems = list(systems)
         v = ufl.TestFunction(base.V)
         q = ufl.TrialFunction(self.Q)
+        self.dirichlet = base.setup.u_boundary is not None
         self.K = []
         for s in self.systems:
             schmid = ufl.as_matrix(s.schmid_tensor(self.rotation_rad).tolist())
+            # bcs on the row space V zero the constrained rows (no diagonal: K is rectangular)
             K = fem_petsc.assemble_matrix(fem.form(
-                eigenstrain_load_form(q * schmid, v, base.problem.C)))
+                eigenstrain_load_form(q * schmid, v, base.problem.C)), bcs=base.problem.bcs)
             K.assemble()
             self.K.append(K)
         self.n_owned = self.Q.dofmap.index_map.size_local
         self.tensors = [distortion_tensor(s, self.rotation_rad) for s in self.systems]
-        self.misfit = LatticeMisfit(base.V, self.Q, data, self.tensors, theta_weight)
+        self.misfit = LatticeMisfit(base.V, self.Q, data, self.tensors, theta_weight,
+                                    rigid_rotation=not self.dirichlet)
         mass = fem_petsc.assemble_vector(fem.form(ufl.TestFunction(self.Q) * ufl.dx))
         mass.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.area_nm2 = self.comm.allreduce(float(mass.array.sum()))
@@ -89,14 +98,18 @@ class SlipParticle:
         return self.base.setup.mesh.comm
 
     def solve(self, coefficients: Sequence[float], gammas: Sequence,
-              u: fem.Function | None = None) -> fem.Function:
-        r"""u = A^+(\sum_k a_k b_k + \sum_s K_s \gamma_s); `gammas` Functions on Q (or None)."""
+              u: fem.Function | None = None, homogeneous: bool = False) -> fem.Function:
+        r"""u = A^+(b_0 + \sum_k a_k b_k + \sum_s K_s \gamma_s); `gammas` Functions on Q (or
+        None); without M1's fixed load b_0 (Dirichlet data, plane-strain f_b) if `homogeneous`
+        (the tangent-linear response)."""
         rhs = self.base._rhs
         rhs.zeroEntries()
         rhs.maxpy([float(c) for c in coefficients], self.base.loads)
         for K, g in zip(self.K, gammas, strict=True):
             if g is not None:
                 K.multAdd(g.x.petsc_vec, rhs, rhs)
+        if self.base.offset is not None and not homogeneous:
+            rhs.axpy(1.0, self.base.offset)
         return self.base.problem.solve_vector(rhs, u or fem.Function(self.base.V, name="u"))
 
     def slip_gradient(self, k: int, lam: fem.Function) -> la.Vector:
@@ -185,7 +198,7 @@ class SlipParticle:
             f.x.array[: self.n_owned] = d
             f.x.scatter_forward()
             fns.append(f)
-        u = self.solve(np.zeros(len(self.base.loads)), fns)
+        u = self.solve(np.zeros(len(self.base.loads)), fns, homogeneous=True)
         return self.misfit.project(self.misfit.observe(u, fns))
 
     def slip_jacobian_transpose(self, rows: np.ndarray) -> list[np.ndarray]:

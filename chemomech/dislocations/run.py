@@ -61,7 +61,9 @@ class M1Stage:
 
 def build_m1_stage(prepared: Sequence, config: RunConfig, comm: MPI.Comm) -> M1Stage:
     """Standalone M1 pieces for M2 (tests, benchmarks): particle groups, meshes, setups with the
-    strain misfit and the M1Model, the coefficients by M1's linear fast path."""
+    strain misfit (and the config's boundary condition: Dirichlet imposes the prepared
+    displacement) and the M1Model (the config's material and gauge), the coefficients by M1's
+    linear fast path."""
     from chemomech.inverse.particle import particle_setup, split_for_particles
     from chemomech.inverse.problem import M1Model
     from chemomech.mechanics.mesh import mesh_from_mask
@@ -81,10 +83,12 @@ def build_m1_stage(prepared: Sequence, config: RunConfig, comm: MPI.Comm) -> M1S
         setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
                                      strain=strain, edge_exclusion_px=config.edge_exclusion_px,
                                      fe_degree=config.mesh.fe_degree,
+                                     boundary_condition=config.boundary_condition,
+                                     boundary_displacement=p.displacement,
                                      fragmented_data=config.fragmented_data))
     material = Material(**config.material_options())
     model = M1Model(setups, degree=config.legendre_degree, material=material, comm=comm,
-                    solver=config.solver)
+                    solver=config.solver, gauge=config.gauge_object())
     coefficients = model.fit(method="linear", with_normal_matrix=False).coefficients
     return M1Stage(mine, meshes, model, coefficients)
 
@@ -110,7 +114,8 @@ def _noise_target(model: M2Model, config: RunConfig, prepared, mine
     noise = config.dislocations.noise_strain
     if noise == "m1":  # the M1 law's lattice misfit (no slip) taken as noise: an upper bound
         J_m1 = sum(model.misfits().values())
-        unit = noise_misfit(model, 1.0) - 0.5 * model.num_coefficients  # E J / sigma^2
+        n_free = model.gauge_transform()[0].shape[1]
+        unit = noise_misfit(model, 1.0) - 0.5 * n_free  # E J / sigma^2
         sigma = float(np.sqrt(J_m1 / max(unit, 1e-300)))
     elif noise == "auto":
         local = [estimate_strain_noise(prepared[k].data) for k in mine]

@@ -192,8 +192,8 @@ class GroupSumBlock(Block):
 
 
 class SlipSolveBlock(Block):
-    r"""(a, gamma_s) -> u = A^+(\sum a_k b_k + \sum_s K_s gamma_s); adjoint b_k.lambda, K_s^T
-    lambda."""
+    r"""(a, gamma_s) -> u = A^+(b_0 + \sum a_k b_k + \sum_s K_s gamma_s); adjoint b_k.lambda,
+    K_s^T lambda; tangent linear without the fixed load b_0."""
 
     def __init__(self, particle: SlipParticle, coefficients: Sequence[AdjFloat],
                  gammas: Sequence[fem.Function]):
@@ -226,7 +226,7 @@ class SlipSolveBlock(Block):
             return None
         du = dxa.Function(self.particle.base.V, name="du")
         coefficients = [0.0 if t is None else float(t) for t in tlm_inputs[: self.n_c]]
-        return self.particle.solve(coefficients, tlm_inputs[self.n_c:], du)
+        return self.particle.solve(coefficients, tlm_inputs[self.n_c:], du, homogeneous=True)
 
 
 class LatticeMisfitBlock(Block):

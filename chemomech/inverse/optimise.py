@@ -9,7 +9,8 @@ and applies one set of stopping rules for every model:
 * any other negative reason raises `SolverError`.
 
 PETSc options with the given prefix (``chemomech_m1_``, ``chemomech_m2_``) override the
-defaults, e.g. ``-chemomech_m1_tao_monitor``.
+defaults, e.g. ``PETSC_OPTIONS=-chemomech_m1_tao_monitor`` (the environment variable: the
+`chemomech` command line does not pass PETSc options through).
 
 `serve_on_rank0` runs a driver on world rank 0 while the other ranks serve its collective
 evaluations: one TAO, not one per rank, because replicated TAOs may round differently and then

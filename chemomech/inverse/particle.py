@@ -305,6 +305,53 @@ class _Particle:
             g.x.array[:] = saved
         return self.misfit.observe(u)
 
+    def boundary_response_adjoint(self, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        r"""This rank's part of the transpose of `boundary_response` (sum it over the particle's
+        communicator): the image :math:`m` (nx, ny, 2), zero off `valid` (the finite pixels of
+        the imposed displacement images), with :math:`\sum_\text{ranks} m\cdot n =
+        y\cdot B A^{-1} b_0(n)` for `y` this rank's misfit rows.
+
+        :math:`b_0(n) = E\,g`, g the bilinear interpolant of the linearly filled image at the
+        constrained DOFs (``image_to_function(..., "bilinear", fill="linear")``), E the lift
+        (interior rows :math:`-A^0_{IB} g`, constrained rows g, :math:`A^0` without bcs); so
+        :math:`m = F^T W^T (\lambda_B - A^0_{BI}\lambda_I)`, :math:`\lambda = A^{-1} B^T y`
+        (A symmetric), F the fill and W the interpolation matrices
+        (`chemomech.mechanics.fields.fill_linear_matrix`, `bilinear_weights`).  Collective."""
+        from dolfinx import la
+        from dolfinx.fem import petsc as fem_petsc
+
+        from chemomech.mechanics.fields import bilinear_weights, fill_linear_matrix
+
+        if self.setup.u_boundary is None:
+            raise InputError(f"particle {self.setup.name!r} has no Dirichlet data",
+                             field="boundary_condition")
+        rhs = fem.Function(self.V).x
+        rhs.array[:] = self.misfit.B.T @ np.asarray(y, float)
+        rhs.scatter_reverse(la.InsertMode.add)
+        lam = self.solve_adjoint(rhs)
+        dofs, n_owned = self.problem.bcs[0].dof_indices()
+        owned = dofs[:n_owned]
+        if getattr(self, "_A0", None) is None:
+            self._A0 = fem_petsc.assemble_matrix(self.problem.a)
+            self._A0.assemble()
+        lam_I = lam.x.petsc_vec.copy()
+        lam_I.array_w[owned] = 0.0
+        A0_lam = lam_I.duplicate()
+        self._A0.mult(lam_I, A0_lam)
+        e = lam.x.array[owned] - A0_lam.array_r[owned]
+        lam_I.destroy()
+        A0_lam.destroy()
+        bs = self.V.dofmap.index_map_bs
+        points = self.V.tabulate_dof_coordinates()[owned // bs]
+        shape = self.setup.misfit_mask.shape
+        W = bilinear_weights(points, shape, self.setup.pixel_size_nm)
+        F = fill_linear_matrix(np.asarray(valid, bool) & self.setup.misfit_mask)
+        out = np.zeros(shape + (bs,))
+        for c in range(bs):
+            sel = owned % bs == c
+            out[..., c] = (F.T @ (W[sel].T @ e[sel])).reshape(shape)
+        return out
+
     def offset_response(self) -> fem.Function | None:
         """u_0 = A^-1 b_0, the response at a = 0 (None when b_0 = 0)."""
         if self.offset is None:

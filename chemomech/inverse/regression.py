@@ -49,6 +49,12 @@ def fit_m0(X: np.ndarray, e_aa: np.ndarray, e_cc: np.ndarray, degree: int = 3) -
         raise InputError(f"M0 needs more than {degree + 1} valid pixels, got {valid.sum()}",
                          field="X")
     V = legendre.vandermonde(X[valid], degree)
+    distinct = np.unique(X[valid]).size
+    if distinct <= degree:  # V^T V singular: the law of this degree is not determined
+        raise InputError(f"the composition of the used pixels takes {distinct} distinct "
+                         f"value(s) in [{X[valid].min():.3g}, {X[valid].max():.3g}]: a "
+                         f"degree-{degree} regression needs at least {degree + 1}; lower the "
+                         "degree (m0_degree)", field="X")
     coeffs_a, cov_a = _ols(V, e_aa[valid])
     coeffs_c, cov_c = _ols(V, e_cc[valid])
     n = degree + 1

@@ -203,9 +203,14 @@ class IntegratedStrainNoise:
     factorised once) -> displacement (nm) at `misfit`'s local rows (pixel-major,
     component-minor), exactly as `strain_noise_sampler` draws it.  `forward` and `adjoint`
     take batches (last axis); each costs one multi-RHS back-substitution per component.
+    With Dirichlet data pass `boundary`, the particle's `chemomech.inverse.particle._Particle`:
+    the noise also moves the imposed boundary values, so
+    :math:`\mathcal{M}\xi = R\,U\xi - B A^{-1} b_0(U\xi)` (U the integrated displacement
+    image) and the adjoint subtracts :math:`U^T` of `_Particle.boundary_response_adjoint`
+    (one more back-substitution per column; both collective on the particle's communicator).
     """
 
-    def __init__(self, particle, pixel_ij: np.ndarray, misfit):
+    def __init__(self, particle, pixel_ij: np.ndarray, misfit, boundary=None):
         from chemomech.correlative.displacement import GradientIntegrator
         from chemomech.correlative.frames import frame_matrix
 
@@ -224,6 +229,14 @@ class IntegratedStrainNoise:
             raise InputError("a misfit pixel has no valid strain data to integrate",
                              field="mask")
         self.num_noise = 4 * int(valid.sum())
+        self.boundary = boundary
+        self.valid = valid
+
+    def _image(self, u_valid: np.ndarray) -> np.ndarray:
+        """(nx, ny, 2) displacement image from values at the valid pixels (NaN elsewhere)."""
+        image = np.full(self.valid.shape + (2,), np.nan)
+        image[self.valid] = u_valid
+        return image
 
     def forward(self, xi: np.ndarray) -> np.ndarray:
         """d (n_rows, m) from noise xi (4, n_valid, m) ordered e_xx, e_yy, e_xy, theta."""
@@ -232,14 +245,23 @@ class IntegratedStrainNoise:
         Hc[:, 0, 0], Hc[:, 1, 1] = e_xx, e_yy
         Hc[:, 0, 1], Hc[:, 1, 0] = e_xy + self.s * theta, e_xy - self.s * theta
         H = np.einsum("ip,npqm,jq->nijm", self.Q, Hc, self.Q, optimize=True)
-        u = self.integrator.integrate_valid(H)[self.rows]  # (n_points, 2, m)
-        return u.reshape(-1, u.shape[-1])
+        u_valid = self.integrator.integrate_valid(H)  # (n_valid, 2, m)
+        u = u_valid[self.rows]  # (n_points, 2, m)
+        d = u.reshape(-1, u.shape[-1])
+        if self.boundary is not None:
+            for k in range(d.shape[1]):
+                d[:, k] -= self.boundary.boundary_response(self._image(u_valid[..., k]))
+        return d
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """M^T y: (4, n_valid, m) for y (n_rows, m)."""
         m = y.shape[-1]
         U = np.zeros((self.num_noise // 4, 2, m))
         np.add.at(U, self.rows, y.reshape(-1, 2, m))
+        if self.boundary is not None:  # this rank's part (summed by the caller, as the rows)
+            for k in range(m):
+                U[..., k] -= self.boundary.boundary_response_adjoint(y[:, k],
+                                                                     self.valid)[self.valid]
         H = self.integrator.integrate_transpose(U)
         Hc = np.einsum("ip,nijm,jq->npqm", self.Q, H, self.Q, optimize=True)
         return np.stack([Hc[:, 0, 0], Hc[:, 1, 1], Hc[:, 0, 1] + Hc[:, 1, 0],
@@ -277,7 +299,9 @@ def exact_integrated_noise_covariance(model, fit, operators: Mapping[str, Integr
         raise InputError(f"need at least 2 probes, got {n_probes}", field="n_probes")
     world, group = model.world, model.group
     leader = group.rank == 0
-    N_inv = np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+    N_inv = (np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+             if getattr(fit, "transform", None) is None
+             else fit.normal_inverse())  # T (T^T N T)^-1 T^T under a gauge
     p = N_inv.shape[0]
     WtW = np.zeros((p, p))
     probe_sq = np.zeros(n_probes)

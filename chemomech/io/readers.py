@@ -224,12 +224,7 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
         raise InputError("no such file", path=str(path))
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:
-            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
-        return _composition_from_arrays(arrays, path, threshold)
+        return _composition_from_arrays(_load_npz(path, ()), path, threshold)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -255,10 +250,15 @@ def read_composition_map(path: str | Path, *, threshold: float = REFERENCE_MAT_T
 
 def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     """All arrays of an .npz file; a missing required array is an InputError naming it."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+        raise InputError("not a readable .npz file (not a zip archive; truncated or "
+                         "corrupt?)", path=str(path))
     try:
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
     for key in required:
         if key not in arrays:
@@ -342,12 +342,8 @@ def _kind(path: Path) -> str:
     if suffix == ".mat":
         return "mat"
     if suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                has_strain = {"e_xx", "e_yy", "e_xy", "theta"} <= set(z.files)
-                has_x = "X" in z.files
-        except (OSError, ValueError) as err:
-            raise InputError(f"not a readable .npz file: {err}", path=str(path)) from None
+        names = set(_load_npz(path, ()))
+        has_strain, has_x = {"e_xx", "e_yy", "e_xy", "theta"} <= names, "X" in names
         if has_strain:
             return "npz-particle" if has_x else "npz-strain"
         return "composition"
@@ -381,6 +377,9 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
         p, kind = paths[0], kinds[paths[0]]
         if kind == "stack":
             particles = read_stack(p)
+            if name is not None and len(particles) != 1:
+                raise InputError(f"a name renames one particle; the stack holds "
+                                 f"{len(particles)}", path=str(p), field="name")
         elif kind == "mat":
             rot: str | float = mat_rotation if rotation_rad is None else rotation_rad
             particles = [read_reference_mat(
@@ -391,15 +390,22 @@ def read_particles(inputs: Sequence[str | Path], *, name: str | None = None,
                                            keep_largest=keep_largest)]
         overrides = {k: v for k, v in (("rotation_rad", rotation_rad),
                                        ("strain_frame", strain_frame),
-                                       ("theta_sign", theta_sign)) if v is not None}
+                                       ("theta_sign", theta_sign),
+                                       ("pixel_size_nm", pixel_size_nm),
+                                       ("name", name if kind == "stack" else None))
+                     if v is not None}
         if overrides and kind != "mat":
             particles = [_override(q, overrides) for q in particles]
         return particles
     strain_paths = [p for p in paths if kinds[p] in ("py4dstem", "npz-strain")]
     comp_paths = [p for p in paths if kinds[p] == "composition"]
     if len(paths) != 2 or len(strain_paths) != 1 or len(comp_paths) != 1:
+        def kind(p: Path) -> str:  # an HDF5 file read as composition holds no strain map
+            hdf5 = kinds[p] == "composition" and p.suffix.lower() not in (".npz", ".tif", ".tiff")
+            return f"{kinds[p]}: no py4DSTEM strain map found in it" if hdf5 else kinds[p]
+
         raise InputError(f"give one stack, .mat or particle .npz, or one strain file and one "
-                         f"composition file; got {[f'{p} ({kinds[p]})' for p in paths]}",
+                         f"composition file; got {[f'{p} ({kind(p)})' for p in paths]}",
                          path=", ".join(map(str, paths)), field="inputs")
     sp, cp = strain_paths[0], comp_paths[0]
     if kinds[sp] == "py4dstem":
@@ -442,4 +448,6 @@ def _override(p: ParticleData, values: dict[str, Any]) -> ParticleData:
     q = p.with_frame(values.get("rotation_rad", p.rotation_rad),
                      values.get("theta_sign", p.theta_sign), "frame set by the user")
     q.strain_frame = values.get("strain_frame", p.strain_frame)
+    q.pixel_size_nm = values.get("pixel_size_nm", p.pixel_size_nm)
+    q.name = values.get("name", p.name)
     return ParticleData(**{k: getattr(q, k) for k in q.__dataclass_fields__})

@@ -88,6 +88,23 @@ def _exchange(a: Path, b: Path) -> bool:
     return done == 0
 
 
+def fail_partial(path: Path) -> Path | None:
+    """Move a run's partial folder ``OUTPUT.partial-<id>`` to ``OUTPUT.failed``; returns it.
+
+    Also for a process that does not own the run: the MPI rank whose error aborts the job
+    (the owner, rank 0, is then killed in a collective and cannot clean up)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    failed = path.with_name(path.name.rsplit(".partial-", 1)[0] + ".failed")
+    shutil.rmtree(failed, ignore_errors=True)
+    try:
+        os.replace(path, failed)
+    except OSError:
+        return None  # moved by the owner meanwhile
+    return failed
+
+
 class RunFolder:
     """The output folder of a run, replaced as a whole: it holds one complete run or none.
 
@@ -209,11 +226,7 @@ class RunFolder:
 
     def fail(self) -> Path | None:
         """Move the unfinished run to OUTPUT.failed (OUTPUT unchanged); returns its path."""
-        failed = None
-        if self.path is not None and self.path.exists():
-            failed = self.sibling(".failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            os.replace(self.path, failed)
+        failed = None if self.path is None else fail_partial(self.path)
         self.path = None
         self.close()
         return failed

@@ -210,12 +210,20 @@ class ParticleData:
 
     def _validate_scalars(self, path: str | None) -> None:
         h = self.pixel_size_nm
-        if h is None or not np.isscalar(h) or not math.isfinite(float(h)) or float(h) <= 0:
+        try:
+            h_nm = float(h)
+        except (TypeError, ValueError):
+            h_nm = math.nan
+        if h is None or not np.isscalar(h) or not math.isfinite(h_nm) or h_nm <= 0:
             raise InputError(f"pixel size in nm must be a positive number, got {h!r}; give "
                              "it explicitly (e.g. --pixel-size-nm)", path=path,
                              field="pixel_size_nm")
         self.pixel_size_nm = float(h)
-        if not math.isfinite(float(self.rotation_rad)):
+        try:
+            rotation = float(self.rotation_rad)
+        except (TypeError, ValueError):
+            rotation = math.nan
+        if not math.isfinite(rotation):
             raise InputError(f"must be finite, got {self.rotation_rad!r}", path=path,
                              field="rotation_rad")
         self.rotation_rad = float(self.rotation_rad)
@@ -423,6 +431,8 @@ def read_stack(path: str | Path, names: Sequence[str] | None = None) -> list[Par
     f = _open_stack(path)
     try:
         available = list(f["particles"].keys())
+        if not available:
+            raise InputError("the stack holds no particle", path=path_str, field="particles")
         wanted = available if names is None else list(names)
         missing = [n for n in wanted if n not in available]
         if missing:

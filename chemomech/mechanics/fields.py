@@ -78,6 +78,67 @@ def fill_linear(image: np.ndarray, valid: np.ndarray, max_px: float = 2.0) -> np
     return out
 
 
+def fill_linear_matrix(valid: np.ndarray, max_px: float = 2.0) -> scipy.sparse.csr_matrix:
+    """The linear map of `fill_linear` for a fixed `valid` mask: sparse F (n_pixels, n_pixels)
+    on the flattened (C-order) image with F @ I[..., c].ravel() = fill_linear(I)[..., c]
+    (its transpose carries an adjoint image back through the fill)."""
+    from scipy import ndimage
+
+    valid = np.asarray(valid, bool)
+    if not valid.any():
+        raise InputError("image has no finite value inside the mask", field="image")
+    shape = valid.shape
+    dist, (ii, jj) = ndimage.distance_transform_edt(~valid, return_indices=True)
+    flat = np.ravel_multi_index
+    p = np.arange(valid.size)
+    q = flat((ii.ravel(), jj.ravel()), shape)
+    rows, cols, vals = [p], [q], [np.ones(valid.size)]
+    near = ((~valid) & (dist <= max_px)).ravel()
+    for axis, offset in ((0, (np.arange(shape[0])[:, None] - ii).ravel()),
+                         (1, (np.arange(shape[1])[None, :] - jj).ravel())):
+        qi = np.stack([ii.ravel(), jj.ravel()])
+        up, down = qi.copy(), qi.copy()
+        up[axis] += 1
+        down[axis] -= 1
+        fwd = near & (up[axis] < shape[axis])
+        fwd[fwd] &= valid[up[0, fwd], up[1, fwd]]
+        bwd = near & (down[axis] >= 0)
+        bwd[bwd] &= valid[down[0, bwd], down[1, bwd]]
+        both = fwd & bwd
+        for sel, target, weight in ((both, up, 0.5), (both, down, -0.5),
+                                    (fwd & ~bwd, up, 1.0), (fwd & ~bwd, qi, -1.0),
+                                    (bwd & ~fwd, qi, 1.0), (bwd & ~fwd, down, -1.0)):
+            rows.append(p[sel])
+            cols.append(flat((target[0, sel], target[1, sel]), shape))
+            vals.append(weight * offset[sel])
+    return scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
+                                                           np.concatenate(cols))),
+                                   shape=(valid.size, valid.size))
+
+
+def bilinear_weights(points_nm: np.ndarray, shape: tuple[int, int], pixel_size_nm: float
+                     ) -> scipy.sparse.csr_matrix:
+    """Sparse W (n_points, nx ny) of `bilinear_lookup`: W @ I.ravel() is the bilinear
+    interpolant of the pixel-centre values at the points (clamped to the image)."""
+    nx, ny = shape
+    f = [np.clip(points_nm[:, k] / pixel_size_nm, 0, n - 1) for k, n in enumerate(shape)]
+    i0 = [np.clip(np.floor(fk), 0, max(n - 2, 0)).astype(np.int64)
+          for fk, n in zip(f, shape, strict=True)]
+    t = [fk - ik for fk, ik in zip(f, i0, strict=True)]
+    rows, cols, vals = [], [], []
+    n = len(points_nm)
+    for di in (0, 1):
+        for dj in (0, 1):
+            w = (t[0] if di else 1 - t[0]) * (t[1] if dj else 1 - t[1])
+            i, j = np.minimum(i0[0] + di, nx - 1), np.minimum(i0[1] + dj, ny - 1)
+            rows.append(np.arange(n))
+            cols.append(i * ny + j)
+            vals.append(w)
+    return scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
+                                                           np.concatenate(cols))),
+                                   shape=(n, nx * ny))
+
+
 def _prepare_image(image, V, mask, fill: str = "nearest") -> np.ndarray:
     """Image as float (nx, ny, value_size) with invalid pixels filled (nearest or linear)."""
     image = np.asarray(image, dtype=float)

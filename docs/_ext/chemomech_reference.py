@@ -20,6 +20,8 @@ from pydantic import BaseModel
 def _type_name(annotation) -> str:
     """A short readable type: `float | 'auto'`, `list[str]`, ..."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # StrictInt and the like: the base type
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
