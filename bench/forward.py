@@ -23,6 +23,10 @@ Run on 1 and 2 ranks; rank 0 merges the run into bench/results/forward.json by r
 `--compare SIZE_PX` times the legacy and the current GAMG options side by side on one P1 mesh
 (0.2 px: ~1e6 DOFs), solve and re-solve with another load (key "gamg_compare"):
   scripts/in-env python3 bench/forward.py --compare 0.2
+`--resolve SIZE_PX`: re-solves before / after the GAMG tuning, warm starts and Fischer's
+guess (`resolve`), 1 and 2 ranks -> bench/results/forward_resolve.json:
+  scripts/in-env python3 bench/forward.py --resolve 0.185
+  scripts/in-env mpirun -n 2 python3 bench/forward.py --resolve 0.185
 """
 
 from __future__ import annotations
@@ -183,18 +187,23 @@ def _num_edges(mesh) -> int:
 LEGACY_GAMG = {"pc_gamg_threshold": -1.0}
 
 
-def compare(mesh_size_px: float) -> dict:
-    """Legacy against current GAMG options on one P1 mesh, in one run: setup, a solve and a
-    re-solve with a different load (the same operator, as in an inverse iteration)."""
+def _platelet_case(comm, mesh_size_px: float):
+    """(ParticleMesh, X on P1, stiffness, Vegard misfit) of the platelet at one mesh size."""
     from dolfinx import fem
 
-    comm = MPI.COMM_WORLD
     mask, X_image = platelet()
     pm = mesh_from_mask(mask, PIXEL_NM, comm, mesh_size_px=mesh_size_px)
     X = image_to_function(np.where(mask, X_image, np.nan), PIXEL_NM,
                           fem.functionspace(pm.mesh, ("Lagrange", 1)), mask=mask)
-    misfit = vegard_misfit()
-    C = stiffness_tensor(Material().image_tensor(ANGLE))
+    return pm, X, stiffness_tensor(Material().image_tensor(ANGLE)), vegard_misfit()
+
+
+def compare(mesh_size_px: float) -> dict:
+    """Legacy against current GAMG options on one P1 mesh, in one run: setup, a solve and a
+    re-solve with a different load (the same operator, as in an inverse iteration)."""
+
+    comm = MPI.COMM_WORLD
+    pm, X, C, misfit = _platelet_case(comm, mesh_size_px)
     loads = [eigenstrain(X, [misfit["a"] / 2, -misfit["a"] / 2],
                          [misfit["c"] / 2, -misfit["c"] / 2], ANGLE),
              eigenstrain(X, [misfit["a"] / 3, misfit["a"] / 4],
@@ -234,10 +243,104 @@ def compare(mesh_size_px: float) -> dict:
     return run
 
 
+#: GAMG as before the re-solve tuning (main 3c72c81): two Chebyshev sweeps per level, every
+#: solve from zero.
+BEFORE_GAMG = {"mg_levels_ksp_max_it": 2, "ksp_guess_type": None,
+               "ksp_guess_fischer_model": None}
+RESOLVE_RESULTS = Path(__file__).resolve().parent / "results" / "forward_resolve.json"
+
+
+def _timed_solve(comm, problem, b, u, warm: bool = False) -> dict:
+    """One solve of `b` into `u` (from u if `warm`, else from zero / the default guess)."""
+    problem.ksp.setInitialGuessNonzero(warm)
+    rhs = b.copy()
+    comm.Barrier()
+    c0, t0 = time.process_time(), time.perf_counter()
+    problem.solve_vector(rhs, u)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rhs.destroy()
+    problem.ksp.setInitialGuessNonzero(False)
+    wall, cpu = comm.allreduce(wall, op=MPI.MAX), comm.allreduce(cpu, op=MPI.MAX)
+    return {"iterations": problem.ksp.getIterationNumber(), "wall_s": wall, "cpu_s": cpu}
+
+
+def resolve(mesh_size_px: float) -> dict:
+    """GAMG before / after the re-solve tuning on one P1 mesh (0.185 px: ~1e6 DOFs), in one
+    run: setup, a first solve, a re-solve with another load, and an optimisation-like
+    sequence of nearby loads (relative changes 1e-2 .. 1e-5), once inside the span of the
+    eigenstrain coefficients (Vegard law with perturbed coefficients: linear in them) and
+    once outside it (plus a spatially varying eigenstrain whose wavelength changes each
+    time).  "before" re-solves from zero; "before_warm" from the previous solution;
+    "after" is the default (one sweep per level + Fischer's guess); rtol 1e-12 (default)
+    and 1e-8 (warm and after)."""
+    import ufl
+    from dolfinx import fem
+
+    comm = MPI.COMM_WORLD
+    pm, X, C, misfit = _platelet_case(comm, mesh_size_px)
+    base = np.array([misfit["a"] / 2, -misfit["a"] / 2, misfit["c"] / 2, -misfit["c"] / 2])
+    other = np.array([misfit["a"] / 3, misfit["a"] / 4, -misfit["c"] / 2, misfit["c"] / 5])
+    x = ufl.SpatialCoordinate(pm.mesh)
+    rng = np.random.default_rng(0)
+    deltas = [1e-2, 1e-3, 1e-4, 1e-5]
+
+    def law(a):
+        return eigenstrain(X, list(a[:2]), list(a[2:]), ANGLE)
+
+    steps = [base]  # each load differs from the previous one by about `delta`
+    for d in deltas:
+        steps.append(steps[-1] * (1 + d * rng.normal(size=4)))
+    inside = [law(a) for a in steps[1:]]
+    outside, extra = [], 0  # each adds a new direction of relative size delta
+    for k, d in enumerate(deltas):
+        extra = extra + d * misfit["a"] * ufl.sin(x[0] / (200.0 + 50.0 * k)) * ufl.Identity(2)
+        outside.append(law(base) + extra)
+    run = {"ranks": comm.size, "mesh_size_px": mesh_size_px, "deltas": deltas,
+           "load_average_start": os.getloadavg()[0], "variants": {}}
+    for name, options, warm, rtol in (("before", BEFORE_GAMG, False, 1e-12),
+                                      ("before_warm", BEFORE_GAMG, True, 1e-12),
+                                      ("after", {}, False, 1e-12),
+                                      ("before_warm", BEFORE_GAMG, True, 1e-8),
+                                      ("after", {}, False, 1e-8)):
+        load0 = os.getloadavg()[0]
+        comm.Barrier()
+        t0 = time.perf_counter()
+        problem = ElasticityProblem(pm.mesh, C, degree=1, solver="gamg", rtol=rtol,
+                                    petsc_options=options)
+        setup = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        u = fem.Function(problem.V)
+        first = _timed_solve(comm, problem, problem.load_vector(law(base)), u)
+        again = _timed_solve(comm, problem, problem.load_vector(law(other)), u)
+        entry = {"dofs": problem.num_dofs, "rtol": rtol, "setup_s": setup,
+                 "solve": first, "resolve_other_load": again, "options": options}
+        for label, loads in (("nearby_inside_span", inside),
+                             ("nearby_outside_span", outside)):
+            if name == "before":  # from zero: as `solve`
+                break
+            _timed_solve(comm, problem, problem.load_vector(law(base)), u)
+            entry[label] = [_timed_solve(comm, problem, problem.load_vector(e), u, warm)
+                            for e in loads]
+        entry |= {"load_before": load0, "load_after": os.getloadavg()[0]}
+        run["variants"][f"{name}_rtol{rtol:g}"] = entry
+        if comm.rank == 0:
+            print(name, rtol, json.dumps(entry, default=str), flush=True)
+        problem.ksp.destroy()
+        problem.A.destroy()
+    if comm.rank == 0:
+        data = json.loads(RESOLVE_RESULTS.read_text()) if RESOLVE_RESULTS.exists() else {}
+        data["benchmark"] = ("GAMG re-solves at ~1e6 P1 DOFs: before/after tuning, warm "
+                             "start, Fischer guess (bench/forward.py --resolve)")
+        data.setdefault("runs", {})[str(comm.size)] = run | {"versions": versions()}
+        write_json_atomic(RESOLVE_RESULTS, data)
+    return run
+
+
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 2 and sys.argv[1] == "--compare":
         compare(float(sys.argv[2]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--resolve":
+        resolve(float(sys.argv[2]))
     else:
         main()

@@ -77,15 +77,53 @@ class OptimiserConfig(_Strict):
 class UncertaintyConfig(_Strict):
     """Covariance of the coefficients behind the 95 % bands."""
 
-    method: Literal["auto", "gauss_newton", "integrated_noise"] = Field(
-        "auto", description="auto: integrated_noise for the displacement misfit (its noise "
-        "is correlated by the integration), gauss_newton for the strain misfit")
+    method: Literal["auto", "gauss_newton", "integrated_noise", "calibrated"] = Field(
+        "auto", description="auto: calibrated for model M1; for M2 (whose band is its own) "
+        "the noise covariance: integrated_noise for the displacement misfit (its noise is "
+        "correlated by the integration), gauss_newton for the strain misfit; calibrated: "
+        "that noise covariance widened by a sandwich over pixel blocks, a second-mesh "
+        "estimate of the discretisation error and, when stated, the composition errors "
+        "(docs/verification.md)")
     n_draws: Int = Field(100, ge=10, description="Monte Carlo draws of integrated_noise")
     evaluation: Literal["exact", "monte_carlo"] = Field(
         "exact", description="integrated_noise in closed form (adjoint integrations; with "
         "dirichlet also of the boundary response) or by Monte Carlo (n_draws)")
     n_probes: Int = Field(20, ge=2, description="Hutchinson probes of the exact evaluation's "
                           "noise-level trace")
+    block_px: float = Field(8.0, gt=0, description="calibrated: side (px) of the square "
+                            "pixel blocks of the sandwich covariance")
+    discretisation: Literal["coarse", "fine", "none"] = Field(
+        "coarse", description="calibrated: discretisation error from a second fit on a mesh "
+        "2x coarser (cheap) or 2x finer, Richardson-scaled by discretisation_rate; none")
+    discretisation_rate: float = Field(1.0, gt=0, description="calibrated: assumed "
+                                       "convergence rate p of the law with the mesh size")
+    noise_composition: float = Field(0.0, ge=0, le=0.5, description="calibrated: std of the "
+                                     "noise of the X map (sigma_X, fraction)")
+    registration_px: float = Field(0.0, ge=0, le=5, description="calibrated: std (px, per "
+                                   "axis) of the X-to-strain misregistration")
+    blur_px: float = Field(0.0, ge=0, le=5, description="calibrated: Gaussian std (px) of the "
+                           "X map's blur (resolution of the X-ray map)")
+    composition_draws: Int = Field(12, ge=2, description="calibrated: Monte Carlo refits per "
+                                   "X error (noise, registration)")
+    bias_correction: bool = Field(True, description="calibrated: remove the bias that X noise "
+                                  "causes (SIMEX-like, from the noise draws)")
+
+    def calibrated_options_set(self) -> list[str]:
+        """The calibrated-only options given a non-default value."""
+        defaults = UncertaintyConfig.model_fields
+        return [k for k in ("block_px", "discretisation", "discretisation_rate",
+                            "noise_composition", "registration_px", "blur_px",
+                            "composition_draws", "bias_correction")
+                if getattr(self, k) != defaults[k].default]
+
+    @model_validator(mode="after")
+    def _calibrated_options(self):
+        """The calibrated options act only with method calibrated (or auto, for M1)."""
+        changed = self.calibrated_options_set()
+        if changed and self.method not in ("calibrated", "auto"):
+            raise ValueError(f"{changed[0]}: acts only with uncertainty.method: calibrated "
+                             f"(method is {self.method})")
+        return self
 
 
 class GaugeConfig(_Strict):
@@ -151,7 +189,7 @@ class RunConfig(_Strict):
         "(default there: (1 - X)(b_FP/b_LFP - 1), -3.63 % at X = 0) or shifted-Legendre "
         "coefficients")
     solver: Literal["auto", "lu", "gamg"] = Field(
-        "auto", description="auto: MUMPS LU up to 300 000 DOFs, CG + GAMG above")
+        "auto", description="auto: MUMPS (LDL^T; option value lu) up to 300 000 DOFs, CG + GAMG above")
     pixel_size_nm: float | None = Field(None, gt=0, description="override the file's pixel size")
     band_level: float = Field(0.95, gt=0, lt=1, description="pointwise confidence level")
     mesh: MeshConfig = MeshConfig()
@@ -199,6 +237,11 @@ class RunConfig(_Strict):
         if self.b_law is not None and self.reduction != "plane_strain":
             raise ValueError("b_law: acts only with reduction: plane_strain (plane stress has "
                              "sigma_bb = 0, so f_b does not enter the in-plane fields)")
+        changed = self.uncertainty.calibrated_options_set()
+        if changed and self.model != "M1" and self.uncertainty.method == "auto":
+            raise ValueError(f"uncertainty.{changed[0]}: acts only with the calibrated band, "
+                             f"which auto chooses for model M1 only (model is {self.model}; "
+                             f"set uncertainty.method: calibrated)")
         if self.misfit == "strain" and self.uncertainty.method == "integrated_noise":
             raise ValueError("uncertainty.method: integrated_noise is the noise of the "
                              "integrated displacement (misfit: displacement); with misfit: "

@@ -9,8 +9,8 @@
 3. M0: pixel regression of e_aa, e_cc on X (`chemomech.inverse.regression`);
 4. M1: particles dealt to rank groups, meshed from their masks, the joint inversion with
    adjoint gradients and TAO or the linear fast path (`chemomech.inverse.problem`), degree chosen by
-   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), Gauss-Newton bands
-   (`chemomech.inverse.uncertainty`);
+   held-out error when `legendre_degree: auto` (`chemomech.inverse.selection`), bands
+   (`chemomech.inverse.uncertainty`; by default calibrated: `calibrated_covariance`);
 5. residual strain, model errors and incompatibility (`chemomech.analysis.residual`), then
    `summary.json`, `fields.h5`/`.xdmf`, figures, `config.yaml`, `log.txt`
    (`chemomech.analysis.report`).
@@ -181,13 +181,15 @@ class M1Outcome:
     model: object | None = None  # the M1Model (factorised operators; reused by M2)
     meshes: list | None = None  # this rank's ParticleMesh es
     particle_indices: list[int] | None = None  # their indices in `prepared`
+    calibrated: dict | None = None  # `calibrated_covariance` (uncertainty.method calibrated)
 
 
 def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MPI.Comm,
-                    config: RunConfig, setups: list, meshes: list) -> None:
-    """Mesh this rank group's particles and append their M1 setups; errors name the particle."""
+                    config: RunConfig, setups: list, meshes: list,
+                    size_px: float | None = None) -> None:
+    """Mesh this rank group's particles and append their M1 setups; errors name the particle.
+    `size_px`: element size (default `mesh.size_px`)."""
     from chemomech.exceptions import InputError
-    from chemomech.inverse.particle import particle_setup
     from chemomech.mechanics.mesh import mesh_from_mask
 
     for k in mine:
@@ -196,7 +198,7 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                     p.data.pixel_size_nm)
         try:
             pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
-                                mesh_size_px=config.mesh.size_px,
+                                mesh_size_px=size_px or config.mesh.size_px,
                                 simplify_tol_px=config.mesh.simplify_tol_px,
                                 min_island_px=config.mesh.min_island_px)
         except InputError as err:  # names the key: the mesher knows only its argument
@@ -204,14 +206,92 @@ def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MP
                              "(see mesh.min_island_px, mesh.size_px, mesh.simplify_tol_px)",
                              path=p.data.file) from None
         meshes.append(pm)
-        data = ({"displacement": p.displacement} if config.misfit == "displacement" else
-                {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
-        setups.append(particle_setup(p.data.name, pm, p.data.X, p.data.rotation_rad,
-                                     edge_exclusion_px=config.edge_exclusion_px,
-                                     fe_degree=config.mesh.fe_degree,
-                                     boundary_condition=config.boundary_condition,
-                                     boundary_displacement=p.displacement,
-                                     fragmented_data=config.fragmented_data, **data))
+        setups.append(_particle_setup(p, pm, config))
+
+
+def _particle_setup(p: PreparedParticle, pm, config: RunConfig, X: np.ndarray | None = None):
+    """The M1 setup of one prepared particle on mesh `pm` (X image: the data's, or `X`)."""
+    from chemomech.inverse.particle import particle_setup
+
+    data = ({"displacement": p.displacement} if config.misfit == "displacement" else
+            {"strain": np.stack([p.strain_image[c] for c in ("e_xx", "e_yy", "e_xy")], -1)})
+    return particle_setup(p.data.name, pm, p.data.X if X is None else X, p.data.rotation_rad,
+                          edge_exclusion_px=config.edge_exclusion_px,
+                          fe_degree=config.mesh.fe_degree,
+                          boundary_condition=config.boundary_condition,
+                          boundary_displacement=p.displacement,
+                          fragmented_data=config.fragmented_data, **data)
+
+
+def calibrated_covariance(prepared: list[PreparedParticle], mine: list[int], setups: list,
+                          model, fit, noise_covariance: np.ndarray, config: RunConfig,
+                          comm: MPI.Comm, group: MPI.Comm) -> dict:
+    """`uncertainty.method: calibrated` (`chemomech.inverse.uncertainty`): the noise
+    covariance (`noise_covariance`) widened by the sandwich over pixel blocks, plus the
+    discretisation term from a fit on a 2x coarser (or finer) mesh, plus the errors in the
+    variables (refits with drawn X maps on the run's meshes) when X errors are stated.
+    Collective over `comm`.  Returns coefficients (bias-corrected), covariance, dof, parts."""
+    from chemomech.inverse.problem import M1Model
+    from chemomech.inverse.uncertainty import (
+        discretisation_covariance,
+        errors_in_variables,
+        noise_floor,
+        sandwich_covariance,
+    )
+
+    u = config.uncertainty
+    options = {"degree": model.degree, "material": model.material, "comm": comm,
+               "solver": config.solver, "gauge": config.gauge_object()}
+    t0 = time.perf_counter()
+    block_nm = {prepared[k].data.name: u.block_px * prepared[k].data.pixel_size_nm
+                for k in mine}
+    sandwich, g = sandwich_covariance(model, fit, block_nm)
+    parts = {"sandwich": noise_floor(sandwich, noise_covariance)}
+    timings = {"sandwich": time.perf_counter() - t0}
+    if u.discretisation != "none":
+        t0 = time.perf_counter()
+        ratio = 2.0 if u.discretisation == "coarse" else 0.5
+        other_setups, other_meshes = [], []
+        _mesh_particles(prepared, mine, group, config, other_setups, other_meshes,
+                        size_px=ratio * config.mesh.size_px)
+        other = M1Model(other_setups, **options).fit("linear", with_normal_matrix=False)
+        parts["discretisation"], _ = discretisation_covariance(
+            fit.coefficients, other.coefficients, ratio, u.discretisation_rate)
+        del other_setups, other_meshes
+        timings["discretisation"] = time.perf_counter() - t0
+    bias = np.zeros(len(fit.coefficients))
+    if max(u.noise_composition, u.registration_px, u.blur_px) > 0:
+        t0 = time.perf_counter()
+        from dataclasses import replace
+
+        from chemomech.mechanics.fields import image_to_function
+
+        by_name = {s.name: (k, s) for k, s in zip(mine, setups, strict=True)}
+
+        def refit(images: dict[str, np.ndarray]) -> np.ndarray:
+            """The linear fit with these X images (the misfits and samplers are kept)."""
+            drawn = [replace(s, X=image_to_function(images[n], s.pixel_size_nm,
+                                                    s.X.function_space, mask=s.misfit_mask,
+                                                    name="X"))
+                     for n, (_, s) in by_name.items()]
+            return M1Model(drawn, **options).fit("linear", with_normal_matrix=False
+                                                 ).coefficients
+
+        eiv = errors_in_variables(
+            refit, {n: prepared[k].data.X for n, (k, _) in by_name.items()},
+            {n: prepared[k].data.mask for n, (k, _) in by_name.items()},
+            u.noise_composition, u.registration_px, u.blur_px, n_draws=u.composition_draws,
+            bias_correction=u.bias_correction)
+        parts["composition"] = eiv["covariance"]
+        bias = eiv["bias"]
+        timings["composition"] = time.perf_counter() - t0
+    covariance = sum(parts.values())
+    if comm.rank == 0:
+        logger.info("calibrated covariance: %d blocks; band std at the parts' diagonals %s",
+                    g, {k: float(np.sqrt(np.trace(v))) for k, v in parts.items()})
+    return {"coefficients": np.asarray(fit.coefficients, float) - bias,
+            "covariance": covariance, "dof": g - fit.num_parameters, "bias": bias,
+            "parts": parts, "blocks": g, "timings_s": timings}
 
 
 def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) -> M1Outcome:
@@ -265,17 +345,18 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
         if comm.rank == 0:
             (logger.info if diff < 1e-4 else logger.warning)(
                 "cross-check: TAO and the linear fast path differ by %.2e relative", diff)
-    method = config.uncertainty.method
-    if method == "auto":
-        method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    if method == "integrated_noise" and config.uncertainty.evaluation == "exact":
+    method = resolved_uncertainty_method(config)
+    noise_method = method if method != "calibrated" else (
+        "integrated_noise" if config.misfit == "displacement" else "gauss_newton")
+    t_bands = time.perf_counter()
+    if noise_method == "integrated_noise" and config.uncertainty.evaluation == "exact":
         operators = {s.name: IntegratedStrainNoise(
             prepared[k].data, pm.pixel_indices(), s.misfit,
             model._particle(s.name) if s.u_boundary is not None else None)
             for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
                                                         n_probes=config.uncertainty.n_probes)
-    elif method == "integrated_noise":
+    elif noise_method == "integrated_noise":
         samplers = {s.name: strain_noise_sampler(
             prepared[k].data, pm.pixel_indices(), s.misfit,
             model.boundary_response(s.name) if s.u_boundary is not None else None)
@@ -284,6 +365,13 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
                                                   n_draws=config.uncertainty.n_draws)
     else:
         cov, sigma2 = fit_covariance(fit)
+    calibrated = None
+    if method == "calibrated":
+        calibrated = calibrated_covariance(prepared, mine, setups, model, fit, cov, config,
+                                           comm, group)
+        calibrated["noise_covariance"] = cov
+        cov = calibrated["covariance"]
+    t_bands = time.perf_counter() - t_bands
 
     images: dict[str, dict[str, np.ndarray]] = {}
     for k, pm, setup in zip(mine, meshes, setups, strict=True):
@@ -294,9 +382,19 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
             images[setup.name] = images_k
     gathered = comm.gather(images if group.rank == 0 else {}, root=0)
     images = {k: v for d in (gathered or []) for k, v in d.items()}
-    timings = {"mesh": t_mesh, "m1_total": time.perf_counter() - t0}
+    timings = {"mesh": t_mesh, "bands": t_bands, "m1_total": time.perf_counter() - t0}
     return M1Outcome(fit, cov, sigma2, method, gradient_check, selection, images, timings,
-                     model, meshes, mine)
+                     model, meshes, mine, calibrated)
+
+
+def resolved_uncertainty_method(config: RunConfig) -> str:
+    """The covariance method of the run: `uncertainty.method`, with auto resolved."""
+    method = config.uncertainty.method
+    if method == "auto" and config.model == "M1":
+        return "calibrated"
+    if method == "auto":
+        method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
+    return method
 
 
 def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = False
@@ -495,6 +593,11 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         coeffs, cov, degree = m1.fit.coefficients, m1.covariance, m1.fit.degree
     else:
         coeffs, cov, degree = m0_coeffs, m0.covariance, m0.degree
+    band_cov, calibrated = cov, None
+    if m2 is None and m1 is not None and m1.calibrated is not None:
+        calibrated = _calibrated_summary(m1.calibrated, level)
+        coeffs = m1.calibrated["coefficients"]
+        band_cov = np.asarray(cov) * calibrated["band_covariance_factor"]
     n = degree + 1
     per_particle, errors = {}, {}
     for p in prepared:
@@ -523,8 +626,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
         "reference": "LiFePO4",
         "coefficients": {"a": list(map(float, coeffs[:n])), "c": list(map(float, coeffs[n:]))},
         "covariance": None if cov is None else np.asarray(cov).tolist(),
-        "eigenstrain_curve": _curve(eigenstrain_band, coeffs, cov, X, level),
-        "derivative_curve": _curve(derivative_band, coeffs, cov, X, level),
+        "eigenstrain_curve": _curve(eigenstrain_band, coeffs, band_cov, X, level),
+        "derivative_curve": _curve(derivative_band, coeffs, band_cov, X, level),
         "model_error": model_errors[main],
         "model_errors": model_errors,
         "residual_incompatibility_rms": float(np.nanmean(
@@ -549,6 +652,8 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                              "covariance_method": m1.covariance_method}
         if m1.covariance_method == "integrated_noise":
             summary["fit"]["covariance_evaluation"] = config.uncertainty.evaluation
+        if calibrated is not None:
+            summary["uncertainty"] = calibrated
         if m1.gradient_check is not None:
             summary["gradient_check"] = m1.gradient_check
         if m2 is not None:
@@ -558,6 +663,29 @@ def _summarise(config: RunConfig, prepared: list[PreparedParticle], m0: Regressi
                                            "rule": m1.selection.rule,
                                            "table": m1.selection.table}
     return summary
+
+
+def _calibrated_summary(calibrated: dict, level: float) -> dict:
+    """The `uncertainty` block of a calibrated run: covariance parts, Student-t factor, bias,
+    and each part's alone half-width (normal quantile) of the f_a, f_c band at X = 0.05, 0.5,
+    0.95."""
+    from scipy import stats
+
+    dof = int(calibrated["dof"])
+    factor = float((stats.t.ppf(0.5 + level / 2, dof) / stats.norm.ppf(0.5 + level / 2)) ** 2)
+    X = np.array([0.05, 0.5, 0.95])
+    parts = {"noise": calibrated["noise_covariance"]} | calibrated["parts"]
+    std = {}
+    for name, C in parts.items():
+        band = eigenstrain_band(calibrated["coefficients"], C, X, level)
+        std[name] = {d: (0.5 * (band[f"{d}_hi"] - band[f"{d}_lo"])).tolist() for d in "ac"}
+    return {"method": "calibrated", "dof": dof, "blocks": int(calibrated["blocks"]),
+            "band_covariance_factor": factor,
+            "band_quantile": f"Student t on {dof} dof (the band uses covariance x factor)",
+            "bias_removed": np.asarray(calibrated["bias"]).tolist(),
+            "parts": {k: np.asarray(v).tolist() for k, v in parts.items()},
+            "half_width_at": {"X": X.tolist(), **std},
+            "timings_s": calibrated["timings_s"]}
 
 
 def _curve(band, coeffs, cov, X, level) -> dict[str, list[float]]:
@@ -584,15 +712,16 @@ def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
                    m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
     from chemomech.analysis.report import (
+        ResidualMaps,
         plot_curves,
         plot_model_errors,
-        plot_residual_maps,
         write_pixel_fields,
     )
 
     figures = out / "figures"
     write_text_atomic(out / "config.yaml", dump_config(config))
     fields = {}
+    residual_maps = ResidualMaps(["aa", "cc", "ac"])  # one figure, redrawn per particle
     for p in prepared:
         name = p.data.name
         residual, used = residuals[name]
@@ -638,13 +767,15 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                              title=f"{name}: GND density, mean "
                                    f"{m2.mean_density_um2[name]:.3g} um^-2")
         fields[name] = {"pixel_size_nm": p.data.pixel_size_nm, "maps": maps}
-        plot_residual_maps(crystal[main], used, p.data.pixel_size_nm,
+        residual_maps.save(crystal[main], used, p.data.pixel_size_nm,
                            figures / f"residual_{name}.png",
                            title=f"{name}: residual strain ({main}), mean X = {p.data.mean_X:.2f}")
+    residual_maps.close()
     write_pixel_fields(out / "fields.h5", fields)
     plot_curves(summary["eigenstrain_curve"], figures / "eigenstrain.png",
                 baseline=summary["m0"]["eigenstrain_curve"] if m1 is not None else None,
-                title=f"{summary['model']} (N = {summary['legendre_degree']}), M0 dashed")
+                title=f"{summary['model']} (N = {summary['legendre_degree']}), M0 dashed"
+                      + (", calibrated band" if "uncertainty" in summary else ""))
     plot_curves(summary["derivative_curve"], figures / "chemical_expansion.png",
                 baseline=summary["m0"]["derivative_curve"] if m1 is not None else None,
                 ylabel="df/dX (chemical expansion coefficient)")

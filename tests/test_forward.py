@@ -368,3 +368,46 @@ def test_plane_strain_uniform_eigenstrain_with_bb_is_stress_free_in_plane():
     s = in_plane_stress(u, ufl.as_matrix(eps_star.tolist()), C, f_b, B)
     rms = np.sqrt(_integrate(pm.mesh, ufl.inner(s, s)) / area)
     assert rms < 1e-9 * scale
+
+
+def _platelet_problems(*solvers: tuple[str, dict]):
+    """ElasticityProblems (solver, petsc_options) on one platelet mesh and five eigenstrains
+    linear in four Legendre coefficients (the fifth a combination of the first four)."""
+    mask = platelet_mask()
+    i, j = np.meshgrid(np.arange(mask.shape[0]), np.arange(mask.shape[1]), indexing="ij")
+    image = np.where(mask, 0.5 * (1 + np.tanh((i + 0.3 * j - 21) / 2.5)), np.nan)
+    pm = mesh_from_mask(mask, H, MPI.COMM_SELF)
+    X = image_to_function(image, H, fem.functionspace(pm.mesh, ("Lagrange", 1)))
+    angle = 0.4
+    C = stiffness_tensor(Material().image_tensor(angle))
+    loads = [eigenstrain(X, a, c, angle) for a, c in (
+        ([-0.02, 0.01], [0.0, 0.0]), ([0.0, 0.0], [0.01, -0.02]), ([0.0, 0.03], [0.0, 0.0]),
+        ([0.0, 0.0], [0.01, 0.0]), ([-0.01, 0.02], [0.015, 0.005]))]
+    return [ElasticityProblem(pm.mesh, C, solver=s, petsc_options=o) for s, o in solvers], loads
+
+
+def test_mumps_options_reach_the_factorisation():
+    """The mat_mumps_* options are read when the factorisation is set up (they used to be
+    removed from the options database before it, so null-pivot detection was never on)."""
+    (problem,), _ = _platelet_problems(("lu", {"mat_mumps_icntl_14": 55}))
+    factor = problem.ksp.getPC().getFactorMatrix()
+    assert factor.getMumpsIcntl(24) == 1  # null pivots of the traction-free operator
+    assert factor.getMumpsIcntl(14) == 55
+
+
+def test_gamg_resolve_in_the_span_of_earlier_solutions_needs_no_iteration():
+    """Fischer's guess: once the solves span the loads (an eigenstrain linear in four
+    coefficients), a fifth load combining them converges at once, to the LU solution;
+    without the guess (option None removes a default) it takes as long as from zero."""
+    (gamg, lu, plain), loads = _platelet_problems(("gamg", {}), ("lu", {}),
+                                                  ("gamg", {"ksp_guess_type": None}))
+    iterations, plain_iterations = [], []
+    for eps in loads:
+        u = gamg.solve(eps)
+        iterations.append(gamg.ksp.getIterationNumber())
+        plain.solve(eps)
+        plain_iterations.append(plain.ksp.getIterationNumber())
+    assert min(iterations[:4]) > 5 and iterations[4] <= 1
+    exact = lu.solve(loads[4]).x.array
+    assert np.abs(u.x.array - exact).max() < 1e-8 * np.abs(exact).max()
+    assert min(plain_iterations) > 5

@@ -69,12 +69,25 @@ def test_every_pixel_centre_is_inside_the_simplified_boundary():
 
 
 def test_mesh_size_controls_the_number_of_cells():
-    mask = annulus(r_out=12.0)
+    """Cells ~ (1 / size)^2, and the size is the edge length: equilateral triangles of edge
+    1 px are 2 / sqrt(3) = 2.31 per px^2 (more near the staircase boundary, whose short
+    segments are kept; before the size was honoured gmsh spread them inwards: 3.7 per px^2)."""
+    mask = annulus(n=90, r_out=40.0)
     coarse = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=2.0)
     fine = mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0)
-    ratio = fine.mesh.topology.index_map(2).size_global / coarse.mesh.topology.index_map(
-        2).size_global
-    assert 3.0 < ratio < 5.0  # cells ~ (1 / size)^2
+    n_fine = fine.mesh.topology.index_map(2).size_global
+    assert 3.0 < n_fine / coarse.mesh.topology.index_map(2).size_global < 5.0
+    assert 2.31 < n_fine / mask.sum() < 2.7
+    edges = fine.mesh.h(1, np.arange(fine.mesh.topology.index_map(1).size_local,
+                                     dtype=np.int32)) / H
+    assert 0.85 < np.median(edges) < 1.15
+    x = fine.mesh.geometry.x[fine.mesh.geometry.dofmaps[0]][:, :, :2]
+    angles = []
+    for k in range(3):
+        u, v = x[:, (k + 1) % 3] - x[:, k], x[:, (k + 2) % 3] - x[:, k]
+        angles.append(np.degrees(np.arccos(np.sum(u * v, axis=1) / np.linalg.norm(u, axis=1)
+                                           / np.linalg.norm(v, axis=1))))
+    assert min(map(np.min, angles)) > 20.0  # 22 deg on the demo twins (1:4 split of 2 px)
 
 
 def test_refinement_where_the_composition_gradient_is_high():
@@ -190,3 +203,14 @@ def test_real_particle_mesh_holds_every_pixel_centre(real_particle_path):
     sampler = PixelSampler(V, pm.pixel_points_nm())
     assert sampler.num_outside == 0
     assert len(sampler.owned) == pm.mask.sum()
+
+
+def test_a_mesh_size_that_would_take_minutes_is_refused_before_gmsh():
+    """0.01 px on a 1250 px particle: ~3e7 cells (gmsh ran for minutes at 2.5 GB, deaf to
+    SIGTERM); refused at once, naming the key.  Refinement counts its own size."""
+    mask = annulus(r_out=20.0)
+    with pytest.raises(InputError, match=r"mesh.size_px.*about 3\.\de\+07 cells"):
+        mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=0.01)
+    X = np.where(mask, 0.5, np.nan)
+    with pytest.raises(InputError, match="mesh size 0.01 px"):
+        mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0, refine=X, refine_size_px=0.01)

@@ -63,7 +63,8 @@ def test_m1_pipeline_recovers_the_twin_law_and_writes_every_output(twins, tmp_pa
     assert (out / "fields.xdmf").exists() and (out / "config.yaml").exists()
     assert "M1 tao fit" in (out / "log.txt").read_text()
     assert summary["gradient_check"]["min_rate"] == pytest.approx(2.0, abs=0.05)
-    assert summary["fit"]["covariance_method"] == "integrated_noise"
+    assert summary["fit"]["covariance_method"] == "calibrated"  # auto, for M1
+    assert {"noise", "sandwich", "discretisation"} == set(summary["uncertainty"]["parts"])
     ident = on_disk["identifiability"]  # every run: the scaled Gauss-Newton spectrum
     assert ident["model"] == "M1" and ident["unidentified"] == [] and ident["gauge"] is None
     assert len(ident["singular_values_relative"]) == 6

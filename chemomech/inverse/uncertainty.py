@@ -22,9 +22,9 @@ strain maps is propagated through the very integration that made d
 :math:`\hat a_k = (G^T G)^{-1} G^T P n_k`; the noise level is calibrated so that the expected
 residual norm matches the observed one (model error therefore widens the band, the
 conservative direction).  Cost: one integration per particle per draw.  The same covariance
-in closed form, `exact_integrated_noise_covariance` (the default of the pipeline), costs
-2(N+1) adjoint integrations per particle and has no sampling error in its shape; the Monte
-Carlo stays as its test oracle.
+in closed form, `exact_integrated_noise_covariance` (the noise part of the pipeline's
+default, calibrated band), costs 2(N+1) adjoint integrations per particle and has no
+sampling error in its shape; the Monte Carlo stays as its test oracle.
 
 Bands are pointwise (not simultaneous) at `level` (default 95 %), normal quantile.
 """
@@ -366,25 +366,29 @@ def block_scores(G: np.ndarray, r: np.ndarray, points_nm: np.ndarray, components
     return {(int(k[0]), int(k[1])): s for k, s in zip(keys, sums, strict=True)}
 
 
-def sandwich_covariance(model, fit, block_nm: float) -> tuple[np.ndarray, int]:
+def sandwich_covariance(model, fit, block_nm: float | Mapping[str, float]
+                        ) -> tuple[np.ndarray, int]:
     r"""Cluster-robust covariance of the M1 coefficients, and the number of blocks g.
 
     :math:`C = \tfrac{g}{g-1} N^{-1} \left(\sum_B s_B s_B^T\right) N^{-1}`, blocks of
-    side `block_nm` (nm) in each particle, :math:`s_B = G_B^T (P d - G a)_B`.
+    side `block_nm` (nm; one value, or one per particle name) in each particle,
+    :math:`s_B = G_B^T (P d' - G a)_B` (d' the data less the fixed load's response, the
+    system of `M1Model.linear_system`); under a gauge N^-1 is `FitResult.normal_inverse`.
     Collective over the model's world.
     """
     if fit.normal_matrix is None:
         raise InputError("the fit has no normal matrix (fit(..., with_normal_matrix=True))")
     world, group = model.world, model.group
     a = np.asarray(fit.coefficients, dtype=float)
-    N_inv = np.linalg.pinv(fit.normal_matrix, rcond=1e-14, hermitian=True)
+    N_inv = fit.normal_inverse()
     mine = []
     for s in model.linear_system():
         if s.points is None:
             raise InputError(f"particle {s.name!r}: the misfit has no pixel points")
         G = s.misfit.project(s.columns)
-        r = s.misfit.weighted_data() - G @ a
-        scores = block_scores(G, r, s.points, s.components, block_nm)
+        r = s.misfit.project(s.data) - G @ a
+        side = block_nm[s.name] if isinstance(block_nm, Mapping) else block_nm
+        scores = block_scores(G, r, s.points, s.components, side)
         merged: dict = {}
         for part in s.comm.allgather(scores):
             for key, value in part.items():
@@ -393,9 +397,9 @@ def sandwich_covariance(model, fit, block_nm: float) -> tuple[np.ndarray, int]:
             mine.extend(merged.values())
     everything = [score for part in world.allgather(mine) for score in part]
     g = len(everything)
-    if g <= a.size:
-        raise InputError(f"{g} blocks for {a.size} coefficients: use smaller blocks",
-                         field="block_nm")
+    if g <= fit.num_parameters:
+        raise InputError(f"{g} blocks for {fit.num_parameters} coefficients: use smaller "
+                         f"blocks", field="block_nm")
     S = np.array(everything)
     meat = S.T @ S * g / (g - 1.0)
     return N_inv @ meat @ N_inv, g
@@ -407,12 +411,16 @@ def noise_floor(sandwich: np.ndarray, gauss_newton: np.ndarray) -> np.ndarray:
     With :math:`W = C_{GN}^{-1/2} S C_{GN}^{-1/2} = Q \Lambda Q^T`, returns
     :math:`C_{GN}^{1/2} Q \max(\Lambda, 1) Q^T C_{GN}^{1/2}`: a sandwich estimated from a few
     dozen blocks may fall below the noise it contains; the noise level itself is known better.
+    The square roots act on the range of :math:`C_{GN}` (eigenvalues above 1e-12 of the
+    largest): directions a gauge fixes keep zero variance.
     """
     w, U = np.linalg.eigh(np.asarray(gauss_newton, dtype=float))
-    w = np.maximum(w, 1e-300)
-    half, inv_half = (U * np.sqrt(w)) @ U.T, (U / np.sqrt(w)) @ U.T
-    lam, Q = np.linalg.eigh(inv_half @ sandwich @ inv_half)
-    return half @ (Q * np.maximum(lam, 1.0)) @ Q.T @ half
+    keep = w > 1e-12 * max(w.max(), 0.0)
+    U, w = U[:, keep], w[keep]
+    half = U * np.sqrt(w)  # C_GN^(1/2) on its range (n x r)
+    inv_half = U / np.sqrt(w)
+    lam, Q = np.linalg.eigh(inv_half.T @ np.asarray(sandwich, dtype=float) @ inv_half)
+    return half @ (Q * np.maximum(lam, 1.0)) @ Q.T @ half.T
 
 
 def shifted_image(image: np.ndarray, shift_px: Sequence[float]) -> np.ndarray:
@@ -426,23 +434,28 @@ def shifted_image(image: np.ndarray, shift_px: Sequence[float]) -> np.ndarray:
     return ndimage.map_coordinates(fill_nearest(image), [i, j], order=1, mode="nearest")
 
 
-def errors_in_variables(refit: Callable[[np.ndarray], np.ndarray], X: np.ndarray,
-                        mask: np.ndarray, noise_composition: float, registration_px: float,
-                        blur_px: float = 0.0, n_draws: int = 12, seed: int = 0,
-                        bias_correction: bool = True) -> dict[str, np.ndarray]:
+def errors_in_variables(refit: Callable, X: np.ndarray | Mapping[str, np.ndarray],
+                        mask: np.ndarray | Mapping[str, np.ndarray], noise_composition: float,
+                        registration_px: float, blur_px: float = 0.0, n_draws: int = 12,
+                        seed: int = 0, bias_correction: bool = True) -> dict[str, np.ndarray]:
     r"""Monte Carlo over composition maps: coefficients and the covariance of X errors.
 
-    `refit(X_image)` returns the coefficient vector; :math:`a_0 = \mathrm{refit}(X)`.  X is
+    `refit(X_images)` returns the coefficient vector; :math:`a_0 = \mathrm{refit}(X)`.  `X`
+    and `mask` are one image each, or mappings particle name -> image (a joint fit: `refit`
+    then receives a mapping; each particle draws its own errors from a generator keyed by
+    (seed, name, draw), so the draws do not depend on which rank holds the particle).  X is
     extended beyond the mask by its nearest value before it is shifted or blurred.
       * Noise (parametric bootstrap): :math:`\hat X` = X smoothed (Gaussian, 1 px) stands for
         the noise-free map; refits of :math:`\mathrm{clip}(\hat X + e_k)`,
         :math:`e_k \sim N(0, \sigma_X^2)` per pixel, give the noise bias
         :math:`b_X = \bar a_e - a(\hat X)` (removed when `bias_correction`) and spread.
       * Registration: refits of :math:`\mathrm{clip}(\hat X(\cdot + \delta_k) + e_k)`,
-        :math:`\delta_k \sim N(0, \sigma_r^2 I)` px: their covariance (it contains the noise).
+        :math:`\delta_k \sim N(0, \sigma_r^2 I)` px per particle: their covariance (it
+        contains the noise).
       * Blur: :math:`d_B = a(G_{\sigma_B} * X) - a_0`, the change when the map is blurred once
         more by the stated std (px), enters as :math:`d_B d_B^T` (not removed).
-    Returns ``coefficients`` (:math:`a_0 - b_X`), ``covariance``, ``bias``, ``draws``.
+    Cost: up to 2 `n_draws` + 2 refits.  Returns ``coefficients`` (:math:`a_0 - b_X`),
+    ``covariance``, ``bias``, ``draws``.
     """
     if min(noise_composition, registration_px, blur_px) < 0 or n_draws < 2:
         raise InputError("need noise_composition, registration_px, blur_px >= 0 and "
@@ -451,38 +464,66 @@ def errors_in_variables(refit: Callable[[np.ndarray], np.ndarray], X: np.ndarray
 
     from chemomech.mechanics.mesh import fill_nearest
 
-    mask = np.asarray(mask, dtype=bool)
-    a0 = np.asarray(refit(X), dtype=float)
-    rng = np.random.default_rng(seed)
-    filled = fill_nearest(X, mask)
+    single = not isinstance(X, Mapping)
+    images = {"": X} if single else dict(X)
+    masks = {"": mask} if single else dict(mask)
+    masks = {k: np.asarray(masks[k], dtype=bool) for k in images}
 
-    def fit(image):
-        return np.asarray(refit(np.where(mask, image, np.nan)), dtype=float)
+    def fit(maps: Mapping[str, np.ndarray]) -> np.ndarray:
+        out = {k: np.where(masks[k], v, np.nan) for k, v in maps.items()}
+        return np.asarray(refit(out[""] if single else out), dtype=float)
 
-    def noisy(image):
-        if noise_composition == 0:
-            return image
-        return np.clip(image + rng.normal(0.0, noise_composition, image.shape), 0.0, 1.0)
+    a0 = fit(images)
+    filled = {k: fill_nearest(v, masks[k]) for k, v in images.items()}
+    smooth = ({k: ndimage.gaussian_filter(v, 1.0, mode="nearest") for k, v in filled.items()}
+              if noise_composition else filled)
 
-    smooth = ndimage.gaussian_filter(filled, 1.0, mode="nearest") if noise_composition else filled
+    def draw(k: int, shift: bool) -> dict[str, np.ndarray]:
+        out = {}
+        for name, image in smooth.items():
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), k, int(shift)])
+            if shift:
+                image = shifted_image(image, rng.normal(0.0, registration_px, 2))
+            if noise_composition > 0:
+                image = np.clip(image + rng.normal(0.0, noise_composition, image.shape),
+                                0.0, 1.0)
+            out[name] = image
+        return out
+
     bias = np.zeros_like(a0)
     cov = np.zeros((a0.size, a0.size))
     draws = None
     if noise_composition > 0:
-        draws = np.array([fit(noisy(smooth)) for _ in range(n_draws)])
+        draws = np.array([fit(draw(k, False)) for k in range(n_draws)])
         if bias_correction:
             bias = draws.mean(axis=0) - fit(smooth)
             cov += np.cov(draws, rowvar=False) / n_draws
     if registration_px > 0:
-        draws = np.array([fit(noisy(shifted_image(smooth, rng.normal(0.0, registration_px, 2))))
-                          for _ in range(n_draws)])
+        draws = np.array([fit(draw(k, True)) for k in range(n_draws)])
     if draws is not None:
         cov += np.cov(draws, rowvar=False)
     if blur_px > 0:
-        d = fit(ndimage.gaussian_filter(filled, blur_px, mode="nearest")) - a0
+        d = fit({k: ndimage.gaussian_filter(v, blur_px, mode="nearest")
+                 for k, v in filled.items()}) - a0
         cov += np.outer(d, d)
     return {"coefficients": a0 - bias, "covariance": cov, "bias": bias,
             "draws": np.zeros((0, a0.size)) if draws is None else draws}
+
+
+def discretisation_covariance(coefficients: Sequence[float], other: Sequence[float],
+                              ratio: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Richardson estimate of the mesh error of `coefficients` (mesh h) from a fit on the mesh
+    of size `ratio` h (`other`), for an error :math:`a_h - a_0 \approx C h^p`:
+
+    .. math:: e_h = \frac{a_h - a_{rh}}{1 - r^p},\qquad C_\mathrm{disc} = e_h e_h^T .
+
+    Returns (C_disc, e_h).  ratio 2 (a coarser mesh, cheap) or 1/2 (refined); rate p > 0.
+    """
+    if not (rate > 0 and ratio > 0 and ratio != 1):
+        raise InputError(f"need rate > 0 and a mesh ratio != 1, got {rate}, {ratio}",
+                         field="discretisation_rate")
+    e = (np.asarray(coefficients, float) - np.asarray(other, float)) / (1.0 - ratio**rate)
+    return np.outer(e, e), e
 
 
 def calibrated_band(coefficients: Sequence[float], cov: np.ndarray, dof: int,

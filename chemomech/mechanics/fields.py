@@ -288,6 +288,22 @@ def _closest_point_on_triangles(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return best
 
 
+def _containing_triangles(mesh, candidates, points: np.ndarray,
+                          tol: float = 1e-10) -> np.ndarray:
+    """For each point the first of its bounding-box candidate triangles (affine geometry)
+    that contains it, barycentric coordinates >= -tol; -1 where none does."""
+    offsets, cand = candidates.offsets, candidates.array
+    point = np.repeat(np.arange(len(points)), np.diff(offsets))
+    tri = mesh.geometry.x[mesh.geometry.dofmap[cand][:, :3], :2]
+    J = np.stack([tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]], axis=2)
+    rs = np.linalg.solve(J, (points[point] - tri[:, 0])[..., None])[..., 0]
+    inside = (rs.min(axis=1) >= -tol) & (rs.sum(axis=1) <= 1.0 + tol)
+    first_point, first = np.unique(point[inside], return_index=True)
+    cell_of = np.full(len(points), -1, dtype=np.int32)
+    cell_of[first_point] = cand[np.flatnonzero(inside)[first]]
+    return cell_of
+
+
 def _locate(mesh, points: np.ndarray):
     """(owned point indices, their owned cells, reference coordinates, #outside) on this rank."""
     from dolfinx import geometry
@@ -299,12 +315,16 @@ def _locate(mesh, points: np.ndarray):
     pts3 = np.zeros((len(points), 3))
     pts3[:, :2] = points
     tree = geometry.bb_tree(mesh, tdim, entities=entities)
-    colliding = geometry.compute_colliding_cells(
-        mesh, geometry.compute_collisions_points(tree, pts3), pts3)
-    offsets = colliding.offsets
-    found = np.diff(offsets) > 0
-    cell_of = np.full(len(points), -1, dtype=np.int32)
-    cell_of[found] = colliding.array[offsets[:-1][found]]
+    candidates = geometry.compute_collisions_points(tree, pts3)
+    if mesh.geometry.cmaps[0].degree == 1 and tdim == 2:
+        cell_of = _containing_triangles(mesh, candidates, points)
+    else:
+        colliding = geometry.compute_colliding_cells(mesh, candidates, pts3)
+        offsets = colliding.offsets
+        cell_of = np.full(len(points), -1, dtype=np.int32)
+        hit = np.diff(offsets) > 0
+        cell_of[hit] = colliding.array[offsets[:-1][hit]]
+    found = cell_of >= 0
 
     owner = np.where(found, comm.rank, comm.size).astype(np.int32)
     comm.Allreduce(MPI.IN_PLACE, owner, op=MPI.MIN)
