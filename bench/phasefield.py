@@ -7,12 +7,17 @@ stiffness rotated by 0.3 rad, seed 0: two generated platelets (600 x 350 nm, 120
 system, MUMPS LU, adaptive backward Euler, stop when the energy decrease per step is below
 1e-8 of area x barrier for 3 steps.
 
-Per case: DOFs, steps (accepted / rejected), Newton and linear iterations per step, wall time
-per step and in total (max over ranks), and whether the stop criterion was met.  Rank 0 merges
-the run into bench/results/phasefield.json by rank count:
+Per case: DOFs, steps (accepted / rejected, by reason), Newton and linear iterations per
+step, wall time per step and in total (max over ranks), whether the stop criterion was met,
+and the machine's load average (1 min) before and after (the machine is shared).  Rank 0
+merges the run into bench/results/phasefield_2d.json by rank count and linear solver:
 
   scripts/in-env python3 bench/phasefield.py
-  scripts/in-env mpirun -n 2 python3 bench/phasefield.py [case ...]
+  scripts/in-env mpirun -n 2 python3 bench/phasefield.py [--linear lu|fieldsplit]
+      [--budget-s S] [case ...]
+
+``--budget-s``: stop a case after S s of stepping and record it as unfinished (converged
+false), with its per-step series (t, dt, Newton iterations, wall time).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,7 +39,7 @@ from chemomech.phasefield.config import PhaseFieldConfig  # noqa: E402
 from chemomech.phasefield.run import build_model  # noqa: E402
 from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "phasefield.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "phasefield_2d.json"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "LFP50_P2.mat"
 COMMON = {"mean_x": 0.5, "seed": 0, "free_energy": {"interface_width_nm": 120.0},
           "elasticity": {"rotation_rad": 0.3}, "steps": {"energy_tol": 1e-8}}
@@ -44,39 +50,70 @@ CASES = {
 }
 
 
-def run_case(name: str, comm: MPI.Comm) -> dict:
-    config = PhaseFieldConfig.model_validate(COMMON | CASES[name])
+class _Budget(Exception):
+    """The wall-time budget of a case ran out (the case is recorded as unfinished)."""
+
+
+def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float) -> dict:
+    load = os.getloadavg()[0]
+    config = PhaseFieldConfig.model_validate(COMMON | CASES[name]
+                                             | {"solver": {"linear": linear}})  # validated
     t0 = time.perf_counter()
     pm, forms, control = build_model(config, comm)
     setup = time.perf_counter() - t0
-    solver = PhaseFieldSolver(forms, control)
+    solver = PhaseFieldSolver(forms, control, linear=linear)
     t1 = time.perf_counter()
-    history = solver.run()
+
+    def budget(_, record):  # same decision on every rank
+        if comm.allreduce(time.perf_counter() - t1, op=MPI.MAX) > budget_s:
+            raise _Budget
+
+    try:
+        history = solver.run(budget)
+    except _Budget:
+        history = solver.history
+        history.reason = f"unfinished: wall budget {budget_s:g} s"
     wall = comm.allreduce(time.perf_counter() - t1, op=MPI.MAX)
     s = history.summary()
     dofs = forms.W.dofmap.index_map.size_global * forms.W.dofmap.index_map_bs
     return {"pixels": int(pm.mask.sum()), "cells": int(pm.mesh.topology.index_map(2).size_global),
             "dofs": int(dofs), "steps": s["steps"], "rejected": s["rejected"],
+            "rejections": solver.history.rejections,
             "converged": s["converged"], "reason": s["reason"], "t_final_tau": s["t_final"],
             "newton_per_step": s["newton_per_step"], "linear_per_step": s["linear_per_step"],
             "wall_per_step_s": wall / max(s["steps"] + s["rejected"], 1),
             "wall_s": wall, "setup_s": comm.allreduce(setup, op=MPI.MAX),
-            "energy_final_GPa_nm2": s["energy_final"]}
+            "energy_final_GPa_nm2": s["energy_final"],
+            "load_average_1min": [load, os.getloadavg()[0]],
+            "per_step": {k: history.series(k).tolist()
+                         for k in ("t", "dt", "newton_iterations", "wall_s")}}
 
 
-def main(names: list[str]) -> None:
+def main(args: list[str]) -> None:
+    options = {"--linear": "lu", "--budget-s": "inf"}
+    for flag in options:
+        if flag in args:
+            k = args.index(flag)
+            options[flag] = args[k + 1]
+            args = args[:k] + args[k + 2:]
+    linear, budget_s = options["--linear"], float(options["--budget-s"])
     comm = MPI.COMM_WORLD
-    for name in names:
-        result = run_case(name, comm)
+    logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")  # progress lines
+    for name in args or list(CASES):
+        result = run_case(name, comm, linear, budget_s)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others
-            print(name, json.dumps(result), flush=True)
+            print(name, json.dumps({k: v for k, v in result.items() if k != "per_step"}),
+                  flush=True)
             data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            data.setdefault(f"ranks_{comm.size}", {})[name] = result
+            data.setdefault(f"ranks_{comm.size}_{linear}", {})[name] = result
             data["versions"] = versions()
-            data["notes"] = ("wall_per_step_s counts accepted and rejected steps; linear "
-                             "iterations = LU solves (preonly)")
+            data["notes"] = ("wall_per_step_s counts accepted and rejected steps; with lu "
+                             "the linear iterations are LU solves (preonly), with fieldsplit "
+                             "FGMRES iterations; load_average_1min before and after the case "
+                             "(2 shared cores)")
             write_json_atomic(RESULTS, data)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(CASES))
+    main(sys.argv[1:])

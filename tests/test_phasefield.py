@@ -11,6 +11,7 @@ import ufl
 from dolfinx import fem, mesh
 from mpi4py import MPI
 
+from chemomech.exceptions import InputError
 from chemomech.mechanics.materials import Material
 from chemomech.phasefield.initial import random_waves, set_initial_composition
 from chemomech.phasefield.model import Elasticity, FreeEnergy, Kinetics, PhaseFieldForms, vegard_law
@@ -209,6 +210,29 @@ def test_two_ranks_agree_with_one():
     assert distributed == pytest.approx(serial, rel=1e-8)
 
 
+def _run_with(comm, linear: str) -> tuple[np.ndarray, PhaseFieldSolver]:
+    forms = _plate_forms(comm)
+    control = StepControl(dt_initial=50.0, grow=1.0, max_steps=4, energy_tol=0.0)
+    solver = PhaseFieldSolver(forms, control, linear=linear)
+    history = solver.run()
+    return np.array([*history.series("energy.total"), forms.mass()]), solver
+
+
+@pytest.mark.mpi
+def test_fieldsplit_gives_the_lu_solution():
+    """FGMRES + fieldsplit (LU on (c, mu), GAMG on u) and MUMPS LU: the same states (the
+    Newton and FGMRES tolerances are 1e-10 and 1e-9), the iterative solver really iterating."""
+    lu, lu_solver = _run_with(MPI.COMM_WORLD, "lu")
+    fs, fs_solver = _run_with(MPI.COMM_WORLD, "fieldsplit")
+    assert fs == pytest.approx(lu, rel=1e-9)
+    state = lu_solver.forms.w.x.array
+    assert np.abs(fs_solver.forms.w.x.array - state).max() < 1e-7 * np.abs(state).max()
+    assert fs_solver.history.series("linear_iterations")[1:].min() > \
+        lu_solver.history.series("linear_iterations")[1:].max()
+    with pytest.raises(InputError, match="linear_solver"):
+        PhaseFieldSolver(lu_solver.forms, linear="cg")
+
+
 def test_crank_nicolson_reaches_the_same_interface():
     fe = FreeEnergy.for_width(20.0)
     forms = PhaseFieldForms(_strip(MPI.COMM_SELF), fe, NO_ELASTICITY, Kinetics(theta=0.5))
@@ -230,3 +254,22 @@ def test_other_stiffness_choices_relax_with_decreasing_energy(stiffness):
     history = PhaseFieldSolver(forms, control).run()
     energy = history.series("energy.total")
     assert np.all(np.diff(energy) < 0) and history.steps[-1].energy["elastic"] > 0
+
+
+def test_step_report_logs_progress_in_decades_of_the_energy_decrease(caplog):
+    from chemomech.phasefield.solver import StepReport
+
+    report = StepReport(StepControl(energy_tol=1e-8, max_steps=1000), active=True)
+    with caplog.at_level("INFO", logger="chemomech.phasefield.solver"):
+        report.update(1, 10.0, 10.0, 5.0, 1e-4, 3, 3)  # small first decrease (small dt)
+        report.update(2, 30.0, 20.0, 4.0, 1e-2, 4, 4)  # the largest: the reference
+        report.update(3, 60.0, 30.0, 3.9, 1e-5, 2, 2)
+    assert report.fraction(3, 60.0) == pytest.approx(0.5)  # 3 of 6 decades to 1e-8
+    assert report.fraction(999, 60.0) == pytest.approx(0.999)  # the step limit dominates
+    line = caplog.records[-1].getMessage()
+    assert "step 3: t = 60" in line and "F = 3.9" in line and "progress 50 %" in line
+    assert "ETA ~" in line
+    quiet = StepReport(StepControl(), active=False)
+    caplog.clear()
+    quiet.update(1, 1.0, 1.0, 1.0, 1e-3, 1, 1)
+    assert not caplog.records  # other ranks stay silent

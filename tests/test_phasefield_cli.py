@@ -30,6 +30,8 @@ SMALL = {"geometry": {"length_nm": 440.0, "width_nm": 280.0, "pixel_size_nm": 20
     ("mean_x: 1.2\n", "mean_x"),
     ("kinetics: {theta: 0.2}\n", "kinetics.theta"),
     ("geometry: {mask_from: missing.h5}\n", "geometry.mask_from"),
+    ("solver: {linear: cg}\n", "solver.linear"),
+    ("solver: {ksp_rtol: 0}\n", "solver.ksp_rtol"),
 ])
 def test_invalid_configs_are_rejected_naming_the_key(tmp_path, text, key):
     path = tmp_path / "pf.yaml"

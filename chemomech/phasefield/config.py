@@ -10,6 +10,7 @@ Example (every key optional; the defaults are shown by `PhaseFieldConfig` field 
     free_energy: {interface_width_nm: 100}     # or kappa (GPa nm^2), not both
     elasticity: {rotation_rad: 0.0, stiffness: average}
     steps: {energy_tol: 1.0e-8}
+    solver: {linear: lu}         # fieldsplit: FGMRES, LU on (c, mu), GAMG on u (large 3-D)
 
 Relative paths are resolved against the folder of the config file.
 """
@@ -108,6 +109,19 @@ class StepsConfig(_Strict):
     newton_target: int = Field(5, ge=1)
 
 
+class SolverConfig(_Strict):
+    """Linear solver of the monolithic Newton systems (chemomech.phasefield.solver)."""
+
+    linear: Literal["lu", "fieldsplit"] = Field(
+        "lu", description="lu: MUMPS LU of the full Jacobian; fieldsplit: FGMRES with a "
+        "multiplicative fieldsplit, MUMPS LU on the (c, mu) block and GAMG (rigid modes as "
+        "near-null space) on the u block, for large 3-D runs")
+    ksp_rtol: float = Field(1e-9, gt=0, lt=1, description="relative FGMRES tolerance "
+                            "(fieldsplit only)")
+    ksp_max_it: int = Field(500, ge=1, description="FGMRES iterations per Newton step "
+                            "(fieldsplit only; more fails the Newton step)")
+
+
 class OutputConfig(_Strict):
     """What is written besides particle.h5."""
 
@@ -133,6 +147,7 @@ class PhaseFieldConfig(_Strict):
     kinetics: KineticsConfig = KineticsConfig()
     initial: InitialConfig = InitialConfig()
     steps: StepsConfig = StepsConfig()
+    solver: SolverConfig = SolverConfig()
     outputs: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -78,7 +78,8 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
     dt0 = s.dt_initial or w**2 / (100.0 * k.diffusivity)
     control = StepControl(dt_initial=dt0, dt_max=max(s.dt_max, dt0), max_steps=s.max_steps,
                           t_end=s.t_end, energy_tol=s.energy_tol, patience=s.patience,
-                          newton_target=s.newton_target)
+                          newton_target=s.newton_target, ksp_rtol=config.solver.ksp_rtol,
+                          ksp_max_it=config.solver.ksp_max_it)
     return pm, forms, control
 
 
@@ -99,7 +100,7 @@ def run_phasefield(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD) ->
     started = time.perf_counter()
     out = Path(config.output)
     pm, forms, control = build_model(config, comm)
-    solver = PhaseFieldSolver(forms, control)
+    solver = PhaseFieldSolver(forms, control, linear=config.solver.linear)
     every = config.outputs.xdmf_every
     xdmf = XdmfSeries(out / "phasefield.xdmf", forms.mesh) if every else None
     try:
