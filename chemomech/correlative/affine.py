@@ -157,6 +157,20 @@ class AffineCorrelation:
 
     def value_and_gradient(self, p: np.ndarray) -> tuple[float, np.ndarray]:
         """Score and d(score)/dp; pixels outside the image see its clamped edge (zero slope)."""
+        score, g_u, g_v = self._pixel_slopes(p)
+        qx, qy = self._qx, self._qy
+        gradient = np.array([_dot(g_u, qx), _dot(g_u, qy), _dot(g_v, qx), _dot(g_v, qy),
+                             g_u.sum(), g_v.sum()])
+        return score, gradient
+
+    def pixel_gradients(self, p: np.ndarray) -> np.ndarray:
+        """Each fixed pixel's contribution (n, 6) to d(score)/dp (their sum is the gradient)."""
+        _, g_u, g_v = self._pixel_slopes(p)
+        qx, qy = self._qx, self._qy
+        return np.column_stack([g_u * qx, g_u * qy, g_v * qx, g_v * qy, g_u, g_v])
+
+    def _pixel_slopes(self, p: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Score and its per-pixel derivatives by the X-ray coordinates (u, v) of the pixels."""
         self.evaluations += 1
         qx, qy = self._qx, self._qy
         u = p[0] * qx + p[1] * qy + p[4]
@@ -167,10 +181,7 @@ class AffineCorrelation:
         m_u = np.where(u == u_in, self.spline.ev(u_in, v_in, dx=1), 0.0)
         m_v = np.where(v == v_in, self.spline.ev(u_in, v_in, dy=1), 0.0)
         score, dscore_dm = self._score_and_slope(m)
-        g_u, g_v = dscore_dm * m_u, dscore_dm * m_v
-        gradient = np.array([_dot(g_u, qx), _dot(g_u, qy), _dot(g_v, qx), _dot(g_v, qy),
-                             g_u.sum(), g_v.sum()])
-        return score, gradient
+        return score, dscore_dm * m_u, dscore_dm * m_v
 
 
 def smooth(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -34,7 +34,9 @@ on the coarsest level, the best few carried to the next finer level.
 `registration.json` (DESIGN §3) stores
 ``{"matrix": [[a00, a01, t0], [a10, a11, t1]], "flip": bool, "score": r, "iterations": n}``;
 with a mirror the matrix itself has det < 0 and ``flip`` is true; `score` is the strain-X
-Pearson r at the result whatever the metric.
+Pearson r at the result whatever the metric.  `register_affine` adds ``"sigma_px"`` (4D-STEM
+px, per axis) and ``"covariance_px2"`` (2x2): the standard error of the registered shift
+(`registration_uncertainty`), the value for `uncertainty.registration_px`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,20 +93,35 @@ OUTLINE_BLURS_PX = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 #: The default metric: the most accurate on real-particle warps (bench/registration.py).
 DEFAULT_METRIC = "auto"
 
+#: Side (4D-STEM px) of the square blocks over which `registration_uncertainty` sums the
+#: score gradient: several times the residuals' correlation length (1 px smoothing, X-ray
+#: blur ~1-2 px), small enough for ~50 blocks on a particle.
+UNCERTAINTY_BLOCK_PX = 8
+
 
 @dataclass(frozen=True, slots=True)
 class RegistrationResult:
-    """The affine map u = matrix[:, :2] q + matrix[:, 2], its Pearson r and iteration count."""
+    """The affine map u = matrix[:, :2] q + matrix[:, 2], its Pearson r and iteration count,
+    and the estimated shift uncertainty (`registration_uncertainty`): `sigma_px` (4D-STEM px,
+    per axis; NaN: not estimated) and its 2x2 `covariance_px2` (px^2)."""
 
     matrix: np.ndarray
     flip: bool
     score: float
     iterations: int
+    sigma_px: float = float("nan")
+    covariance_px2: np.ndarray | None = None
 
     def to_dict(self) -> dict:
-        """The stable `registration.json` content (DESIGN §3)."""
-        return {"matrix": np.asarray(self.matrix, dtype=float).tolist(), "flip": bool(self.flip),
-                "score": float(self.score), "iterations": int(self.iterations)}
+        """The stable `registration.json` content (DESIGN §3), plus sigma_px / covariance_px2
+        when estimated."""
+        data = {"matrix": np.asarray(self.matrix, dtype=float).tolist(),
+                "flip": bool(self.flip), "score": float(self.score),
+                "iterations": int(self.iterations)}
+        if np.isfinite(self.sigma_px) and self.covariance_px2 is not None:
+            data["sigma_px"] = float(self.sigma_px)
+            data["covariance_px2"] = np.asarray(self.covariance_px2, dtype=float).tolist()
+        return data
 
 
 def write_registration(result: RegistrationResult, path: str | Path) -> Path:
@@ -134,8 +151,14 @@ def read_registration(path: str | Path) -> RegistrationResult:
     if bool(data["flip"]) != (det < 0):
         raise InputError(f"flip={data['flip']} disagrees with det(matrix[:, :2]) = {det:.4g}",
                          path=str(path), field="flip")
+    sigma = float(data.get("sigma_px", float("nan")))
+    covariance = data.get("covariance_px2")
+    if "sigma_px" in data and not (sigma >= 0 and np.shape(covariance) == (2, 2)):
+        raise InputError(f"sigma_px must be >= 0 with a 2x2 covariance_px2, got {sigma}",
+                         path=str(path), field="sigma_px")
     return RegistrationResult(matrix, bool(data["flip"]), float(data["score"]),
-                              int(data["iterations"]))
+                              int(data["iterations"]), sigma,
+                              None if covariance is None else np.asarray(covariance, float))
 
 
 @dataclass(frozen=True)
@@ -323,15 +346,71 @@ def outline_conditioning(terms: list[SimilarityTerm], matrix: np.ndarray,
     gradient; 0 when a direction is flat or uphill: the terms leave the map undetermined.
     """
     objectives = _fine_objectives(terms, fixed_mask, smoothing_px, contrast_knots)
+    p0 = objectives[0][0].to_parameters(np.asarray(matrix, dtype=float))
+    eigenvalues = np.linalg.eigvalsh(_curvature(objectives, p0, step))
+    return float(max(eigenvalues[0], 0.0) / eigenvalues[-1]) if eigenvalues[-1] > 0 else 0.0
+
+
+def _curvature(objectives: list[tuple[AffineCorrelation, float]], p0: np.ndarray,
+               step: float) -> np.ndarray:
+    """-Hessian (6x6, symmetrised) of the weighted score at p0: central differences (step in
+    the scaled parameters, ~px) of the analytic gradient."""
 
     def gradient(p: np.ndarray) -> np.ndarray:
         return sum(w * o.value_and_gradient(p)[1] for o, w in objectives)
 
-    p0 = objectives[0][0].to_parameters(np.asarray(matrix, dtype=float))
     H = np.array([(gradient(p0 + step * e) - gradient(p0 - step * e)) / (2 * step)
                   for e in np.eye(6)])
-    eigenvalues = np.linalg.eigvalsh(-0.5 * (H + H.T))
-    return float(max(eigenvalues[0], 0.0) / eigenvalues[-1]) if eigenvalues[-1] > 0 else 0.0
+    return -0.5 * (H + H.T)
+
+
+def registration_uncertainty(terms: list[SimilarityTerm], matrix: np.ndarray,
+                             fixed_mask: np.ndarray, smoothing_px: float = 1.0,
+                             contrast_knots: int = 8, block_px: int = UNCERTAINTY_BLOCK_PX,
+                             step: float = 1e-3) -> tuple[float, np.ndarray]:
+    """Standard error of the registered shift from the registration itself (sandwich).
+
+    At the optimum p* of S(p) = sum_k w_k S_k(p) (finest-level spline scores, p the 6 scaled
+    affine parameters, p[4:] = the X-ray position of the particle centroid, X-ray px),
+    p* - p_true ~ C^-1 g with C = -Hessian of S (`_curvature`) and g = sum_i g_i the score
+    gradient, a sum of per-pixel terms g_i = w_k dS_k/dm_i grad_p m_i driven by the fit
+    residuals.  The residuals are spatially correlated (smoothing, X-ray blur, model error of
+    the outline), so Var(g) is estimated cluster-robustly over square blocks b of `block_px`
+    4D-STEM px: V = n_b / (n_b - 1) sum_b (G_b - Gbar)(G_b - Gbar)^T, G_b = sum_{i in b} g_i.
+    Then Cov(p*) = C^-1 V C^-1; its translation block, carried to the 4D-STEM grid by
+    delta q = A^-1 delta u, is `covariance` (4D-STEM px^2) and
+    sigma = sqrt(trace(covariance) / 2) (4D-STEM px, RMS per axis: the std of a random shift
+    per axis, `uncertainty.registration_px`).  Returns (sigma, covariance); sigma = inf where
+    the score is flat or uphill in some direction.  It measures the scatter from noise and
+    texture, not a bias of the metric (e.g. "strain" on LFP50_P2, ~0.8 px).
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    objectives = _fine_objectives(terms, fixed_mask, smoothing_px, contrast_knots)
+    p0 = objectives[0][0].to_parameters(matrix)
+    curvature = _curvature(objectives, p0, step)
+    if np.linalg.eigvalsh(curvature)[0] <= 0:
+        return float("inf"), np.full((2, 2), np.inf)
+    block_of = {}
+    sums = []
+    for (objective, w), term in zip(objectives, terms, strict=True):
+        points = np.argwhere(term.scored)
+        labels = [block_of.setdefault(tuple(b), len(block_of))
+                  for b in map(tuple, points // block_px)]
+        contribution = w * objective.pixel_gradients(p0)
+        block_sums = np.zeros((len(block_of), 6))
+        np.add.at(block_sums, np.asarray(labels), contribution)
+        sums.append(block_sums)
+    G = np.zeros((len(block_of), 6))
+    for block_sums in sums:
+        G[:len(block_sums)] += block_sums
+    n_blocks = len(G)
+    G -= G.mean(axis=0)
+    V = n_blocks / max(n_blocks - 1, 1) * G.T @ G
+    inverse = np.linalg.inv(curvature)
+    cov_b = (inverse @ V @ inverse)[4:, 4:]
+    A_inv = np.linalg.inv(matrix[:, :2])
+    covariance = A_inv @ cov_b @ A_inv.T
+    return float(np.sqrt(np.trace(covariance) / 2)), covariance
 
 
 def _checked_result(matrix: np.ndarray, iterations: int, fixed: np.ndarray,
@@ -467,15 +546,21 @@ def register_affine(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarra
                            "particle): adding the strain-X term (metric joint, strain weight "
                            "%.2f)", conditioning, MIN_OUTLINE_CONDITIONING, strain_weight)
             metric = "joint"
-            matrix, score, iterations, _ = run(strain_weight)
+            w = strain_weight
+            matrix, score, iterations, blur = run(w)
         else:
-            metric = "morphology"
+            metric, w = "morphology", 0.0
     else:
         w = {"strain": 1.0, "morphology": 0.0, "joint": strain_weight}[metric]
-        matrix, score, iterations, _ = run(w)
+        matrix, score, iterations, blur = run(w)
     logger.info("registration metric %s: score %.4f", metric, score)
-    return _checked_result(matrix, iterations, fixed, fixed_mask, moving, moving_mask,
-                           allow_flip, margin_px, sign)
+    result = _checked_result(matrix, iterations, fixed, fixed_mask, moving, moving_mask,
+                             allow_flip, margin_px, sign)
+    sigma, covariance = registration_uncertainty(terms(w, blur), matrix, fixed_mask,
+                                                 **score_options)
+    logger.info("registration: shift uncertainty sigma = %.3f px per axis (4D-STEM px)",
+                sigma)
+    return replace(result, sigma_px=sigma, covariance_px2=covariance)
 
 
 def correlation_score(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray,
@@ -547,7 +632,7 @@ def particle_from_correlative(name: str, strain: StrainMaps, composition: Compos
     thickness = None if composition.thickness is None else \
         warp_to_grid(composition.thickness, result.matrix, shape, composition.mask)
     note = (f"X registered by affine {np.round(result.matrix, 6).tolist()} "
-            f"(flip={result.flip}, r={result.score:.4f})")
+            f"(flip={result.flip}, r={result.score:.4f}, sigma_px={result.sigma_px:.3f})")
     source = f"{composition.source}; {note}" if composition.source else note
     registered = CompositionMap(X=np.clip(X, 0.0, 1.0), mask=np.isfinite(X),
                                 thickness=thickness, source=source)
@@ -697,5 +782,7 @@ def cmd_register(args: argparse.Namespace) -> int:
                                              rotation_rad=rotation, strain_frame=frame,
                                              theta_sign=theta_sign)
         write_stack(args.stack, particle)
-    logger.info("registration r = %.4f written to %s", result.score, out)
+    logger.info("registration r = %.4f, shift uncertainty sigma = %.3f px per axis (use as "
+                "uncertainty.registration_px) written to %s", result.score, result.sigma_px,
+                out)
     return 0
