@@ -6,6 +6,12 @@ run on 1 rank; records the summary's stage timings, the TAO iterations over the 
 time per iteration and per forward solve, and the load average before and after:
 
   scripts/in-env python3 bench/m2_timing.py        # -> bench/results/m2_timing.json
+
+``--stagnation-rtol 0`` switches the M2 stagnation stop off (``dislocations.stagnation_rtol``),
+for the before/after comparison of issue #17 (``--out`` names the JSON):
+
+  scripts/in-env python3 bench/m2_timing.py --stagnation-rtol 0 \
+      --out bench/results/m2_timing_no_stagnation.json
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import argparse  # noqa: E402
 import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -27,7 +34,7 @@ RESULTS = Path(os.environ.get("CHEMOMECH_BENCH_RESULTS",
                               ROOT / "bench" / "results" / "m2_timing.json"))
 
 
-def main() -> dict:
+def main(stagnation_rtol: float | None = None, results: Path = RESULTS) -> dict:
     from chemomech.config import RunConfig
     from chemomech.io.results import versions, write_json_atomic
     from chemomech.pipeline import run
@@ -36,13 +43,17 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         load0 = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = run(RunConfig(data=[REAL], model="M2", output=Path(tmp) / "run"),
-                      MPI.COMM_SELF)
+        dislocations = {} if stagnation_rtol is None else {"stagnation_rtol": stagnation_rtol}
+        config = RunConfig(data=[REAL], model="M2", output=Path(tmp) / "run",
+                           dislocations=dislocations)
+        summary = run(config, MPI.COMM_SELF)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     timings = summary["timings_s"]
     iterations = timings.get("m2_iterations", 0.0)
     result = {
         "benchmark": "default M2 run on LFP50_P2 (pipeline, 1 rank)",
+        "stagnation_rtol": config.dislocations.stagnation_rtol,
+        "stagnation_window": config.dislocations.stagnation_window,
         "seconds": seconds, "cpu_seconds": cpu, "load_before": load0,
         "load_after": os.getloadavg()[0],
         "timings_s": timings,
@@ -54,11 +65,16 @@ def main() -> dict:
         "model_errors": summary["model_errors"],
         "versions": versions(),
     }
-    write_json_atomic(RESULTS, result)
+    write_json_atomic(results, result)
     print(f"M2 run {seconds:.1f} s (load {load0:.1f}): {iterations:.0f} iterations, "
-          f"{result['m2_time_per_iteration_s']:.3f} s each -> {RESULTS}")
+          f"{result['m2_time_per_iteration_s']:.3f} s each -> {results}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stagnation-rtol", type=float, default=None,
+                        help="dislocations.stagnation_rtol (default: the config default)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write")
+    args = parser.parse_args()
+    main(args.stagnation_rtol, args.out)

@@ -335,12 +335,14 @@ class M2Model:
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def fit(self, alpha: float | None = None, tao_type: str = "blmvm", gatol: float = 0.0,
-            grtol: float = 1e-7, max_it: int = 2000, initial: Sequence[float] | None = None
-            ) -> M2FitResult:
+            grtol: float = 1e-7, max_it: int = 2000, initial: Sequence[float] | None = None,
+            stagnation_rtol: float = 1e-9, stagnation_window: int = 10) -> M2FitResult:
         """Minimise J(a, gamma) with adjoint gradients and PETSc TAO, warm-started from the
         current state (or `initial` coefficients); `alpha` sets the weight first.  Under a
         gauge (M1's, Dirichlet data) TAO works in the free coefficients z, a = T z + t, so the
-        unidentified constants are no search direction."""
+        unidentified constants are no search direction.  The fit stops as converged by
+        stagnation once J fell by less than `stagnation_rtol` J over `stagnation_window`
+        iterations (0: never; `chemomech.inverse.optimise.minimise`)."""
         if tao_type not in M2_TAO_TYPES:
             raise InputError(f"must be one of {M2_TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
@@ -370,7 +372,8 @@ class M2Model:
                        comm=self.world, tao_type=tao_type, prefix="chemomech_m2_", J0=J0,
                        gatol=gatol, grtol=grtol, max_it=max_it, max_evaluations=4 * max_it,
                        initial_hessian=_InitialHessian(self, pairs, sqrt_w, scale),
-                       label="M2 TAO", log_every=25)
+                       label="M2 TAO", log_every=25, stagnation_rtol=stagnation_rtol,
+                       stagnation_window=stagnation_window)
         iterations, text = out.iterations, out.text
         a, gam = self._unpack(out.x, pairs, sqrt_w)
         self.coefficients = a

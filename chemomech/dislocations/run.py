@@ -143,7 +143,8 @@ def run_m2(prepared: Sequence, config: RunConfig, comm: MPI.Comm = MPI.COMM_WORL
     model = m2_model(prepared, stage, config)
     group, mine = model.group, stage.particle_indices
     fit_options = {"tao_type": settings.tao_type, "max_it": settings.max_it,
-                   "grtol": settings.grtol}
+                   "grtol": settings.grtol, "stagnation_rtol": settings.stagnation_rtol,
+                   "stagnation_window": settings.stagnation_window}
     reg = settings.regularisation
     choice = None
     t1 = time.perf_counter()

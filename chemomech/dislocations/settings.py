@@ -71,6 +71,12 @@ class DislocationsConfig(_Strict):
     tao_type: Literal["blmvm", "bqnls"] = Field("blmvm", description="TAO method of the M2 fit")
     max_it: int = Field(2000, ge=1, description="most TAO iterations per alpha")
     grtol: float = Field(1e-7, ge=0, description="gradient tolerance relative to J")
+    stagnation_rtol: float = Field(
+        1e-9, ge=0, lt=1, description="stop a fit as converged by stagnation once J fell by "
+        "less than stagnation_rtol x J over the last stagnation_window TAO iterations (0: "
+        "never)")
+    stagnation_window: int = Field(10, ge=1, description="TAO iterations over which the "
+                                   "stagnation test compares J")
     bands: bool = Field(True, description="joint Gauss-Newton covariance of the law over "
                         "(a, gamma), marginalised on a (chemomech.dislocations.bands); "
                         "false: no M2 band is published")

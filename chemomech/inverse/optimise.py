@@ -5,6 +5,12 @@ and applies one set of stopping rules for every model:
 
 * a line-search failure after :math:`|\nabla J|` fell by `STALL_GRADIENT_REDUCTION` is J
   changing below rounding and is accepted as converged;
+* with ``stagnation_rtol`` > 0 (M2; M1 leaves it 0): J fell by less than
+  ``stagnation_rtol``·J over the last ``stagnation_window`` iterations,
+  :math:`J_{k-w} - J_k \le \mathrm{rtol}\,|J_k|`, stops TAO as converged by stagnation
+  (reason ``CONVERGED_USER``).  The test reads only the accepted J of the iterations, so it is
+  a deterministic function of the evaluation history and a replayed checkpoint stops at the
+  same iteration;
 * hitting ``max_it`` returns the last iterate with ``converged = False`` and a warning;
 * any other negative reason raises `SolverError`.
 
@@ -87,14 +93,20 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
              bounds: tuple[np.ndarray, np.ndarray] | None = None,
              hessian_action: Callable[[np.ndarray], np.ndarray] | None = None,
              initial_hessian=None, option_defaults: Mapping[str, object] | None = None,
-             label: str = "TAO", log_every: int = 1) -> TaoOutcome:
+             label: str = "TAO", log_every: int = 1, stagnation_rtol: float = 0.0,
+             stagnation_window: int = 10) -> TaoOutcome:
     """Minimise J(x) with PETSc TAO; `x0` and the gradient are this rank's part of x.
 
     `objective_gradient(x) -> (J, dJ/dx)` (unscaled, collective over `comm`); `J0` the scale
     (default J(x0)); `hessian_action` the exact H·d for Newton types (nls, ntr); and
     `initial_hessian` a Python context with `mult` (H0) and `apply` (H0^-1) for the LMVM
     types (blmvm, bqnls).  `option_defaults` are set under `prefix` unless the user gave them.
+    `stagnation_rtol` > 0 stops once J fell by at most that fraction of J over the last
+    `stagnation_window` iterations (converged by stagnation; 0: never).
     """
+    if not stagnation_rtol >= 0 or stagnation_window < 1:
+        raise ValueError(f"stagnation_rtol >= 0 and stagnation_window >= 1 required, got "
+                         f"{stagnation_rtol}, {stagnation_window}")
     x0 = np.asarray(x0, float)
     log = _CHECKPOINTS[-1].log(f"{prefix}{label}", comm, x0.size) if _CHECKPOINTS else None
     if log is not None:
@@ -105,7 +117,8 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     if J0 is None:
         J0 = objective_gradient(x0)[0]
     scale = 1.0 / J0 if J0 > 0 else 1.0
-    counters = {"evaluations": 0, "time": 0.0, "g0": None, "error": None}
+    counters = {"evaluations": 0, "time": 0.0, "g0": None, "error": None, "stagnated": False}
+    history: dict[int, float] = {}  # scaled J of each iteration, for the stagnation test
 
     def tao_objective_gradient(tao, x, g):
         t0 = time.perf_counter()
@@ -123,6 +136,12 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
         its, f, gnorm = tao.getSolutionStatus()[:3]
         if counters["g0"] is None:
             counters["g0"] = gnorm
+        history[its] = f
+        before = history.get(its - stagnation_window)
+        if stagnation_rtol > 0 and before is not None and before - f <= stagnation_rtol * abs(f) \
+                and tao.getConvergedReason() == PETSc.TAO.ConvergedReason.CONTINUE_ITERATING:
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
+            counters["stagnated"] = True
         if comm.rank == 0 and (its % log_every == 0 or its < 5):
             logger.info("%s %4d  J = %.10e  |grad J| = %.3e", label, its, f / scale,
                         gnorm / scale)
@@ -202,7 +221,10 @@ def minimise(objective_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]
     ratio = g_norm / g0 if g0 else 0.0
     text = f"TAO {tao_type} reason {reason}, |g|/|g0| = {ratio:.1e}"
     converged = reason > 0
-    if reason == PETSc.TAO.ConvergedReason.DIVERGED_LS_FAILURE and \
+    if counters["stagnated"] and reason == PETSc.TAO.ConvergedReason.CONVERGED_USER:
+        text += (f" (stagnation: J fell by < {stagnation_rtol:.0e} J over "
+                 f"{stagnation_window} iterations: converged)")
+    elif reason == PETSc.TAO.ConvergedReason.DIVERGED_LS_FAILURE and \
             ratio <= STALL_GRADIENT_REDUCTION:
         # the line search works on J, whose changes fell below rounding: converged as far as
         # an objective-based method can tell
