@@ -50,6 +50,21 @@ class _SlipHessian:
         self.gammas = model.gammas[index]
         self.n = self.p.n_owned
         self.n_s = len(self.p.systems)
+        # R'' per system at the fit, assembled once (not one vector assembly per product)
+        self.reg = [self.p.regularisation_hessian(g) for g in self.gammas]
+        self._x, self._y = self.reg[0].createVecs()
+
+    def release(self) -> None:
+        """Free the R'' matrices (not `destroy`: petsc4py calls that on the shell's Mat/PC)."""
+        for m in self.reg:
+            m.destroy()
+        self._x.destroy()
+        self._y.destroy()
+
+    def _reg_product(self, k: int, d: np.ndarray) -> np.ndarray:
+        self._x.array[:] = d
+        self.reg[k].mult(self._x, self._y)
+        return self._y.array.copy()
 
     def _split(self, x) -> list[np.ndarray]:
         a = x.getArray(readonly=True)
@@ -59,8 +74,7 @@ class _SlipHessian:
         d = self._split(x)
         rows = self.p.slip_jacobian(d)
         out = self.p.slip_jacobian_transpose(rows)
-        out = [o + self.p.regularisation_hessian(g, dk)
-               for o, g, dk in zip(out, self.gammas, d, strict=True)]
+        out = [o + self._reg_product(k, dk) for k, (o, dk) in enumerate(zip(out, d, strict=True))]
         y.setArray(np.concatenate(out))
 
     def apply(self, pc, x, y):
@@ -122,6 +136,7 @@ def m2_covariance(model: M2Model, rtol: float = 1e-6, max_it: int = 5000
             normal += part_normal
         ksp.destroy()
         H.destroy()
+        ctx.release()
     normal = model.world.allreduce(normal)
     schur = model.world.allreduce(schur)
     n_obs = model._world_sum(sum(p.misfit.num_observations for p in model.particles))

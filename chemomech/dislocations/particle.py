@@ -80,8 +80,8 @@ class SlipParticle:
         self.R = fem.form(R)
         self.dR = fem.form(ufl.derivative(R, self.g, ufl.TestFunction(self.Q)))
         self.dR_dir = fem.form(ufl.derivative(R, self.g, self.dg))
-        self.d2R_dir = fem.form(ufl.derivative(ufl.derivative(R, self.g, ufl.TestFunction(
-            self.Q)), self.g, self.dg))
+        self.d2R = fem.form(ufl.derivative(ufl.derivative(R, self.g, ufl.TestFunction(
+            self.Q)), self.g, ufl.TrialFunction(self.Q)))
         self._work = self.K[0].createVecRight() if self.K else None
         # H1-type preconditioner S = alpha_eff L + beta M of the slip block (set by M2Model)
         self.pc_alpha = fem.Constant(mesh, 1.0)
@@ -180,14 +180,13 @@ class SlipParticle:
         self.dg.x.scatter_forward()
         return self.comm.allreduce(fem.assemble_scalar(self.dR_dir))
 
-    def regularisation_hessian(self, gamma, direction: np.ndarray) -> np.ndarray:
-        """d2R/dgamma2 [direction] at gamma, owned entries (direction: owned values)."""
+    def regularisation_hessian(self, gamma) -> PETSc.Mat:
+        """The matrix d2R/dgamma2 at gamma (owned rows; alpha L for h1, the TV Hessian at
+        gamma for tv): assembled once, then one sparse product per Hessian action."""
         self._load(gamma)
-        self.dg.x.array[: self.n_owned] = direction
-        self.dg.x.scatter_forward()
-        b = fem.assemble_vector(self.d2R_dir)
-        b.scatter_reverse(la.InsertMode.add)
-        return b.array[: self.n_owned].copy()
+        H = fem_petsc.assemble_matrix(self.d2R)
+        H.assemble()
+        return H
 
     def slip_jacobian(self, directions: Sequence[np.ndarray]) -> np.ndarray:
         """J_gamma dgamma = P(B A^+ sum_s K_s dgamma_s - sum_s G_s dgamma_s): the misfit rows
