@@ -101,7 +101,7 @@ def check_inversion_data(prepared: list[PreparedParticle], config: RunConfig) ->
                         config.boundary_condition)
 
 
-def check_particle_size(particle: ParticleData, edge_exclusion_px: int) -> None:
+def check_edge_exclusion(particle: ParticleData, edge_exclusion_px: int) -> None:
     """Refuse, before the integration, a particle left without pixels by `edge_exclusion_px`."""
     from chemomech.exceptions import InputError
     from chemomech.io.stack import interior_pixels
@@ -346,8 +346,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
             (logger.info if diff < 1e-4 else logger.warning)(
                 "cross-check: TAO and the linear fast path differ by %.2e relative", diff)
     method = resolved_uncertainty_method(config)
-    noise_method = method if method != "calibrated" else (
-        "integrated_noise" if config.misfit == "displacement" else "gauss_newton")
+    noise_method = method if method != "calibrated" else noise_covariance_method(config)
     t_bands = time.perf_counter()
     if noise_method == "integrated_noise" and config.uncertainty.evaluation == "exact":
         operators = {s.name: IntegratedStrainNoise(
@@ -390,11 +389,15 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
 def resolved_uncertainty_method(config: RunConfig) -> str:
     """The covariance method of the run: `uncertainty.method`, with auto resolved."""
     method = config.uncertainty.method
-    if method == "auto" and config.model == "M1":
-        return "calibrated"
-    if method == "auto":
-        method = "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
-    return method
+    if method != "auto":
+        return method
+    return "calibrated" if config.model == "M1" else noise_covariance_method(config)
+
+
+def noise_covariance_method(config: RunConfig) -> str:
+    """The noise covariance for the misfit: integrated noise for the displacement misfit (its
+    noise is correlated by the integration), Gauss-Newton for the strain misfit."""
+    return "integrated_noise" if config.misfit == "displacement" else "gauss_newton"
 
 
 def run(config: RunConfig, comm: MPI.Comm = MPI.COMM_WORLD, *, resume: bool = False
@@ -514,7 +517,7 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         for p in particles:
             if config.model in ("M1", "M2"):
                 check_interior(p)
-            check_particle_size(p, config.edge_exclusion_px)
+            check_edge_exclusion(p, config.edge_exclusion_px)
         if rank0:
             logger.info("%d particle(s): %s; model %s, degree %s, misfit %s, %d rank(s)",
                         len(particles), ", ".join(p.name for p in particles), config.model,
@@ -669,10 +672,10 @@ def _calibrated_summary(calibrated: dict, level: float) -> dict:
     """The `uncertainty` block of a calibrated run: covariance parts, Student-t factor, bias,
     and each part's alone half-width (normal quantile) of the f_a, f_c band at X = 0.05, 0.5,
     0.95."""
-    from scipy import stats
+    from chemomech.inverse.uncertainty import student_t_factor
 
     dof = int(calibrated["dof"])
-    factor = float((stats.t.ppf(0.5 + level / 2, dof) / stats.norm.ppf(0.5 + level / 2)) ** 2)
+    factor = student_t_factor(dof, level)
     X = np.array([0.05, 0.5, 0.95])
     parts = {"noise": calibrated["noise_covariance"]} | calibrated["parts"]
     std = {}

@@ -526,16 +526,23 @@ def discretisation_covariance(coefficients: Sequence[float], other: Sequence[flo
     return np.outer(e, e), e
 
 
-def calibrated_band(coefficients: Sequence[float], cov: np.ndarray, dof: int,
-                    X: np.ndarray | None = None, level: float = 0.95,
-                    derivative: bool = False) -> dict[str, np.ndarray]:
-    """Pointwise band f +- t_dof sqrt(V C V^T) (Student t on `dof` degrees of freedom)."""
+def student_t_factor(dof: int, level: float = 0.95) -> float:
+    """(t_dof / z)^2 at `level`: the covariance factor that turns a normal-quantile band into
+    a Student-t band on `dof` degrees of freedom."""
     if dof < 1:
         raise InputError(f"need at least one degree of freedom, got {dof}", field="dof")
     z = float(stats.norm.ppf(0.5 + level / 2.0))
     t = float(stats.t.ppf(0.5 + level / 2.0, dof))
+    return (t / z) ** 2
+
+
+def calibrated_band(coefficients: Sequence[float], cov: np.ndarray, dof: int,
+                    X: np.ndarray | None = None, level: float = 0.95,
+                    derivative: bool = False) -> dict[str, np.ndarray]:
+    """Pointwise band f +- t_dof sqrt(V C V^T) (Student t on `dof` degrees of freedom)."""
+    factor = student_t_factor(dof, level)
     design = legendre.vandermonde_derivative if derivative else legendre.vandermonde
-    return _bands(design, coefficients, np.asarray(cov, dtype=float) * (t / z) ** 2, X, level)
+    return _bands(design, coefficients, np.asarray(cov, dtype=float) * factor, X, level)
 
 
 def calibrated_fit(build_model: Callable[[np.ndarray, float], object], X: np.ndarray,
