@@ -186,21 +186,23 @@ class M1Outcome:
 
 def _mesh_particles(prepared: list[PreparedParticle], mine: list[int], group: MPI.Comm,
                     config: RunConfig, setups: list, meshes: list,
-                    size_px: float | None = None) -> None:
+                    size_px: float | None = None, like: list | None = None) -> None:
     """Mesh this rank group's particles and append their M1 setups; errors name the particle.
-    `size_px`: element size (default `mesh.size_px`)."""
+    `size_px`: element size (default `mesh.size_px`); `like`: the run's meshes of the same
+    particles, whose repaired masks and polygons are remeshed (`mesh.remesh`)."""
     from chemomech.exceptions import InputError
-    from chemomech.mechanics.mesh import mesh_from_mask
+    from chemomech.mechanics.mesh import mesh_from_mask, remesh
 
-    for k in mine:
+    for n, k in enumerate(mine):
         p = prepared[k]
         logger.info("meshing %s (%d pixels, h = %.3g nm)", p.data.name, int(p.data.mask.sum()),
                     p.data.pixel_size_nm)
         try:
-            pm = mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
-                                mesh_size_px=size_px or config.mesh.size_px,
-                                simplify_tol_px=config.mesh.simplify_tol_px,
-                                min_island_px=config.mesh.min_island_px)
+            pm = remesh(like[n], size_px or config.mesh.size_px) if like is not None else \
+                mesh_from_mask(p.data.mask, p.data.pixel_size_nm, group,
+                               mesh_size_px=size_px or config.mesh.size_px,
+                               simplify_tol_px=config.mesh.simplify_tol_px,
+                               min_island_px=config.mesh.min_island_px)
         except InputError as err:  # names the key: the mesher knows only its argument
             raise InputError(f"particle {p.data.name!r} ({int(p.data.mask.sum())} px): {err} "
                              "(see mesh.min_island_px, mesh.size_px, mesh.simplify_tol_px)",
@@ -225,7 +227,7 @@ def _particle_setup(p: PreparedParticle, pm, config: RunConfig, X: np.ndarray | 
 
 def calibrated_covariance(prepared: list[PreparedParticle], mine: list[int], setups: list,
                           model, fit, noise_covariance: np.ndarray, config: RunConfig,
-                          comm: MPI.Comm, group: MPI.Comm) -> dict:
+                          comm: MPI.Comm, group: MPI.Comm, meshes: list | None = None) -> dict:
     """`uncertainty.method: calibrated` (`chemomech.inverse.uncertainty`): the noise
     covariance (`noise_covariance`) widened by the sandwich over pixel blocks, plus the
     discretisation term from a fit on a 2x coarser (or finer) mesh, plus the errors in the
@@ -253,7 +255,7 @@ def calibrated_covariance(prepared: list[PreparedParticle], mine: list[int], set
         ratio = 2.0 if u.discretisation == "coarse" else 0.5
         other_setups, other_meshes = [], []
         _mesh_particles(prepared, mine, group, config, other_setups, other_meshes,
-                        size_px=ratio * config.mesh.size_px)
+                        size_px=ratio * config.mesh.size_px, like=meshes)
         other = M1Model(other_setups, **options).fit("linear", with_normal_matrix=False)
         parts["discretisation"], _ = discretisation_covariance(
             fit.coefficients, other.coefficients, ratio, u.discretisation_rate)
@@ -367,7 +369,7 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     calibrated = None
     if method == "calibrated":
         calibrated = calibrated_covariance(prepared, mine, setups, model, fit, cov, config,
-                                           comm, group)
+                                           comm, group, meshes)
         calibrated["noise_covariance"] = cov
         cov = calibrated["covariance"]
     t_bands = time.perf_counter() - t_bands

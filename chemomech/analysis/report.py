@@ -22,6 +22,9 @@ import numpy as np  # noqa: E402
 from chemomech.io.results import atomic_path, write_text_atomic  # noqa: E402
 
 COLORS = {"a": "tab:purple", "c": "tab:green"}
+#: zlib level of the PNG files: 1 encodes ~4x faster than PIL's default 6 for files ~1.5x
+#: larger (the same pixels)
+PNG_COMPRESS_LEVEL = 1
 
 
 def save_figure(fig, path: str | Path, tight: bool = True, close: bool = True) -> Path:
@@ -29,7 +32,8 @@ def save_figure(fig, path: str | Path, tight: bool = True, close: bool = True) -
     its artists (one more draw: a figure laid out by hand saves in about 60 % of the time)."""
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight" if tight else None, format="png")
+            fig.savefig(tmp, dpi=150, bbox_inches="tight" if tight else None, format="png",
+                        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     finally:
         if close:
             plt.close(fig)

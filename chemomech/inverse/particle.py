@@ -204,6 +204,11 @@ class _Particle:
     load b_0 (None if zero) holds the lifted Dirichlet data and, in plane strain, the load of
     the b-eigenstrain f_b(X) (`Material.b_coupling`).  Without Dirichlet data A is singular
     and A^-1 is the pseudo-inverse A^+ (rigid modes removed).
+
+    With the direct solver the responses u_k = A^-1 b_k (and u_0 = A^-1 b_0) are computed
+    once, in one multi-right-hand-side back-substitution (`ElasticityProblem.solve_many`), and
+    every forward solve is their combination u(a) = u_0 + sum_k a_k u_k (the same vector to
+    rounding: u is linear in a).  With CG + GAMG each forward solve is one solve.
     """
 
     def __init__(self, setup: ParticleSetup, degree: int, material: Material,
@@ -253,6 +258,8 @@ class _Particle:
                 b_law.destroy()
         self.load_time = time.perf_counter() - t0
         self._rhs = self.loads[0].duplicate()
+        self._responses: list[fem.Function] | None = None
+        self._offset_response: fem.Function | None = None
 
     @property
     def comm(self) -> MPI.Comm:
@@ -260,8 +267,18 @@ class _Particle:
 
     def solve(self, coefficients: Sequence[float], u: fem.Function | None = None,
               homogeneous: bool = False) -> fem.Function:
-        """u = A^-1 (b_0 + sum_k a_k b_k) (one back-substitution); without b_0 if
-        `homogeneous` (the tangent-linear response)."""
+        """u = A^-1 (b_0 + sum_k a_k b_k); without b_0 if `homogeneous` (the tangent-linear
+        response).  Direct solver: the combination of the cached responses (see the class);
+        else one solve."""
+        if self.problem.solver == "lu":
+            responses = self.basis_responses()
+            u = u or fem.Function(self.V, name="u")
+            values = sum(float(c) * r.x.array for c, r in
+                         zip(coefficients, responses, strict=True))
+            if self._offset_response is not None and not homogeneous:
+                values = values + self._offset_response.x.array
+            u.x.array[:] = values
+            return u
         self._rhs.zeroEntries()
         self._rhs.maxpy([float(c) for c in coefficients], self.loads)
         if self.offset is not None and not homogeneous:
@@ -275,13 +292,15 @@ class _Particle:
         return self.problem.solve_vector(self._rhs, fem.Function(self.V))
 
     def basis_responses(self) -> list[fem.Function]:
-        """u_k = A^-1 b_k for every basis load."""
-        out = []
-        for b in self.loads:
-            self._rhs.zeroEntries()
-            self._rhs.axpy(1.0, b)
-            out.append(self.problem.solve_vector(self._rhs, fem.Function(self.V)))
-        return out
+        """u_k = A^-1 b_k for every basis load (computed once with `solve_many`, together
+        with u_0 = A^-1 b_0; do not modify them)."""
+        if self._responses is None:
+            loads = self.loads + ([] if self.offset is None else [self.offset])
+            solved = self.problem.solve_many(loads)
+            self._responses = solved[: len(self.loads)]
+            self._offset_response = solved[len(self.loads)] if self.offset is not None \
+                else None
+        return self._responses
 
     def boundary_response(self, displacement: np.ndarray) -> np.ndarray:
         """B A^-1 b_0(n): the observed response to a displacement image n (nx, ny, 2) nm

@@ -160,9 +160,17 @@ def _prepare_image(image, V, mask, fill: str = "nearest") -> np.ndarray:
     return fill_nearest(image, valid)
 
 
+#: points within this many pixels of a pixel edge take the pixel on the +x (+y) side: some
+#: quadrature points lie on pixel edges (mesh vertices sit on half-pixel lines), and their
+#: pixel must not depend on the rounding of the mesh coordinates (~1e-12 px)
+PIXEL_EDGE_TOL = 1e-9
+
+
 def pixel_lookup(image: np.ndarray, points_nm: np.ndarray, pixel_size_nm: float) -> np.ndarray:
-    """Value of the pixel containing each point: image[rint(x/h), rint(y/h)] (clamped)."""
-    idx = np.rint(points_nm[:, :2] / pixel_size_nm).astype(np.int64)
+    """Value of the pixel containing each point: image[i, j], (i, j) = floor(x/h + 1/2),
+    floor(y/h + 1/2) (clamped); a point on a pixel edge (within PIXEL_EDGE_TOL) takes the
+    pixel on its +x (+y) side."""
+    idx = np.floor(points_nm[:, :2] / pixel_size_nm + (0.5 + PIXEL_EDGE_TOL)).astype(np.int64)
     i = np.clip(idx[:, 0], 0, image.shape[0] - 1)
     j = np.clip(idx[:, 1], 0, image.shape[1] - 1)
     return image[i, j]

@@ -8,8 +8,11 @@ then simplified by Douglas-Peucker at a sub-pixel tolerance (``approximate_polyg
 pixel centre of the mask stays inside the mesh when ``simplify_tol_px < 0.35``.  The outer
 contour and every hole become one gmsh plane surface, meshed on rank 0 with a size field
 (``mesh_size_px`` pixels by default, optionally finer where the composition gradient is high):
-Frontal-Delaunay at twice the size, then every triangle split into four (the same triangles
-at a fifth of gmsh's cost), and distributed with :func:`dolfinx.mesh.create_mesh`.
+Frontal-Delaunay at twice the size, then every triangle split into four at its edge
+midpoints (`split_triangles`, numpy: the triangles of gmsh's ``refine`` at a fraction of its
+cost; gmsh at the full size costs five times more), and distributed with
+:func:`dolfinx.mesh.create_mesh`.  `remesh` meshes the same repaired mask and polygon at
+another size (no second repair or contour trace).
 
 Mask repair, all logged: connected components (4-connectivity, the convention of the contour
 tracer) below ``min_island_px`` pixels are dropped with a warning; several particles left in
@@ -242,11 +245,10 @@ def fill_nearest(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
 
 def _build_gmsh_model(gmsh, loops_nm: list[np.ndarray], lc: float,
                       size_map: np.ndarray | None, h: float) -> None:
-    """Mesh the polygon `loops_nm` (outer first) on rank 0 at element size `lc` (nm), or at
-    `size_map` (px) times h: Frontal-Delaunay at twice the size, then one uniform 1:4 split
-    (gmsh's refine: the split triangles keep their parent's shape, the new boundary nodes
-    are edge midpoints, on the polygon).  The size is the same everywhere the size field
-    says it (neither the polygon's short segments nor its corner sizes spread inwards)."""
+    """Mesh the polygon `loops_nm` (outer first) on rank 0 at twice the element size `lc`
+    (nm), or at twice `size_map` (px) times h, by Frontal-Delaunay; `split_triangles` then
+    halves it.  The size is the same everywhere the size field says it (neither the
+    polygon's short segments nor its corner sizes spread inwards)."""
     gmsh.model.add("particle")
     curve_loops = []
     for loop in loops_nm:
@@ -268,7 +270,6 @@ def _build_gmsh_model(gmsh, loops_nm: list[np.ndarray], lc: float,
         gmsh.model.mesh.field.setNumber(fid, "ViewTag", view)
         gmsh.model.mesh.field.setAsBackgroundMesh(fid)
     gmsh.model.mesh.generate(2)
-    gmsh.model.mesh.refine()
     if size_map is not None:
         gmsh.model.mesh.field.remove(fid)
         gmsh.view.remove(view)
@@ -276,6 +277,25 @@ def _build_gmsh_model(gmsh, loops_nm: list[np.ndarray], lc: float,
 
 #: generate at this multiple of the target size, then split every triangle into four
 _COARSENING = 2.0
+
+
+def split_triangles(cells: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform 1:4 split of a triangle mesh (cells (n, 3), nodes (m, 2)): a node at every
+    edge midpoint, each triangle (a, b, c) replaced by (a, m_ab, m_ca), (m_ab, b, m_bc),
+    (m_ca, m_bc, c), (m_ab, m_bc, m_ca) with its orientation (gmsh's ``refine`` of linear
+    triangles; the children keep their parent's shape, boundary midpoints lie on the
+    polygon).  Returns (cells (4n, 3), nodes (m + edges, 2))."""
+    cells = np.asarray(cells, dtype=np.int64)
+    m = len(nodes)
+    edges = np.concatenate([cells[:, [0, 1]], cells[:, [1, 2]], cells[:, [2, 0]]])
+    key = edges.min(axis=1) * m + edges.max(axis=1)
+    unique, inverse = np.unique(key, return_inverse=True)
+    lo, hi = unique // m, unique % m
+    new_nodes = np.vstack([nodes, 0.5 * (nodes[lo] + nodes[hi])])
+    m01, m12, m20 = (m + inverse.reshape(3, -1)).astype(np.int64)
+    a, b, c = cells.T
+    children = [(a, m01, m20), (m01, b, m12), (m20, m12, c), (m01, m12, m20)]
+    return np.vstack([np.stack(t, axis=1) for t in children]), new_nodes
 
 
 def _triangles(gmsh) -> tuple[np.ndarray, np.ndarray]:
@@ -303,9 +323,11 @@ def _to_dolfinx(cells: np.ndarray, nodes: np.ndarray, loops_nm: list[np.ndarray]
                                np.full(n_cells, PARTICLE_TAG, dtype=np.int32))
     msh.topology.create_connectivity(1, 2)
     facets = dmesh.exterior_facet_indices(msh.topology)
-    mid = dmesh.compute_midpoints(msh, 1, facets)[:, :2]
-    distance = np.stack([_distance_to_loop(mid, loop) for loop in loops_nm], axis=1)
-    values = np.where(np.argmin(distance, axis=1) == 0, OUTER_TAG, HOLE_TAG).astype(np.int32)
+    values = np.full(len(facets), OUTER_TAG, dtype=np.int32)
+    if len(loops_nm) > 1:  # holes: the nearest loop decides
+        mid = dmesh.compute_midpoints(msh, 1, facets)[:, :2]
+        distance = np.stack([_distance_to_loop(mid, loop) for loop in loops_nm], axis=1)
+        values[np.argmin(distance, axis=1) != 0] = HOLE_TAG
     facet_tags = dmesh.meshtags(msh, 1, facets.astype(np.int32), values)
     return msh, cell_tags, facet_tags
 
@@ -350,6 +372,15 @@ CELLS_PER_PX2 = 2.5
 MAX_CELLS = 5e6
 
 
+def _check_cell_count(mask: np.ndarray, smallest_px: float) -> None:
+    """Refuse a size whose estimated cell count exceeds MAX_CELLS, before gmsh."""
+    expected = CELLS_PER_PX2 * int(mask.sum()) / smallest_px**2
+    if expected > MAX_CELLS:
+        raise InputError(f"mesh size {smallest_px:g} px would give about {expected:.2g} cells "
+                         f"for this {int(mask.sum())} px particle (at most {MAX_CELLS:.0e}): "
+                         "choose a larger size", field="mesh.size_px")
+
+
 def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, *,
                    mesh_size_px: float = 1.0, simplify_tol_px: float = 0.25,
                    min_island_px: int = 20, min_hole_px: int = 4,
@@ -369,12 +400,8 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
         raise InputError("need mesh_size_px > 0 and 0 <= simplify_tol_px < 0.5 "
                          f"(got {mesh_size_px}, {simplify_tol_px})", field="mesh_size_px")
     mask = repair_mask(mask, min_island_px=min_island_px, min_hole_px=min_hole_px, thin=thin)
-    smallest = min(mesh_size_px, refine_size_px) if refine is not None else mesh_size_px
-    expected = CELLS_PER_PX2 * int(mask.sum()) / smallest**2
-    if expected > MAX_CELLS:
-        raise InputError(f"mesh size {smallest:g} px would give about {expected:.2g} cells for "
-                         f"this {int(mask.sum())} px particle (at most {MAX_CELLS:.0e}): "
-                         "choose a larger size", field="mesh.size_px")
+    _check_cell_count(mask, min(mesh_size_px, refine_size_px) if refine is not None
+                      else mesh_size_px)
     size_map = None
     if refine is not None:
         check_composition(refine, mask, name="refine")
@@ -383,7 +410,24 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
                                        refine_distance_px)
     h = float(pixel_size_nm)
     loops_nm = [loop * h for loop in trace_boundaries(mask, simplify_tol_px)]
+    return _mesh_polygon(mask, loops_nm, h, comm, mesh_size_px, size_map)
 
+
+def remesh(pm: ParticleMesh, mesh_size_px: float, comm: MPI.Comm | None = None
+           ) -> ParticleMesh:
+    """The particle of `pm` (its repaired mask and traced polygon) meshed at another uniform
+    size `mesh_size_px` (e.g. the coarse mesh of a discretisation estimate); collective on
+    `comm` (default: pm's)."""
+    if not mesh_size_px > 0:
+        raise InputError(f"need mesh_size_px > 0, got {mesh_size_px}", field="mesh_size_px")
+    _check_cell_count(pm.mask, mesh_size_px)
+    return _mesh_polygon(pm.mask, [np.array(b) for b in pm.boundaries_nm], pm.pixel_size_nm,
+                         pm.mesh.comm if comm is None else comm, mesh_size_px, None)
+
+
+def _mesh_polygon(mask: np.ndarray, loops_nm: list[np.ndarray], h: float, comm: MPI.Comm,
+                  mesh_size_px: float, size_map: np.ndarray | None) -> ParticleMesh:
+    """gmsh (rank 0) + `split_triangles` + DOLFINx distribution of a traced particle."""
     with gmsh_session("particle", comm) as gmsh:
         error = None
         if comm.rank == 0:
@@ -394,7 +438,7 @@ def mesh_from_mask(mask, pixel_size_nm: float, comm: MPI.Comm = MPI.COMM_WORLD, 
         error = comm.bcast(error, root=0)
         if error is not None:
             raise InputError(error, field="mask")
-        cells, nodes = _triangles(gmsh) if comm.rank == 0 else (
+        cells, nodes = split_triangles(*_triangles(gmsh)) if comm.rank == 0 else (
             np.empty((0, 3), np.int64), np.empty((0, 2)))
     msh, cell_tags, facet_tags = _to_dolfinx(cells, nodes, loops_nm, comm)
     msh.name = "particle"
