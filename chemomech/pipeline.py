@@ -141,7 +141,7 @@ def prepare_distributed(particles: list[ParticleData], config: RunConfig, comm: 
     out: list[PreparedParticle | None] = [local.get(k) for k in range(n)]
     for part in parts or []:
         for k, v in part.items():
-            out[k] = v
+            out[k] = local.get(k, v)  # this rank's own object keeps its integrator
     return out
 
 
@@ -353,7 +353,8 @@ def run_m1(prepared: list[PreparedParticle], config: RunConfig, comm: MPI.Comm) 
     if noise_method == "integrated_noise" and config.uncertainty.evaluation == "exact":
         operators = {s.name: IntegratedStrainNoise(
             prepared[k].data, pm.pixel_indices(), s.misfit,
-            model._particle(s.name) if s.u_boundary is not None else None)
+            model._particle(s.name) if s.u_boundary is not None else None,
+            integrator=prepared[k].integrator)
             for k, pm, s in zip(mine, meshes, setups, strict=True)}
         cov, sigma2 = exact_integrated_noise_covariance(model, fit, operators,
                                                         n_probes=config.uncertainty.n_probes)

@@ -40,6 +40,7 @@ class DisplacementResult:
     gradient_rms: float
     n_pixels: int
     n_pieces: int
+    integrator: GradientIntegrator | None = None  #: the factorised integration (reusable)
 
     @property
     def relative_residual(self) -> float:
@@ -99,6 +100,15 @@ class GradientIntegrator:
         pinned = np.array([np.flatnonzero(self.labels == k)[0] for k in range(self.n_pieces)])
         self._free = np.setdiff1d(np.arange(n), pinned)
         self._Df = self.D[:, self._free].tocsc()
+        self._solve = factorized((self._Df.T @ self._Df).tocsc())
+
+    def __getstate__(self) -> dict:
+        """Pickled without the factorisation (SuperLU objects do not pickle): sending it to
+        another rank costs more than factorising there (`__setstate__`)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_solve"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
         self._solve = factorized((self._Df.T @ self._Df).tocsc())
 
     def rhs(self, H_img: np.ndarray) -> np.ndarray:
@@ -169,7 +179,8 @@ def integrate_gradient(H_img: np.ndarray, mask: np.ndarray, pixel_size_nm: float
     finite = H_img[valid]
     result = DisplacementResult(u=u, residual_rms=float(np.sqrt(np.mean(residual**2))),
                                 gradient_rms=float(np.sqrt(np.mean(finite**2))),
-                                n_pixels=int(valid.sum()), n_pieces=int(integrator.n_pieces))
+                                n_pixels=int(valid.sum()), n_pieces=int(integrator.n_pieces),
+                                integrator=integrator)
     logger.info("integrated %d pixels: residual RMS %.3e (%.1f %% of the gradient RMS)",
                 result.n_pixels, result.residual_rms, 100 * result.relative_residual)
     return result

@@ -6,11 +6,15 @@ displacement integrated from the measured gradient (`chemomech.correlative.displ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from chemomech.correlative.displacement import measured_displacement, measured_strain
+from chemomech.correlative.displacement import (
+    GradientIntegrator,
+    measured_displacement,
+    measured_strain,
+)
 from chemomech.correlative.frames import crystal_strain, frame_check
 from chemomech.exceptions import InputError
 from chemomech.io.stack import ParticleData, interior_pixels
@@ -25,6 +29,12 @@ class PreparedParticle:
     strain_crystal: dict[str, np.ndarray]  # e_aa, e_cc, e_ac
     displacement: np.ndarray | None  # (nx, ny, 2) nm, or None for the strain misfit
     integration_residual: float | None
+    #: the factorised integration that made `displacement` (reused by the integrated-noise
+    #: covariance); not pickled: a gathered copy has None
+    integrator: GradientIntegrator | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"integrator": None}
 
 
 def prepare_particle(particle: ParticleData, *, misfit: str = "displacement",
@@ -43,12 +53,13 @@ def _prepare(particle: ParticleData, misfit: str, check_frame: bool, adopt_frame
              ) -> PreparedParticle:
     if check_frame:
         particle = frame_check(particle, adopt=adopt_frame).particle
-    displacement, residual = None, None
+    displacement, residual, integrator = None, None, None
     if misfit == "displacement":
         integrated = measured_displacement(particle)
         displacement, residual = integrated.u, integrated.relative_residual
+        integrator = integrated.integrator
     return PreparedParticle(particle, measured_strain(particle), crystal_strain(particle),
-                            displacement, residual)
+                            displacement, residual, integrator)
 
 
 def used_pixels(mask: np.ndarray, prepared: PreparedParticle, edge_exclusion_px: int
