@@ -23,6 +23,7 @@ degree (exact for the strain of a displacement in the sampler's space on affine 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Literal
 
@@ -188,11 +189,45 @@ def bilinear_lookup(image: np.ndarray, points_nm: np.ndarray,
     return RegularGridInterpolator(grid, image, method="linear")(xy)
 
 
+@functools.cache
+def _projection_forms(coordinate_element, element, quadrature_element, quadrature_degree: int):
+    """The mass form (u, v) and load form (g, v), g in the quadrature space, of
+    `_l2_projection` on an abstract mesh, compiled once per process for these elements
+    (`dolfinx.fem.compile_form`): every particle mesh shares them (`dolfinx.fem.create_form`)
+    instead of one JIT-cache lookup per mesh.  Returns (a, L, g)."""
+    import ufl
+    from dolfinx import fem
+
+    domain = ufl.Mesh(coordinate_element)
+    V = ufl.FunctionSpace(domain, element)
+    g = ufl.Coefficient(ufl.FunctionSpace(domain, quadrature_element))
+    dx = ufl.dx(domain=domain, metadata={"quadrature_degree": quadrature_degree})
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    return (fem.compile_form(MPI.COMM_SELF, ufl.inner(u, v) * dx),
+            fem.compile_form(MPI.COMM_SELF, ufl.inner(g, v) * dx), g)
+
+
+def _quadrature_points(mesh, points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Physical coordinates (len(cells) * len(points), gdim) of reference `points` in
+    `cells`: the affine map of the vertices for straight triangles, else a UFL Expression."""
+    import ufl
+    from dolfinx import fem
+
+    if mesh.geometry.cmaps[0].degree != 1 or mesh.topology.cell_name() != "triangle":
+        x = fem.Expression(ufl.SpatialCoordinate(mesh), points).eval(mesh, cells)
+        return x.reshape(len(cells) * len(points), -1)
+    gdim = mesh.geometry.dim
+    vertices = mesh.geometry.x[mesh.geometry.dofmap[cells]][..., :gdim]  # (cells, 3, gdim)
+    x = (vertices[:, None, 0] + points[None, :, 0, None] * (vertices[:, None, 1] -
+                                                           vertices[:, None, 0])
+         + points[None, :, 1, None] * (vertices[:, None, 2] - vertices[:, None, 0]))
+    return x.reshape(len(cells) * len(points), gdim)
+
+
 def _l2_projection(values_at, V, quadrature_degree: int):
     """f in V with (f, v) = (g, v), g given pointwise by `values_at(x) -> (n, value_size)`."""
     import basix
     import basix.ufl
-    import ufl
     from dolfinx import fem
     from dolfinx.fem import petsc as fem_petsc
     from petsc4py import PETSc
@@ -201,22 +236,23 @@ def _l2_projection(values_at, V, quadrature_degree: int):
     cell = mesh.basix_cell()
     points, _ = basix.make_quadrature(cell, quadrature_degree)
     value_shape = V.value_shape
-    Q = fem.functionspace(mesh, basix.ufl.quadrature_element(
-        cell, value_shape=tuple(value_shape), scheme="default", degree=quadrature_degree))
+    quadrature_element = basix.ufl.quadrature_element(
+        cell, value_shape=tuple(value_shape), scheme="default", degree=quadrature_degree)
+    Q = fem.functionspace(mesh, quadrature_element)
     g = fem.Function(Q)
     cell_map = mesh.topology.index_map(mesh.topology.dim)
     cells = np.arange(cell_map.size_local + cell_map.num_ghosts, dtype=np.int32)
-    x = fem.Expression(ufl.SpatialCoordinate(mesh), points).eval(mesh, cells)
-    x = x.reshape(len(cells) * len(points), -1)
+    x = _quadrature_points(mesh, points, cells)
     values = values_at(x).reshape(len(cells), len(points), -1)
     bs = Q.dofmap.index_map_bs
     dofs = Q.dofmap.list[cells]  # (cells, points) block indices
     for k in range(bs):
         g.x.array[dofs * bs + k] = values[..., k]
-    dx = ufl.dx(metadata={"quadrature_degree": quadrature_degree})
-    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
-    a = fem.form(ufl.inner(u, v) * dx)
-    L = fem.form(ufl.inner(g, v) * dx)
+    a_compiled, L_compiled, g_abstract = _projection_forms(
+        mesh.ufl_domain().ufl_coordinate_element(), V.ufl_element(), quadrature_element,
+        quadrature_degree)
+    a = fem.create_form(a_compiled, [V, V], mesh, {}, {}, {})
+    L = fem.create_form(L_compiled, [V], mesh, {}, {g_abstract: g}, {})
     A = fem_petsc.assemble_matrix(a)
     A.assemble()
     b = fem_petsc.assemble_vector(L)
