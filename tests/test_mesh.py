@@ -78,6 +78,7 @@ def test_mesh_size_controls_the_number_of_cells():
     n_fine = fine.mesh.topology.index_map(2).size_global
     assert 3.0 < n_fine / coarse.mesh.topology.index_map(2).size_global < 5.0
     assert 2.31 < n_fine / mask.sum() < 2.7
+    fine.mesh.topology.create_connectivity(1, 2)  # the mesher leaves edges to who needs them
     edges = fine.mesh.h(1, np.arange(fine.mesh.topology.index_map(1).size_local,
                                      dtype=np.int32)) / H
     assert 0.85 < np.median(edges) < 1.15
@@ -214,3 +215,52 @@ def test_a_mesh_size_that_would_take_minutes_is_refused_before_gmsh():
     X = np.where(mask, 0.5, np.nan)
     with pytest.raises(InputError, match="mesh size 0.01 px"):
         mesh_from_mask(mask, H, MPI.COMM_SELF, mesh_size_px=1.0, refine=X, refine_size_px=0.01)
+
+
+def test_split_triangles_is_gmsh_refine():
+    """The numpy 1:4 split gives gmsh's refine: the same triangles (as point sets), the same
+    orientation, every child a quarter of its parent's area."""
+    from chemomech.mechanics.mesh import _build_gmsh_model, _triangles, gmsh_session, \
+        split_triangles, trace_boundaries
+
+    mask = np.zeros((30, 26), bool)
+    mask[4:26, 5:22] = True
+    mask[12:16, 10:14] = False  # a hole
+    loops = [loop * H for loop in trace_boundaries(mask, 0.25)]
+    with gmsh_session("particle", MPI.COMM_SELF) as gmsh:
+        _build_gmsh_model(gmsh, loops, H, None, H)
+        cells, nodes = split_triangles(*_triangles(gmsh))
+        gmsh.model.mesh.refine()
+        ref_cells, ref_nodes = _triangles(gmsh)
+
+    def triangles(c, x):
+        return {tuple(sorted(map(tuple, t))) for t in np.round(x[c] / H * 1e6).astype(int)}
+
+    def areas(c, x):
+        a, b, d = x[c[:, 0]], x[c[:, 1]], x[c[:, 2]]
+        return 0.5 * ((b[:, 0] - a[:, 0]) * (d[:, 1] - a[:, 1])
+                      - (d[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]))
+
+    assert len(cells) == len(ref_cells) and len(nodes) == len(ref_nodes)
+    assert triangles(cells, nodes) == triangles(ref_cells, ref_nodes)
+    assert np.all(np.sign(areas(cells, nodes)) == np.sign(areas(ref_cells, ref_nodes)[0]))
+    n = len(cells) // 4
+    quarters = areas(cells, nodes).reshape(4, n)
+    assert np.allclose(quarters, quarters[0], rtol=1e-9)
+
+
+def test_remesh_keeps_the_polygon():
+    """remesh meshes the same repaired mask and polygon: at the same size it is mesh_from_mask
+    again; at twice the size a quarter of the cells, with the same area."""
+    from chemomech.mechanics.mesh import remesh
+
+    mask = np.zeros((30, 26), bool)
+    mask[4:26, 5:22] = True
+    pm = mesh_from_mask(mask, H, MPI.COMM_SELF)
+    again = remesh(pm, 1.0)
+    coarse = remesh(pm, 2.0)
+    n = pm.mesh.topology.index_map(2).size_global
+    assert again.mesh.topology.index_map(2).size_global == n
+    assert 3.0 < n / coarse.mesh.topology.index_map(2).size_global < 5.0
+    assert coarse.area_nm2 == pytest.approx(pm.area_nm2, rel=1e-12)
+    assert np.array_equal(coarse.mask, pm.mask)

@@ -67,10 +67,22 @@ def gradient_crystal(e_aa: np.ndarray, e_cc: np.ndarray, e_ac: np.ndarray, theta
     return H
 
 
+def similarity(Q: np.ndarray, T: np.ndarray, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    """Q T Q^T for the 2x2 tensors T in `axes` (any other axes are a batch): 16 scaled sums of
+    whole arrays, several times cheaper than einsum on image-sized batches."""
+    T = np.moveaxis(np.asarray(T), axes, (0, 1))
+    out = np.zeros(T.shape, dtype=np.result_type(Q, T))
+    for i in range(2):
+        for j in range(2):
+            for p in range(2):
+                for q in range(2):
+                    out[i, j] += (Q[i, p] * Q[j, q]) * T[p, q]
+    return np.moveaxis(out, (0, 1), axes)
+
+
 def rotate_tensor_field(T: np.ndarray, rotation_rad: float, mirror: bool = False) -> np.ndarray:
     """T_img = Q T_cr Q^T per pixel, Q = frame_matrix(rotation_rad, mirror)."""
-    Q = frame_matrix(rotation_rad, mirror)
-    return np.einsum("ip,...pq,jq->...ij", Q, T, Q)
+    return similarity(frame_matrix(rotation_rad, mirror), T)
 
 
 def crystal_strain(particle: ParticleData) -> dict[str, np.ndarray]:
@@ -104,8 +116,7 @@ def strain_crystal_from_image(e_xx: np.ndarray, e_yy: np.ndarray, e_xy: np.ndarr
                               ) -> dict[str, np.ndarray]:
     """e_cr = Q^T e_img Q: the symmetric image-frame strain back in the crystal frame (a, c)."""
     E = gradient_crystal(e_xx, e_yy, e_xy, np.zeros_like(e_xx))
-    Q = frame_matrix(rotation_rad, mirror)
-    C = np.einsum("pi,...pq,qj->...ij", Q, E, Q)
+    C = similarity(frame_matrix(rotation_rad, mirror).T, E)
     return {"e_aa": C[..., 0, 0], "e_cc": C[..., 1, 1], "e_ac": C[..., 0, 1]}
 
 

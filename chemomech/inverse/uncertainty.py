@@ -39,6 +39,7 @@ import numpy as np
 from mpi4py import MPI
 from scipy import stats
 
+from chemomech.correlative.frames import similarity
 from chemomech.exceptions import InputError
 from chemomech.io.progress import progress
 from chemomech.mechanics import legendre
@@ -250,7 +251,7 @@ class IntegratedStrainNoise:
         Hc = np.empty((xi.shape[1], 2, 2, xi.shape[2]))
         Hc[:, 0, 0], Hc[:, 1, 1] = e_xx, e_yy
         Hc[:, 0, 1], Hc[:, 1, 0] = e_xy + self.s * theta, e_xy - self.s * theta
-        H = _similarity(self.Q, Hc)
+        H = similarity(self.Q, Hc, axes=(1, 2))
         u_valid = self.integrator.integrate_valid(H)  # (n_valid, 2, m)
         u = u_valid[self.rows]  # (n_points, 2, m)
         d = u.reshape(-1, u.shape[-1])
@@ -269,21 +270,9 @@ class IntegratedStrainNoise:
                 U[..., k] -= self.boundary.boundary_response_adjoint(y[:, k],
                                                                      self.valid)[self.valid]
         H = self.integrator.integrate_transpose(U)
-        Hc = _similarity(self.Q.T, H)
+        Hc = similarity(self.Q.T, H, axes=(1, 2))
         return np.stack([Hc[:, 0, 0], Hc[:, 1, 1], Hc[:, 0, 1] + Hc[:, 1, 0],
                          self.s * (Hc[:, 0, 1] - Hc[:, 1, 0])])
-
-
-def _similarity(Q: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """Q T Q^T for a batch of 2x2 tensors T (n, 2, 2, m), Q a 2x2 matrix (16 scaled sums:
-    cheaper than einsum on these shapes)."""
-    out = np.zeros_like(T)
-    for i in range(2):
-        for j in range(2):
-            for p in range(2):
-                for q in range(2):
-                    out[:, i, j] += (Q[i, p] * Q[j, q]) * T[:, p, q]
-    return out
 
 
 def exact_integrated_noise_covariance(model, fit, operators: Mapping[str, IntegratedStrainNoise],

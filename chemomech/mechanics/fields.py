@@ -218,10 +218,8 @@ def _quadrature_points(mesh, points: np.ndarray, cells: np.ndarray) -> np.ndarra
         return x.reshape(len(cells) * len(points), -1)
     gdim = mesh.geometry.dim
     vertices = mesh.geometry.x[mesh.geometry.dofmap[cells]][..., :gdim]  # (cells, 3, gdim)
-    x = (vertices[:, None, 0] + points[None, :, 0, None] * (vertices[:, None, 1] -
-                                                           vertices[:, None, 0])
-         + points[None, :, 1, None] * (vertices[:, None, 2] - vertices[:, None, 0]))
-    return x.reshape(len(cells) * len(points), gdim)
+    phi = np.column_stack([1.0 - points[:, 0] - points[:, 1], points[:, 0], points[:, 1]])
+    return (phi @ vertices).reshape(len(cells) * len(points), gdim)  # P1 map, basix order
 
 
 def _l2_projection(values_at, V, quadrature_degree: int):

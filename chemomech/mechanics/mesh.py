@@ -20,7 +20,8 @@ one mask are an error (use :func:`split_particles`); one-pixel-wide bridges and 
 in no fully-inside 2x2 block) are removed by a morphological opening with a 2x2 square
 (``thin="open"``, or ``thin="raise"``); holes smaller than ``min_hole_px`` pixels are filled.
 
-Tags: cells ``PARTICLE_TAG``; facets ``OUTER_TAG`` on the outer boundary, ``HOLE_TAG`` on holes.
+Tags: cells ``PARTICLE_TAG``; facets ``OUTER_TAG`` on the outer boundary, ``HOLE_TAG`` on holes
+(`ParticleMesh.facet_tags`, computed on first use).
 """
 
 from __future__ import annotations
@@ -56,10 +57,18 @@ class ParticleMesh:
 
     mesh: object  #: dolfinx.mesh.Mesh, coordinates in nm
     cell_tags: object  #: dolfinx.mesh.MeshTags, PARTICLE_TAG on every cell
-    facet_tags: object  #: dolfinx.mesh.MeshTags, OUTER_TAG / HOLE_TAG on the boundary
     mask: np.ndarray  #: bool (nx, ny): the repaired mask that was meshed
     pixel_size_nm: float
     boundaries_nm: list[np.ndarray] = field(default_factory=list)  #: outer first, then holes
+    _facet_tags: object = field(default=None, repr=False)
+
+    @property
+    def facet_tags(self):
+        """dolfinx.mesh.MeshTags, OUTER_TAG / HOLE_TAG on the exterior facets (computed on
+        first use: the inversion does not need them); collective on the first call."""
+        if self._facet_tags is None:
+            self._facet_tags = _facet_tags(self.mesh, self.boundaries_nm)
+        return self._facet_tags
 
     @property
     def area_nm2(self) -> float:
@@ -308,11 +317,9 @@ def _triangles(gmsh) -> tuple[np.ndarray, np.ndarray]:
     return cells, coords.reshape(-1, 3)[:, :2]
 
 
-def _to_dolfinx(cells: np.ndarray, nodes: np.ndarray, loops_nm: list[np.ndarray],
-                comm: MPI.Comm):
+def _to_dolfinx(cells: np.ndarray, nodes: np.ndarray, comm: MPI.Comm):
     """DOLFINx mesh (distributed over `comm` from rank 0's arrays) with PARTICLE_TAG on every
-    cell and, on the exterior facets, OUTER_TAG or HOLE_TAG: the loop nearest the facet
-    midpoint (midpoints lie on the polygon, so the nearest loop is at distance 0)."""
+    cell."""
     import basix.ufl
     from dolfinx import mesh as dmesh
 
@@ -321,6 +328,14 @@ def _to_dolfinx(cells: np.ndarray, nodes: np.ndarray, loops_nm: list[np.ndarray]
     n_cells = msh.topology.index_map(2).size_local
     cell_tags = dmesh.meshtags(msh, 2, np.arange(n_cells, dtype=np.int32),
                                np.full(n_cells, PARTICLE_TAG, dtype=np.int32))
+    return msh, cell_tags
+
+
+def _facet_tags(msh, loops_nm: list[np.ndarray]):
+    """OUTER_TAG or HOLE_TAG on the exterior facets: the loop nearest the facet midpoint
+    (midpoints lie on the polygon, so the nearest loop is at distance 0)."""
+    from dolfinx import mesh as dmesh
+
     msh.topology.create_connectivity(1, 2)
     facets = dmesh.exterior_facet_indices(msh.topology)
     values = np.full(len(facets), OUTER_TAG, dtype=np.int32)
@@ -328,8 +343,7 @@ def _to_dolfinx(cells: np.ndarray, nodes: np.ndarray, loops_nm: list[np.ndarray]
         mid = dmesh.compute_midpoints(msh, 1, facets)[:, :2]
         distance = np.stack([_distance_to_loop(mid, loop) for loop in loops_nm], axis=1)
         values[np.argmin(distance, axis=1) != 0] = HOLE_TAG
-    facet_tags = dmesh.meshtags(msh, 1, facets.astype(np.int32), values)
-    return msh, cell_tags, facet_tags
+    return dmesh.meshtags(msh, 1, facets.astype(np.int32), values)
 
 
 def _distance_to_loop(points: np.ndarray, loop: np.ndarray) -> np.ndarray:
@@ -440,9 +454,9 @@ def _mesh_polygon(mask: np.ndarray, loops_nm: list[np.ndarray], h: float, comm: 
             raise InputError(error, field="mask")
         cells, nodes = split_triangles(*_triangles(gmsh)) if comm.rank == 0 else (
             np.empty((0, 3), np.int64), np.empty((0, 2)))
-    msh, cell_tags, facet_tags = _to_dolfinx(cells, nodes, loops_nm, comm)
+    msh, cell_tags = _to_dolfinx(cells, nodes, comm)
     msh.name = "particle"
     n_cells = msh.topology.index_map(2).size_global
     logger.info("meshed particle: %d px, %d hole(s), %d cells (h = %.4g nm, size %.3g px)",
                 int(mask.sum()), len(loops_nm) - 1, n_cells, h, mesh_size_px)
-    return ParticleMesh(msh, cell_tags, facet_tags, mask, h, loops_nm)
+    return ParticleMesh(msh, cell_tags, mask, h, loops_nm)
