@@ -220,8 +220,13 @@ def test_a_mesh_size_that_would_take_minutes_is_refused_before_gmsh():
 def test_split_triangles_is_gmsh_refine():
     """The numpy 1:4 split gives gmsh's refine: the same triangles (as point sets), the same
     orientation, every child a quarter of its parent's area."""
-    from chemomech.mechanics.mesh import _build_gmsh_model, _triangles, gmsh_session, \
-        split_triangles, trace_boundaries
+    from chemomech.mechanics.mesh import (
+        _build_gmsh_model,
+        _triangles,
+        gmsh_session,
+        split_triangles,
+        trace_boundaries,
+    )
 
     mask = np.zeros((30, 26), bool)
     mask[4:26, 5:22] = True
