@@ -134,3 +134,18 @@ def test_linear_fill_extrapolates_affine_images_exactly_near_the_mask(particle):
     near = ndimage.distance_transform_edt(~particle.mask) <= 2.0
     assert np.abs(filled[near] - affine[near]).max() < 1e-12
     assert np.all(np.isfinite(filled))
+
+
+def test_pixel_lookup_on_a_pixel_edge_does_not_depend_on_rounding():
+    """A point on the edge between pixels i and i+1 (x = (i + 1/2) h) takes pixel i+1, also
+    when rounding moved it by 1e-12 px either way; inside a pixel the lookup is the nearest
+    centre."""
+    from chemomech.mechanics.fields import pixel_lookup
+
+    h = 16.6
+    image = np.arange(20.0).reshape(5, 4)  # value 4 i + j
+    for noise in (-1e-12, 0.0, 1e-12):
+        edge = np.array([[(2.5 + noise) * h, (1.5 - noise) * h]])
+        assert pixel_lookup(image, edge, h)[0] == 4 * 3 + 2
+    inside = np.array([[2.49 * h, 1.51 * h], [0.2 * h, 3.4 * h]])
+    assert pixel_lookup(image, inside, h).tolist() == [4 * 2 + 2, 4 * 0 + 3]

@@ -393,6 +393,23 @@ def test_mumps_options_reach_the_factorisation():
     factor = problem.ksp.getPC().getFactorMatrix()
     assert factor.getMumpsIcntl(24) == 1  # null pivots of the traction-free operator
     assert factor.getMumpsIcntl(14) == 55
+    assert factor.getMumpsIcntl(7) == 2  # approximate minimum fill ordering (MUMPS_DEFAULTS)
+
+
+@pytest.mark.parametrize("solver", ["lu", "gamg"])
+def test_solve_many_equals_one_solve_per_load(solver):
+    """solve_many (one multi-right-hand-side back-substitution with MUMPS) gives the solves
+    of solve_vector, rigid modes removed, and leaves the loads unchanged."""
+    (problem,), eps = _platelet_problems((solver, {}))
+    loads = [problem.load_vector(e) for e in eps]
+    before = [b.array.copy() for b in loads]
+    many = problem.solve_many(loads)
+    for b, saved, u in zip(loads, before, many, strict=True):
+        assert np.array_equal(b.array, saved)
+        ref = problem.solve_vector(b.copy())
+        assert np.abs(u.x.array - ref.x.array).max() < 1e-9 * np.abs(ref.x.array).max()
+        vec = u.x.petsc_vec
+        assert all(abs(vec.dot(q)) < 1e-12 * vec.norm() for q in problem.nullspace.getVecs())
 
 
 def test_gamg_resolve_in_the_span_of_earlier_solutions_needs_no_iteration():

@@ -495,3 +495,28 @@ def test_boundary_response_reproduces_affine_data_and_restores_the_data(clean_tw
     expected = (pts @ G.T + np.array([3.0, -1.0])).ravel()
     assert np.abs(response - expected).max() < 1e-9 * np.abs(expected).max()
     assert model.cost(a) == before  # the Dirichlet data were restored
+
+
+@pytest.mark.parametrize("boundary", ["traction_free", "dirichlet"])
+def test_forward_solve_from_the_cached_responses_is_a_back_substitution(clean_twin, boundary):
+    """u(a) as the combination u_0 + sum_k a_k u_k of the responses computed once equals one
+    back-substitution of the assembled load b_0 + sum_k a_k b_k (with Dirichlet data: the
+    lifted fixed load), and its tangent-linear (homogeneous) part too."""
+    from chemomech.inverse.particle import _Particle
+    from chemomech.mechanics.materials import Material
+
+    if boundary == "dirichlet":
+        setup = _dirichlet_setup(clean_twin, MPI.COMM_SELF, _truth_u(clean_twin))
+    else:
+        setup = _pipeline_setup(clean_twin, MPI.COMM_SELF)
+    p = _Particle(setup, 2, Material(), "lu")
+    a = np.array([-0.02, 0.025, 1e-3, 0.01, -0.01, 2e-4])
+    for homogeneous in (False, True):
+        u = p.solve(a, homogeneous=homogeneous).x.array
+        rhs = p.loads[0].duplicate()
+        rhs.maxpy(list(a), p.loads)
+        if p.offset is not None and not homogeneous:
+            rhs.axpy(1.0, p.offset)
+        ref = p.problem.solve_vector(rhs).x.array
+        assert np.abs(u - ref).max() < 1e-10 * np.abs(ref).max()
+    assert (p.offset is None) == (boundary == "traction_free")
