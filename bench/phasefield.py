@@ -36,7 +36,7 @@ from mpi4py import MPI  # noqa: E402
 
 from chemomech.io.results import versions, write_json_atomic  # noqa: E402
 from chemomech.phasefield.config import PhaseFieldConfig  # noqa: E402
-from chemomech.phasefield.run import build_model  # noqa: E402
+from chemomech.phasefield.run import build_model, relax_on_coarse_mesh  # noqa: E402
 from chemomech.phasefield.solver import PhaseFieldSolver  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "phasefield_2d.json"
@@ -54,23 +54,30 @@ class _Budget(Exception):
     """The wall-time budget of a case ran out (the case is recorded as unfinished)."""
 
 
-def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float) -> dict:
+def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float,
+             coarse_px: float | None = None) -> dict:
     load = os.getloadavg()[0]
-    config = PhaseFieldConfig.model_validate(COMMON | CASES[name]
+    steps = COMMON["steps"] | {"coarse_mesh_size_px": coarse_px}
+    config = PhaseFieldConfig.model_validate(COMMON | CASES[name] | {"steps": steps}
                                              | {"solver": {"linear": linear}})  # validated
     t0 = time.perf_counter()
     pm, forms, control = build_model(config, comm)
     setup = time.perf_counter() - t0
-    solver = PhaseFieldSolver(forms, control, linear=linear)
     t1 = time.perf_counter()
 
     def budget(_, record):  # same decision on every rank
         if comm.allreduce(time.perf_counter() - t1, op=MPI.MAX) > budget_s:
             raise _Budget
 
+    coarse, solver = None, None
     try:
+        if coarse_px is not None:
+            coarse, control = relax_on_coarse_mesh(config, forms, control, comm, budget)
+        solver = PhaseFieldSolver(forms, control, linear=linear)
         history = solver.run(budget)
     except _Budget:
+        if solver is None:
+            raise SystemExit(f"{name}: the wall budget ran out in the coarse stage") from None
         history = solver.history
         history.reason = f"unfinished: wall budget {budget_s:g} s"
     wall = comm.allreduce(time.perf_counter() - t1, op=MPI.MAX)
@@ -84,29 +91,33 @@ def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float) -> dict:
             "wall_per_step_s": wall / max(s["steps"] + s["rejected"], 1),
             "wall_s": wall, "setup_s": comm.allreduce(setup, op=MPI.MAX),
             "energy_final_GPa_nm2": s["energy_final"],
+            "coarse_stage": coarse,
             "load_average_1min": [load, os.getloadavg()[0]],
             "per_step": {k: history.series(k).tolist()
                          for k in ("t", "dt", "newton_iterations", "wall_s")}}
 
 
 def main(args: list[str]) -> None:
-    options = {"--linear": "lu", "--budget-s": "inf"}
+    options = {"--linear": "lu", "--budget-s": "inf", "--coarse-mesh-px": None}
     for flag in options:
         if flag in args:
             k = args.index(flag)
             options[flag] = args[k + 1]
             args = args[:k] + args[k + 2:]
     linear, budget_s = options["--linear"], float(options["--budget-s"])
+    coarse_px = options["--coarse-mesh-px"] and float(options["--coarse-mesh-px"])
     comm = MPI.COMM_WORLD
     logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # progress lines
     for name in args or list(CASES):
-        result = run_case(name, comm, linear, budget_s)
+        result = run_case(name, comm, linear, budget_s, coarse_px)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others
             print(name, json.dumps({k: v for k, v in result.items() if k != "per_step"}),
                   flush=True)
             data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            data.setdefault(f"ranks_{comm.size}_{linear}", {})[name] = result
+            key = f"ranks_{comm.size}_{linear}" + (f"_coarse_{coarse_px:g}px" if coarse_px
+                                                     else "")
+            data.setdefault(key, {})[name] = result
             data["versions"] = versions()
             data["notes"] = ("wall_per_step_s counts accepted and rejected steps; with lu "
                              "the linear iterations are LU solves (preonly), with fieldsplit "
