@@ -1,8 +1,12 @@
-"""Coarse-to-fine relaxation (`steps.coarse_mesh_size_px`): the transfer between non-matching
-meshes is exact for linear fields and keeps the mass; the relaxed state and energy equal
-those of a plain relaxation on the run mesh; the option is validated."""
+"""Coarse-to-fine relaxation (`steps.coarse_mesh_size_px`) and the composition-change step
+limit (`steps.max_dc`): the transfer between non-matching meshes is exact for linear fields
+and keeps the mass; the relaxed state and energy equal those of a plain relaxation on the
+run mesh; the options are validated."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -77,7 +81,8 @@ def test_coarse_to_fine_reaches_the_state_of_the_plain_run(tmp_path):
     plain = PhaseFieldSolver(forms, control).run()
     plain_X = sample_state(forms, pm)["X"]
 
-    config = _config(coarse_mesh_size_px=3.0).model_copy(update={"output": str(tmp_path)})
+    config = _config(coarse_mesh_size_px=3.0, max_dc=0.2).model_copy(
+        update={"output": str(tmp_path)})
     summary = run_phasefield(config, comm)
     coarse = summary["coarse_stage"]
     assert plain.converged and summary["converged"] and coarse["converged"]
@@ -94,7 +99,24 @@ def test_coarse_to_fine_reaches_the_state_of_the_plain_run(tmp_path):
     assert summary["mean_X_domain"] == pytest.approx(0.45, abs=1e-10)
 
 
+def test_next_dt_limits_the_composition_change():
+    pm, forms, control = build_model(_config(max_dc=0.2), MPI.COMM_SELF)
+    assert control.max_dc == 0.2
+    solver = PhaseFieldSolver(forms, control)
+    assert solver.next_dt(10.0, 3, 0.01) == pytest.approx(15.0)  # small change: grow 1.5
+    assert solver.next_dt(10.0, 3, 0.4) == pytest.approx(5.0)  # 2 x max_dc: half the dt
+    assert solver.next_dt(10.0, 8, 0.01) == pytest.approx(10.0)  # hard Newton: keep
+    plain = PhaseFieldSolver(forms, dataclasses.replace(control, max_dc=math.inf))
+    assert plain.next_dt(10.0, 3, 0.4) == pytest.approx(15.0)
+    forms.w_n.x.array[:] = forms.w.x.array
+    dofs = np.ravel(forms.W.sub(0).collapse()[1])
+    forms.w.x.array[dofs[7]] += 0.3
+    forms.w.x.array[forms.W.sub(1).collapse()[1]] += 5.0  # mu does not count
+    assert solver._max_change() == pytest.approx(0.3)
+
+
 @pytest.mark.parametrize(("steps", "extra", "key"), [
+    ({"max_dc": 0.0}, {}, "steps.max_dc"),
     ({"coarse_mesh_size_px": 1.0}, {}, "steps.coarse_mesh_size_px"),
     ({"coarse_mesh_size_px": 0.0}, {}, "steps.coarse_mesh_size_px"),
     ({"coarse_mesh_size_px": 2.0}, {"dim": 3}, "steps.coarse_mesh_size_px"),

@@ -107,6 +107,11 @@ class StepsConfig(_Strict):
     energy_tol: float = Field(1e-8, ge=0, description="stop when dF / (area barrier) < this")
     patience: int = Field(3, ge=1)
     newton_target: int = Field(5, ge=1)
+    max_dc: float | None = Field(
+        None, gt=0, lt=1, description="limit dt so that the largest composition change of "
+        "the last accepted step, scaled to the next dt, stays below this (dt x max_dc / "
+        "max|c - c_n|; shrinks dt ahead of domain pinch-offs instead of failing Newton); "
+        "null: grow by 1.5 after every easy step")
     coarse_mesh_size_px: float | None = Field(
         None, gt=0, description="coarse-to-fine (2-D only): relax first on a mesh of this "
         "element size (pixels) to the same stop, interpolate X to the run mesh "

@@ -73,7 +73,8 @@ def build_model(config: PhaseFieldConfig, comm: MPI.Comm = MPI.COMM_WORLD):
     dt0 = s.dt_initial or w**2 / (100.0 * k.diffusivity)
     control = StepControl(dt_initial=dt0, dt_max=max(s.dt_max, dt0), max_steps=s.max_steps,
                           t_end=s.t_end, energy_tol=s.energy_tol, patience=s.patience,
-                          newton_target=s.newton_target, ksp_rtol=config.solver.ksp_rtol,
+                          newton_target=s.newton_target, max_dc=s.max_dc or math.inf,
+                          ksp_rtol=config.solver.ksp_rtol,
                           ksp_max_it=config.solver.ksp_max_it)
     return pm, forms, control
 
