@@ -20,8 +20,8 @@ after each solve (u is reported orthogonal to the rigid modes).
 is not finite, or (``reject_energy_increase``) the free energy rises by more than a round-off
 margin; an accepted step in at most ``newton_target`` iterations grows dt by ``grow`` up to
 ``dt_max``; with a finite ``max_dc`` the next dt is also at most dt max_dc / max|c - c_n| of
-the last step (`PhaseFieldSolver.next_dt`).  The first solve has dt = 0: it leaves c unchanged and makes mu and u
-consistent with the initial c (theta < 1 needs mu_n).
+the last step (`PhaseFieldSolver.next_dt`).  The first solve has dt = 0: it leaves c
+unchanged and makes mu and u consistent with the initial c (theta < 1 needs mu_n).
 
 **Stop.** Equilibrium is declared when the energy decrease of ``patience`` consecutive
 accepted steps, :math:`(F_n - F_{n+1}) / (|\Omega|\,\Delta f_{max})`, is below
