@@ -31,6 +31,7 @@ natural energy scale), or at ``max_steps`` / ``t_end`` (then ``converged`` is Fa
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -272,14 +273,14 @@ class PhaseFieldSolver:
         """max |c - c_n| over the mesh (collective)."""
         from mpi4py import MPI
 
-        dofs = self._c_dofs()
+        dofs = self._c_dofs
         local = np.abs(self.forms.w.x.array[dofs] - self.forms.w_n.x.array[dofs])
         return self.forms.mesh.comm.allreduce(float(local.max(initial=0.0)), op=MPI.MAX)
 
+    @functools.cached_property
     def _c_dofs(self) -> np.ndarray:
-        if not hasattr(self, "_c_dofs_cache"):
-            self._c_dofs_cache = np.ravel(self.forms.W.sub(0).collapse()[1])
-        return self._c_dofs_cache
+        """Indices of c in the mixed state (owned and ghost)."""
+        return np.ravel(self.forms.W.sub(0).collapse()[1])
 
     def next_dt(self, dt: float, newton_its: int, change: float) -> float:
         r"""The step after an accepted one of `dt`: ``grow`` x dt if Newton took at most
