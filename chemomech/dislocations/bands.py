@@ -15,9 +15,12 @@ Gauss-Newton matrix and its marginal on the coefficients are
 i.e. the slip fields are integrated out with the regularisation as their prior (the a-gamma
 correlation widens the band; M1's covariance rescaled would ignore it).  Slip fields of
 different particles are independent, so :math:`H_{\gamma\gamma}` is block-diagonal over
-particles: per particle 2(N+1) conjugate-gradient solves, matrix-free (each product one
-forward and one adjoint back-substitution), preconditioned by the slip block of the LMVM
-initial Hessian (:math:`\alpha L + \beta M` per system); on a traction-free particle the
+particles: per particle one solve :math:`H_{\gamma\gamma} X = C` with 2(N+1) right-hand sides,
+by block conjugate gradients (one Krylov space for all columns: about half the iterations of
+one CG per column), matrix-free: each block product is one forward and one adjoint
+multi-RHS back-substitution for all columns (MUMPS MatMatSolve reads the factor once),
+preconditioned by the slip block of the LMVM initial Hessian (:math:`\alpha L + \beta M`
+per system, also applied to all columns at once); on a traction-free particle the
 uniform slip, which no measured quantity sees, is the operator's null space (removed; with
 Dirichlet data the data see it).  Under a gauge (Dirichlet data, `M2Model.gauge_transform`
 :math:`a = T z + t`) the marginal is taken in the free coefficients,
@@ -234,10 +237,10 @@ def m2_covariance(model: M2Model, rtol: float = 1e-6, max_it: int = 5000,
     coefficients, slip fields and alpha), collective on the world.  The 2(N+1) solves with
     H_gg of a particle: `method` "block" (default), one block CG over all columns
     (`block_cg`); "columns", one CG per column (`simultaneous_cg`, `batch` columns at a time;
-    None: all together, 1: one after the other).  `info`: the method (cg_method), CG iterations per
-    particle and coefficient, the time and its parts (this rank, summed over its particles):
-    block Hessian products (count, s; each one multi-RHS forward and one adjoint
-    back-substitution), preconditioner applications (s)."""
+    None: all together, 1: one after the other).  `info`: the method (cg_method), CG
+    iterations per particle and coefficient, the time and its parts (this rank, summed over
+    its particles): block Hessian products (count, s; each one multi-RHS forward and one
+    adjoint back-substitution), preconditioner applications (s)."""
     if method not in ("block", "columns"):
         raise ValueError(f"method must be 'block' or 'columns', got {method!r}")
     t0 = time.perf_counter()
