@@ -108,6 +108,7 @@ def test_dislocations_block_is_validated_naming_the_key():
            ({"theta_weight": -1.0}, "theta_weight"),
            ({"alpha_decades": [-3, 2]}, "alpha_decades"),
            ({"tao_type": "nls"}, "tao_type"),
+           ({"tao_type": "cg", "regularisation": {"kind": "tv"}}, "tao_type"),
            ({"noise_draws": 4}, "noise_draws")]
     for block, key in bad:
         with pytest.raises(ValidationError, match=key):
@@ -474,23 +475,34 @@ def test_lcurve_rule_on_the_twin(twin, twin_config):
                                                               rel=0.1)
 
 
-def test_blmvm_and_bqnls_agree(twin, twin_config):
+def test_blmvm_bqnls_and_cg_agree(twin, twin_config):
+    """The three fit methods reach the same minimum; cg (exact Hessian actions and steps on
+    the quadratic h1 objective) needs no more iterations than BLMVM; cg refuses tv."""
     prepared = prepare(twin, twin_config)
     fits = [run_m2([prepared], _config(regularisation={"alpha": 3.0}, tao_type=t, bands=False),
-                   MPI.COMM_SELF).fit for t in ("blmvm", "bqnls")]
+                   MPI.COMM_SELF).fit for t in ("blmvm", "bqnls", "cg")]
     assert fits[0].cost == pytest.approx(fits[1].cost, rel=1e-8)
-    assert fits[0].iterations < 400 and fits[1].iterations < 400  # preconditioned (H0)
+    assert fits[2].cost == pytest.approx(fits[0].cost, rel=1e-8)
+    assert np.allclose(fits[2].coefficients, fits[0].coefficients, rtol=0, atol=1e-6)
+    assert all(f.iterations < 400 for f in fits)  # preconditioned (H0)
+    assert fits[2].iterations <= fits[0].iterations
+    assert fits[2].reason.startswith("CG reason")
+    model = _model(twin, MPI.COMM_SELF, kind="tv", alpha=1e-3)
+    with pytest.raises(InputError, match="h1") as err:
+        model.fit(tao_type="cg")
+    assert err.value.field == "tao_type"
 
 
 @pytest.mark.mpi
 @pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
-def test_two_particles_joint_fit_is_rank_independent(twin_config):
+@pytest.mark.parametrize("tao_type", ["blmvm", "cg"])
+def test_two_particles_joint_fit_is_rank_independent(twin_config, tao_type):
     spec = {"length_nm": 900, "width_nm": 600, "pixel_size_nm": 25, "slip_amplitude": 0.01,
             "slip_width_nm": 120, "noise_strain": NOISE, "noise_composition": 0.01}
     particles = [simulate_particle(ParticleSpec("p0", 0.5, rotation_rad=0.4, seed=3, **spec)),
                  simulate_particle(ParticleSpec("p1", 0.4, rotation_rad=-1.1, seed=4, **spec))]
     prepared = [prepare(p, twin_config) for p in particles]
-    config = _config(regularisation={"alpha": 3.0}, grtol=1e-9)
+    config = _config(regularisation={"alpha": 3.0}, grtol=1e-9, tao_type=tao_type)
     serial = run_m2(prepared, config, MPI.COMM_SELF)
     world = run_m2(prepared, config, MPI.COMM_WORLD)
     assert set(world.fit.per_particle_misfit) == {"p0", "p1"}
