@@ -1,7 +1,8 @@
 """Benchmark: the M2 band (joint Gauss-Newton covariance) on LFP50_P2, three ways on one state.
 
-The M2 stage of the default run (M1's linear fast path, M2 with alpha by the default rule and
-alpha scan, no band), then `chemomech.dislocations.bands.m2_covariance` at that state
+M2 fitted as the standalone M2 stage fits it (`run_m2` without the pipeline's M1 stage: M1's
+linear fast path as the start, the default config, alpha by the default rule over the default
+scan; the alpha is recorded), then `chemomech.dislocations.bands.m2_covariance` at that state
 
 * ``columns, batch 1``: one CG per coefficient column, one back-substitution per product
   (the path before issue #17's batching),
@@ -90,7 +91,7 @@ def main() -> dict | None:
            "speedup_block_over_batch_1": ways["columns, batch 1"]["seconds"]
            / ways["block"]["seconds"]}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["benchmark"] = "M2 band on LFP50_P2 at the default run's state, three CG paths"
+    results["benchmark"] = "M2 band on LFP50_P2 at the standalone M2 stage's fit, three CG paths"
     results.setdefault("runs", {})[str(comm.size)] = run
     results["versions"] = versions()
     write_json_atomic(RESULTS, results)
