@@ -487,6 +487,9 @@ def test_blmvm_bqnls_and_cg_agree(twin, twin_config):
     assert all(f.iterations < 400 for f in fits)  # preconditioned (H0)
     assert fits[2].iterations <= fits[0].iterations
     assert fits[2].reason.startswith("CG reason")
+    short = _model(twin, MPI.COMM_SELF, alpha=3.0).fit(tao_type="cg", max_it=3)
+    assert short.iterations == 3 and short.reason.startswith("CG reason -2")
+    assert short.cost > fits[2].cost
     model = _model(twin, MPI.COMM_SELF, kind="tv", alpha=1e-3)
     with pytest.raises(InputError, match="h1") as err:
         model.fit(tao_type="cg")

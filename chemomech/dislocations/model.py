@@ -449,7 +449,7 @@ class M2Model:
             before = history.get(it - stagnation_window)
             if stagnation_rtol > 0 and before is not None and \
                     before - J <= stagnation_rtol * abs(J):
-                reason, stagnated = 6, True  # CONVERGED_USER
+                reason, stagnated = 8, True  # TAO CONVERGED_USER
                 break
             if it >= max_it:
                 reason = -2  # DIVERGED_MAXITS
