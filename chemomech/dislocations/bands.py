@@ -227,7 +227,9 @@ def block_cg(mult, precondition, project, B: np.ndarray, comm, rtol: float, max_
                 reasons[j] = 2 if norm[j] <= rtol * norm0[j] else -3
                 its[j] = it
         P = _orthonormal(Z - P @ np.linalg.solve(PQ, gram(Q, Z)), comm)
-    return X, its, reasons
+    # no search direction left before a column met rtol: report it as not converged
+    its = [n if r else it for n, r in zip(its, reasons, strict=True)]
+    return X, its, [r if r else -3 for r in reasons]
 
 
 def m2_covariance(model: M2Model, rtol: float = 1e-6, max_it: int = 5000,
