@@ -83,6 +83,50 @@ def choose_solver(num_dofs: int, kind: SolverKind = "auto") -> Literal["lu", "ga
     return kind
 
 
+def null_space_basis(nullspace: PETSc.NullSpace | None) -> np.ndarray | None:
+    """The orthonormal vectors of a PETSc null space as columns (owned rows x k), or None."""
+    if nullspace is None:
+        return None
+    return np.stack([v.getArray(readonly=True) for v in nullspace.getVecs()], axis=1)
+
+
+def _remove_null_space(basis: np.ndarray | None, x: np.ndarray, comm) -> None:
+    """x -= N (N^T x) in place for the columns of x (owned rows), N the orthonormal `basis`
+    (classical Gram-Schmidt, as MatNullSpaceRemove)."""
+    if basis is not None:
+        x -= basis @ comm.allreduce(basis.T @ x)
+
+
+def solve_columns(ksp: PETSc.KSP, b: np.ndarray, null_basis: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """X = A^-1 B for the m columns of `b` (owned rows x m, numpy) with the operator of `ksp`,
+    the null space (`null_space_basis`) removed from B and X.  One KSPMatSolve: with a
+    factorisation (preonly + LU/Cholesky, MUMPS) a single multi-RHS back-substitution
+    (MatMatSolve), which reads the factor once for all columns (benchmark
+    bench/results/m2_band.json: the M2 band's CGs at the same iterations take 2.6x less CPU
+    than with single solves); other KSPs solve column by column.  Collective on the KSP's
+    communicator."""
+    comm = ksp.getComm()
+    b = np.array(b, dtype=PETSc.ScalarType, order="F", ndmin=2)
+    _remove_null_space(null_basis, b, comm.tompi4py())
+    n, m = b.shape
+    B = PETSc.Mat().createDense([(n, PETSc.DETERMINE), (PETSc.DECIDE, m)], array=b,
+                                comm=comm)
+    X = PETSc.Mat().createDense([(n, PETSc.DETERMINE), (PETSc.DECIDE, m)], comm=comm)
+    X.setUp()
+    try:
+        ksp.matSolve(B, X)
+        reason = ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverError(f"multi-RHS solve failed: KSP reason {reason} ({m} columns)")
+        x = np.array(X.getDenseArray(readonly=True), order="F")
+    finally:
+        B.destroy()
+        X.destroy()
+    _remove_null_space(null_basis, x, comm.tompi4py())
+    return x
+
+
 class ElasticityProblem:
     """Traction-free (or Dirichlet) anisotropic elasticity on `mesh` with stiffness `C`.
 
@@ -121,6 +165,7 @@ class ElasticityProblem:
         if self.nullspace is not None:
             self.A.setNullSpace(self.nullspace)
             self.A.setNearNullSpace(self.nullspace)
+        self._null_basis = null_space_basis(self.nullspace)  # for solve_columns
         n_dofs = self.V.dofmap.index_map.size_global * self.V.dofmap.index_map_bs
         self.num_dofs = n_dofs
         self.solver = choose_solver(n_dofs, solver)
@@ -210,49 +255,23 @@ class ElasticityProblem:
         u.x.scatter_forward()
         return u
 
+    def solve_columns(self, b: np.ndarray) -> np.ndarray:
+        """Solve A U = B for m assembled loads at once: `b` (owned DOFs x m) -> U (owned DOFs
+        x m), rigid modes removed (`solve_columns`)."""
+        return solve_columns(self.ksp, b, self._null_basis)
+
     def solve_many(self, loads) -> list[fem.Function]:
-        """Solve A u_k = b_k for several assembled loads (left unchanged; rigid modes
-        removed): with MUMPS one multi-right-hand-side back-substitution (KSPMatSolve, ~4x
-        cheaper than one solve per load for 2(N+1) = 6 loads), with CG + GAMG one by one."""
+        """u_k = A^-1 b_k as Functions for several assembled loads (PETSc Vecs, left
+        unchanged), rigid modes removed: one `solve_columns` (with MUMPS one multi-RHS
+        back-substitution, ~4x cheaper than one solve per load for 2(N+1) = 6 loads)."""
         loads = list(loads)
-        if self.solver != "lu" or len(loads) < 2:
-            out = []
-            for b in loads:
-                rhs = b.copy()
-                out.append(self.solve_vector(rhs))
-                rhs.destroy()
-            return out
-        n_local, n_global = loads[0].getLocalSize(), loads[0].getSize()
-        columns = np.empty((n_local, len(loads)), order="F")
-        for k, b in enumerate(loads):
-            rhs = b.copy()
-            if self.nullspace is not None:
-                self.nullspace.remove(rhs)
-            columns[:, k] = rhs.array_r
-            rhs.destroy()
-        comm = self.mesh.comm
-        size = ((n_local, n_global), (PETSc.DECIDE, len(loads)))
-        B = PETSc.Mat().createDense(size, array=columns, comm=comm)
-        X = PETSc.Mat().createDense(size, comm=comm)
-        X.setUp()
-        try:
-            self.ksp.matSolve(B, X)
-            reason = self.ksp.getConvergedReason()
-            if reason < 0:
-                raise SolverError(f"elasticity solve failed: KSP reason {reason} "
-                                  f"({self.solver}, {self.num_dofs} DOFs)")
-            values = X.getDenseArray(readonly=True)
-            out = []
-            for k in range(len(loads)):
-                u = fem.Function(self.V, name="u")
-                u.x.petsc_vec.array_w[:] = values[:, k]
-                if self.nullspace is not None:
-                    self.nullspace.remove(u.x.petsc_vec)
-                u.x.scatter_forward()
-                out.append(u)
-        finally:
-            B.destroy()
-            X.destroy()
+        x = self.solve_columns(np.column_stack([b.array_r for b in loads]))
+        out = []
+        for k in range(len(loads)):
+            u = fem.Function(self.V, name="u")
+            u.x.petsc_vec.array_w[:] = x[:, k]
+            u.x.scatter_forward()
+            out.append(u)
         return out
 
     def solve(self, eps_star, u: fem.Function | None = None) -> fem.Function:
