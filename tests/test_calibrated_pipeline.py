@@ -142,8 +142,8 @@ def test_calibrated_band_keeps_the_gauge_under_dirichlet_data(tmp_path):
     band = summary["eigenstrain_curve"]
     width0 = band["a_hi"][0] - band["a_lo"][0]
     assert 0 < width0 < 0.01
-    for d in "ac":
-        assert band[f"{d}_hi"][-1] - band[f"{d}_lo"][-1] < 1e-8 * width0
+    for d in "ac":  # a variance zero to rounding (eps |C|) is a width of ~sqrt(eps) width0
+        assert band[f"{d}_hi"][-1] - band[f"{d}_lo"][-1] < 1e-7 * width0
 
 
 def test_noise_floor_on_a_singular_noise_covariance():
