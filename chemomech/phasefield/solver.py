@@ -152,6 +152,14 @@ LINEAR_SOLVERS = ("lu", "fieldsplit")
 MUMPS_NULL_PIVOTS = {"mat_mumps_icntl_24": 1, "mat_mumps_icntl_25": 0}
 
 
+#: GAMG on the u block (fieldsplit).  The u block of the Jacobian, the elasticity operator,
+#: does not depend on the state for a constant stiffness, so the whole preconditioner is
+#: built once and reused (``ksp_reuse_preconditioner``; a lagged preconditioner for C(c)).
+GAMG_U_OPTIONS = {"ksp_reuse_preconditioner": True, "pc_gamg_threshold": 0.01,
+                  "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi",
+                  "pc_gamg_coarse_eq_limit": 1000}
+
+
 class PhaseFieldSolver:
     """SNES + adaptive theta-method stepping of a `PhaseFieldForms` system."""
 
@@ -206,6 +214,7 @@ class PhaseFieldSolver:
                                             comm=W.mesh.comm)
 
         is_cmu, is_u = owned((0, 1)), owned((2,))
+        is_u.setBlockSize(W.mesh.geometry.dim)  # (u_x, u_y, u_z) of a node are adjacent
         sub_modes = []
         for mode in self.nullspace.getVecs():
             sub = mode.getSubVector(is_u)
@@ -220,10 +229,7 @@ class PhaseFieldSolver:
         pc.setFieldSplitIS(("cmu", is_cmu), ("u", is_u))
         prefix = ksp.getOptionsPrefix()
         cmu = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
-        u = {"ksp_type": "preonly", "pc_type": "gamg", "pc_gamg_threshold": 0.01,
-             "pc_gamg_reuse_interpolation": True,
-             "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi",
-             "pc_gamg_coarse_eq_limit": 1000}
+        u = {"ksp_type": "preonly", "pc_type": "gamg", **GAMG_U_OPTIONS}
         sub = {f"fieldsplit_cmu_{k}": v for k, v in cmu.items()} | {
             f"fieldsplit_u_{k}": v for k, v in u.items()}
         db = PETSc.Options()
