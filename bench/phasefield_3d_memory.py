@@ -73,9 +73,7 @@ def run_case(size_px: float, comm: MPI.Comm, steps: int = 1) -> dict:
     from chemomech.phasefield.initial import random_waves, set_initial_composition
     from chemomech.phasefield.model import Elasticity, FreeEnergy, PhaseFieldForms
     from chemomech.phasefield.solver import PhaseFieldSolver, StepControl
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from phasefield_3d import COMMON
+    from phasefield_3d import COMMON  # bench/ is on sys.path when run as a script
 
     load = os.getloadavg()[0]
     config = PhaseFieldConfig.model_validate(COMMON)
