@@ -11,7 +11,8 @@ Per mesh: DOFs, Newton and FGMRES iterations per step, wall time per step (max o
 setup time (mesh + forms + SNES and fieldsplit construction; the GAMG hierarchy is built in
 the first, dt = 0, solve), the peak resident memory of every rank over the whole case
 (VmHWM, reset before it) and its resident memory after the set-up, and the machine's load
-average (1 min) before and after (2 shared cores).  Rank 0 merges into bench/results/phasefield_3d.json:
+average (1 min) before and after (2 shared cores).  Rank 0 merges into
+bench/results/phasefield_3d.json:
 
   scripts/in-env mpirun -n 2 python3 bench/phasefield_3d.py [--linear lu] [--steps N] [SIZE_PX ...]
 """

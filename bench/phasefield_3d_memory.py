@@ -68,12 +68,13 @@ class Stages:
 
 
 def run_case(size_px: float, comm: MPI.Comm, steps: int = 1) -> dict:
+    from phasefield_3d import COMMON  # bench/ is on sys.path when run as a script
+
     from chemomech.phasefield.config import PhaseFieldConfig
     from chemomech.phasefield.geometry import extruded_platelet_mesh, platelet_mask
     from chemomech.phasefield.initial import random_waves, set_initial_composition
     from chemomech.phasefield.model import Elasticity, FreeEnergy, PhaseFieldForms
     from chemomech.phasefield.solver import PhaseFieldSolver, StepControl
-    from phasefield_3d import COMMON  # bench/ is on sys.path when run as a script
 
     load = os.getloadavg()[0]
     config = PhaseFieldConfig.model_validate(COMMON)
