@@ -5,8 +5,13 @@ Each step solves the scaled theta-method residual of `chemomech.phasefield.model
 (``linear``): "lu", a MUMPS LU of the full Jacobian; "fieldsplit", FGMRES (relative
 tolerance ``ksp_rtol``) preconditioned by a multiplicative fieldsplit of the (c, mu) block,
 solved by MUMPS LU (P1 x P1: a few per cent of the 3-D DOFs with P2 u), and the u block,
-one GAMG V-cycle with the rigid modes as near-null space (and null space); the GAMG
-hierarchy is built once and reused across Newton iterations and steps.  ASM/ILU(1) on the
+one GAMG V-cycle with the rigid modes as near-null space (and null space).  The u block is
+node-blocked (its index set has block size d: the d components of a node are adjacent in
+the mixed dofmap), so GAMG aggregates nodes, not scalar DOFs (at 125 k DOFs in 3-D this
+cut the peak memory of the first solve from 1.10 to 0.66 GB per rank,
+bench/results/phasefield_3d_memory.json); the u block is the elasticity operator, constant
+for a constant stiffness, so its GAMG preconditioner is built once and reused across Newton
+iterations and steps (lagged for C(c); FGMRES corrects it).  ASM/ILU(1) on the
 (c, mu) block instead needed ~180 FGMRES iterations per Newton step on a 300 x 150 nm test
 plate (against ~15) and failed steps, so it is not offered.
 
