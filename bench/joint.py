@@ -8,6 +8,13 @@ exact integrated-noise bands, residuals, figures, fields.h5) on a twin stack wri
   scripts/in-env mpirun -n 2 python3 -m chemomech synth --output STACK --particles 100 \\
       --seed 1 --length 1000 --width 600
   scripts/in-env mpirun -n 2 python3 bench/joint.py STACK
+
+Weak scaling (the same particles per rank on 1 and 2 ranks): `--weak` stores the run under
+"weak_scaling" keyed by ranks and particles instead of replacing the main entry, e.g. 50
+particles on 1 rank and 100 on 2 ranks (stacks from `synth --particles 50` / `100`):
+
+  scripts/in-env python3 bench/joint.py STACK50 --weak
+  scripts/in-env mpirun -n 2 python3 bench/joint.py STACK100 --weak
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -27,7 +35,7 @@ from mpi4py import MPI  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "joint.json"
 
 
-def main(stack: Path) -> dict | None:
+def main(stack: Path, weak: bool = False) -> dict | None:
     from chemomech.config import RunConfig
     from chemomech.inverse.particle import particles_of_rank
     from chemomech.io.results import versions, write_json_atomic
@@ -53,6 +61,12 @@ def main(stack: Path) -> dict | None:
               "stages_s": summary["timings_s"], "fit": summary["fit"]["reason"],
               "load_before": load0, "load_after": os.getloadavg()[0],
               "versions": versions()}
+    if weak:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        key = f"ranks={comm.size},particles={n}"
+        data.setdefault("weak_scaling", {})[key] = result | {
+            "particles_per_rank": n / comm.size}
+        result = data
     write_json_atomic(RESULTS, result)
     print(f"{n} particles on {comm.size} ranks: {elapsed:.0f} s; peak RSS per rank "
           f"{[round(r['peak_rss_mb']) for r in per_rank]} MB -> {RESULTS}")
@@ -60,4 +74,4 @@ def main(stack: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), weak="--weak" in sys.argv[2:])

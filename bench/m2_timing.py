@@ -12,6 +12,11 @@ for the before/after comparison of issue #17 (``--out`` names the JSON):
 
   scripts/in-env python3 bench/m2_timing.py --stagnation-rtol 0 \
       --out bench/results/m2_timing_no_stagnation.json
+
+``--tao-type cg`` fits M2 by preconditioned CG with exact Hessian actions
+(``dislocations.tao_type``) instead of the default TAO BLMVM:
+
+  scripts/in-env python3 bench/m2_timing.py --tao-type cg --out bench/results/m2_timing_cg.json
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ RESULTS = Path(os.environ.get("CHEMOMECH_BENCH_RESULTS",
                               ROOT / "bench" / "results" / "m2_timing.json"))
 
 
-def main(stagnation_rtol: float | None = None, results: Path = RESULTS) -> dict:
+def main(stagnation_rtol: float | None = None, results: Path = RESULTS,
+         tao_type: str | None = None) -> dict:
     from chemomech.config import RunConfig
     from chemomech.io.results import versions, write_json_atomic
     from chemomech.pipeline import run
@@ -44,6 +50,7 @@ def main(stagnation_rtol: float | None = None, results: Path = RESULTS) -> dict:
         load0 = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
         dislocations = {} if stagnation_rtol is None else {"stagnation_rtol": stagnation_rtol}
+        dislocations |= {} if tao_type is None else {"tao_type": tao_type}
         config = RunConfig(data=[REAL], model="M2", output=Path(tmp) / "run",
                            dislocations=dislocations)
         summary = run(config, MPI.COMM_SELF)
@@ -52,6 +59,7 @@ def main(stagnation_rtol: float | None = None, results: Path = RESULTS) -> dict:
     iterations = timings.get("m2_iterations", 0.0)
     result = {
         "benchmark": "default M2 run on LFP50_P2 (pipeline, 1 rank)",
+        "tao_type": config.dislocations.tao_type,
         "stagnation_rtol": config.dislocations.stagnation_rtol,
         "stagnation_window": config.dislocations.stagnation_window,
         "seconds": seconds, "cpu_seconds": cpu, "load_before": load0,
@@ -62,6 +70,9 @@ def main(stagnation_rtol: float | None = None, results: Path = RESULTS) -> dict:
         "m2_time_per_iteration_over_forward_solve":
             timings["m2_fit"] / max(iterations, 1.0) / timings["m2_forward_solve"],
         "regularisation": summary["dislocations"]["regularisation"],
+        "band": {k: v for k, v in summary["dislocations"]["band"].items()
+                 if k not in ("noise_sigma",)},
+        "m2_coefficients": summary["dislocations"]["fit"]["coefficients"],
         "model_errors": summary["model_errors"],
         "versions": versions(),
     }
@@ -75,6 +86,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stagnation-rtol", type=float, default=None,
                         help="dislocations.stagnation_rtol (default: the config default)")
+    parser.add_argument("--tao-type", default=None, choices=("blmvm", "bqnls", "cg"),
+                        help="dislocations.tao_type (default: the config default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write")
     args = parser.parse_args()
-    main(args.stagnation_rtol, args.out)
+    main(args.stagnation_rtol, args.out, args.tao_type)

@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
@@ -59,6 +60,9 @@ from chemomech.io.results import (
 from chemomech.io.stack import ParticleData, check_interior
 from chemomech.mechanics import legendre
 from chemomech.mechanics.materials import Material
+
+if TYPE_CHECKING:
+    from chemomech.analysis.report import ResidualMapJob
 
 logger = logging.getLogger(__name__)
 
@@ -541,18 +545,22 @@ def _run(config: RunConfig, comm: MPI.Comm, out: Path, t_start: float) -> dict |
         m1_stage = M1Stage(m1.particle_indices, m1.meshes, m1.model, m1.fit.coefficients)
         m2 = run_m2(prepared, config, comm, m1=m1_stage)
         timings |= m2.timings_s
-    summary = None
+    summary, residual_figures = None, None
+    t = time.perf_counter()
     with stage("writing the results", comm):
         if rank0:
-            t = time.perf_counter()
             residuals = {p.data.name: _residuals(p, m0, _mechanical(m1, m2),
                                                  config.edge_exclusion_px) for p in prepared}
             summary = _summarise(config, prepared, m0, m1, m2, residuals)
-            summary["timings_s"] = timings | {"report": 0.0,
+            residual_figures = _write_outputs(config, out, prepared, m1, m2, residuals, summary)
+    with stage("drawing the residual maps", comm):
+        from chemomech.analysis.report import save_residual_maps
+
+        save_residual_maps(residual_figures, comm)
+    with stage("writing the summary", comm):
+        if rank0:
+            summary["timings_s"] = timings | {"report": time.perf_counter() - t,
                                               "total": time.perf_counter() - t_start}
-            _write_outputs(config, out, prepared, m1, m2, residuals, summary)
-            summary["timings_s"]["report"] = time.perf_counter() - t
-            summary["timings_s"]["total"] = time.perf_counter() - t_start
             write_json_atomic(out / "summary.json", summary)
             logger.info("done in %.1f s: model error %s", summary["timings_s"]["total"],
                         ", ".join(f"{k} {v:.4g}" for k, v in summary["model_errors"].items()))
@@ -713,9 +721,12 @@ def _identifiability(prepared: list[PreparedParticle], m0: RegressionFit,
 
 
 def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle],
-                   m1: M1Outcome | None, m2, residuals: dict, summary: dict) -> None:
+                   m1: M1Outcome | None, m2, residuals: dict, summary: dict
+                   ) -> list[ResidualMapJob]:
+    """Write config.yaml, fields.h5 and the figures but the residual maps, which it returns
+    (drawn by every rank: `save_residual_maps`)."""
     from chemomech.analysis.report import (
-        ResidualMaps,
+        ResidualMapJob,
         plot_curves,
         plot_model_errors,
         write_pixel_fields,
@@ -724,7 +735,7 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
     figures = out / "figures"
     write_text_atomic(out / "config.yaml", dump_config(config))
     fields = {}
-    residual_maps = ResidualMaps(["aa", "cc", "ac"])  # one figure, redrawn per particle
+    residual_figures = []
     for p in prepared:
         name = p.data.name
         residual, used = residuals[name]
@@ -770,10 +781,9 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                              title=f"{name}: GND density, mean "
                                    f"{m2.mean_density_um2[name]:.3g} um^-2")
         fields[name] = {"pixel_size_nm": p.data.pixel_size_nm, "maps": maps}
-        residual_maps.save(crystal[main], used, p.data.pixel_size_nm,
-                           figures / f"residual_{name}.png",
-                           title=f"{name}: residual strain ({main}), mean X = {p.data.mean_X:.2f}")
-    residual_maps.close()
+        residual_figures.append(ResidualMapJob(
+            crystal[main], used, p.data.pixel_size_nm, figures / f"residual_{name}.png",
+            f"{name}: residual strain ({main}), mean X = {p.data.mean_X:.2f}"))
     write_pixel_fields(out / "fields.h5", fields)
     plot_curves(summary["eigenstrain_curve"], figures / "eigenstrain.png",
                 baseline=summary["m0"]["eigenstrain_curve"] if m1 is not None else None,
@@ -786,3 +796,4 @@ def _write_outputs(config: RunConfig, out: Path, prepared: list[PreparedParticle
                         if k.startswith("model_error_")}
                  for name, e in summary["per_particle"].items()}
     plot_model_errors(summary["model_errors"], figures / "model_error.png", per_model)
+    return residual_figures

@@ -108,6 +108,7 @@ def test_dislocations_block_is_validated_naming_the_key():
            ({"theta_weight": -1.0}, "theta_weight"),
            ({"alpha_decades": [-3, 2]}, "alpha_decades"),
            ({"tao_type": "nls"}, "tao_type"),
+           ({"tao_type": "cg", "regularisation": {"kind": "tv"}}, "tao_type"),
            ({"noise_draws": 4}, "noise_draws")]
     for block, key in bad:
         with pytest.raises(ValidationError, match=key):
@@ -474,23 +475,37 @@ def test_lcurve_rule_on_the_twin(twin, twin_config):
                                                               rel=0.1)
 
 
-def test_blmvm_and_bqnls_agree(twin, twin_config):
+def test_blmvm_bqnls_and_cg_agree(twin, twin_config):
+    """The three fit methods reach the same minimum; cg (exact Hessian actions and steps on
+    the quadratic h1 objective) needs no more iterations than BLMVM; cg refuses tv."""
     prepared = prepare(twin, twin_config)
     fits = [run_m2([prepared], _config(regularisation={"alpha": 3.0}, tao_type=t, bands=False),
-                   MPI.COMM_SELF).fit for t in ("blmvm", "bqnls")]
+                   MPI.COMM_SELF).fit for t in ("blmvm", "bqnls", "cg")]
     assert fits[0].cost == pytest.approx(fits[1].cost, rel=1e-8)
-    assert fits[0].iterations < 400 and fits[1].iterations < 400  # preconditioned (H0)
+    assert fits[2].cost == pytest.approx(fits[0].cost, rel=1e-8)
+    assert np.allclose(fits[2].coefficients, fits[0].coefficients, rtol=0, atol=1e-6)
+    assert all(f.iterations < 400 for f in fits)  # preconditioned (H0)
+    assert fits[2].iterations <= fits[0].iterations
+    assert fits[2].reason.startswith("CG reason")
+    short = _model(twin, MPI.COMM_SELF, alpha=3.0).fit(tao_type="cg", max_it=3)
+    assert short.iterations == 3 and short.reason.startswith("CG reason -2")
+    assert short.cost > fits[2].cost
+    model = _model(twin, MPI.COMM_SELF, kind="tv", alpha=1e-3)
+    with pytest.raises(InputError, match="h1") as err:
+        model.fit(tao_type="cg")
+    assert err.value.field == "tao_type"
 
 
 @pytest.mark.mpi
 @pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
-def test_two_particles_joint_fit_is_rank_independent(twin_config):
+@pytest.mark.parametrize("tao_type", ["blmvm", "cg"])
+def test_two_particles_joint_fit_is_rank_independent(twin_config, tao_type):
     spec = {"length_nm": 900, "width_nm": 600, "pixel_size_nm": 25, "slip_amplitude": 0.01,
             "slip_width_nm": 120, "noise_strain": NOISE, "noise_composition": 0.01}
     particles = [simulate_particle(ParticleSpec("p0", 0.5, rotation_rad=0.4, seed=3, **spec)),
                  simulate_particle(ParticleSpec("p1", 0.4, rotation_rad=-1.1, seed=4, **spec))]
     prepared = [prepare(p, twin_config) for p in particles]
-    config = _config(regularisation={"alpha": 3.0}, grtol=1e-9)
+    config = _config(regularisation={"alpha": 3.0}, grtol=1e-9, tao_type=tao_type)
     serial = run_m2(prepared, config, MPI.COMM_SELF)
     world = run_m2(prepared, config, MPI.COMM_WORLD)
     assert set(world.fit.per_particle_misfit) == {"p0", "p1"}
@@ -534,9 +549,36 @@ def test_initial_hessian_is_a_consistent_matrix(twin):
 # ---------------------------------------------------------------------------- bands, outputs
 
 
+@pytest.mark.mpi
+def test_block_slip_jacobian_and_its_transpose_are_adjoint():
+    """<J_g D, V> = <D, J_g^T V> column by column for the multi-RHS products (two systems;
+    on 2 ranks the ghost exchange of every column enters), and a column of the block product
+    equals the product of that column alone."""
+    spec = ParticleSpec("small", 0.5, rotation_rad=0.4, length_nm=700, width_nm=450,
+                        pixel_size_nm=25, slip_amplitude=0.01, slip_width_nm=100,
+                        noise_strain=NOISE, noise_composition=0.01, seed=5)
+    model = _model(simulate_particle(spec, MPI.COMM_WORLD), MPI.COMM_WORLD,
+                   systems=("D", "ac+"))
+    p = model.particles[0]
+    rng = np.random.default_rng(11 + p.comm.rank)
+    D = [rng.normal(size=(p.n_owned, 3)) for _ in p.systems]
+    rows = p.slip_jacobian_columns(D)
+    V = p.misfit.project(rng.normal(size=rows.shape))
+    back = p.slip_jacobian_transpose_columns(V)
+    lhs = p.comm.allreduce(np.einsum("ij,ij->j", rows, V))
+    rhs = p.comm.allreduce(sum(np.einsum("ij,ij->j", d, b)
+                               for d, b in zip(D, back, strict=True)))
+    assert np.all(np.abs(lhs) > 1e-3 * np.abs(rows).max())
+    assert np.allclose(lhs, rhs, rtol=1e-10)
+    single = p.slip_jacobian([d[:, 1] for d in D])
+    assert np.allclose(single, rows[:, 1], rtol=0, atol=1e-12 * np.abs(rows).max())
+
+
 def test_m2_band_is_the_dense_joint_gauss_newton_marginal():
-    """Cov(a) of the matrix-free CG path equals sigma^2 [H^-1]_aa of the dense joint (a, gamma)
-    Gauss-Newton matrix built column by column; the a-gamma correlation widens the band."""
+    """Cov(a) of the matrix-free block-CG path equals sigma^2 [H^-1]_aa of the dense joint
+    (a, gamma) Gauss-Newton matrix built column by column, and so does one CG per column (the
+    unbatched path, batch 1), which needs more iterations; the a-gamma correlation widens the
+    band."""
     import scipy.linalg
     import ufl
     from dolfinx import fem
@@ -550,6 +592,10 @@ def test_m2_band_is_the_dense_joint_gauss_newton_marginal():
     model = _model(simulate_particle(spec), MPI.COMM_SELF, alpha=3.0)
     model.fit()
     cov, sigma2, info = m2_covariance(model, rtol=1e-10)
+    columns, sigma2_columns, info_columns = m2_covariance(model, rtol=1e-10, method="columns",
+                                                          batch=1)
+    assert info["cg_method"] == "block" and info_columns["cg_method"] == "columns"
+    assert sigma2_columns == pytest.approx(sigma2, rel=1e-12)
     p = model.particles[0]
     n = p.n_owned
     Ja = model.coefficient_columns()[0]
@@ -563,9 +609,13 @@ def test_m2_band_is_the_dense_joint_gauss_newton_marginal():
     # H is singular along the uniform slip (no measured quantity sees it): pseudo-inverse
     dense = sigma2 * scipy.linalg.pinvh(H, atol=1e-12 * np.abs(H).max())[:k, :k]
     assert np.allclose(cov, dense, rtol=1e-6, atol=1e-6 * np.abs(dense).max())
+    assert np.allclose(columns, dense, rtol=1e-6, atol=1e-6 * np.abs(dense).max())
     conditional = sigma2 * np.linalg.inv(Ja.T @ Ja)
     assert np.all(np.diag(cov) > np.diag(conditional))
-    assert max(info["cg_iterations"]) < 200
+    assert max(info_columns["cg_iterations"]) < 200
+    # one Krylov space for all columns: fewer iterations than any single column's CG
+    assert max(info["cg_iterations"]) < min(info_columns["cg_iterations"])
+    assert info["hessian_products"] == max(info["cg_iterations"])
 
 
 def test_m2_run_writes_consistent_fields(tmp_path, monkeypatch):

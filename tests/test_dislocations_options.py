@@ -183,6 +183,20 @@ def test_integrated_boundary_data_carry_no_mean_slip(twin):
                                                       abs=5e-4)
 
 
+def test_cg_fit_equals_blmvm_with_all_options(twin):
+    """Dirichlet data (the gauge: cg works in the free coefficients), plane strain with the
+    b-eigenstrain and C(X): M2 fitted by cg (exact Hessian actions) and by BLMVM agree."""
+    options = DIRICHLET | PLANE_STRAIN | MIXED
+    fits = []
+    for tao_type in ("blmvm", "cg"):
+        config = _config({"regularisation": {"alpha": 3.0}, "grtol": 1e-9, "bands": False,
+                          "tao_type": tao_type}, **options)
+        fits.append(run_m2([_prepared(twin, config)], config, MPI.COMM_SELF).fit)
+    assert fits[1].cost == pytest.approx(fits[0].cost, rel=1e-8)
+    assert np.allclose(fits[1].coefficients, fits[0].coefficients, rtol=0, atol=1e-6)
+    assert abs(fits[1].coefficients_a.sum()) < 1e-12  # the gauge f(1) = 0 holds
+
+
 @pytest.mark.mpi
 @pytest.mark.mpi_only  # serial vs COMM_WORLD: meaningful on >= 2 ranks only
 def test_dirichlet_one_and_two_ranks_agree():

@@ -370,13 +370,13 @@ def test_plane_strain_uniform_eigenstrain_with_bb_is_stress_free_in_plane():
     assert rms < 1e-9 * scale
 
 
-def _platelet_problems(*solvers: tuple[str, dict]):
+def _platelet_problems(*solvers: tuple[str, dict], comm=MPI.COMM_SELF):
     """ElasticityProblems (solver, petsc_options) on one platelet mesh and five eigenstrains
     linear in four Legendre coefficients (the fifth a combination of the first four)."""
     mask = platelet_mask()
     i, j = np.meshgrid(np.arange(mask.shape[0]), np.arange(mask.shape[1]), indexing="ij")
     image = np.where(mask, 0.5 * (1 + np.tanh((i + 0.3 * j - 21) / 2.5)), np.nan)
-    pm = mesh_from_mask(mask, H, MPI.COMM_SELF)
+    pm = mesh_from_mask(mask, H, comm)
     X = image_to_function(image, H, fem.functionspace(pm.mesh, ("Lagrange", 1)))
     angle = 0.4
     C = stiffness_tensor(Material().image_tensor(angle))
@@ -411,3 +411,26 @@ def test_gamg_resolve_in_the_span_of_earlier_solutions_needs_no_iteration():
     exact = lu.solve(loads[4]).x.array
     assert np.abs(u.x.array - exact).max() < 1e-8 * np.abs(exact).max()
     assert min(plain_iterations) > 5
+
+
+@pytest.mark.mpi
+def test_solve_columns_equals_one_solve_per_column():
+    """`solve_columns` (one KSPMatSolve: a MUMPS multi-RHS back-substitution with LU, column
+    by column with GAMG) gives the displacements of the single solves, orthogonal to the
+    rigid modes, on 1 and 2 ranks (MUMPS gathers the distributed dense right-hand sides)."""
+    (lu, gamg), loads = _platelet_problems(("lu", {}), ("gamg", {"ksp_guess_type": None}),
+                                           comm=MPI.COMM_WORLD)
+    vectors = [lu.load_vector(eps) for eps in loads]
+    B = np.stack([b.array for b in vectors], axis=1)
+    single = np.stack([lu.solve_vector(b.copy()).x.array[: B.shape[0]].copy()
+                       for b in vectors], axis=1)
+    scale = MPI.COMM_WORLD.allreduce(np.abs(single).max(), op=MPI.MAX)
+    assert scale > 1.0
+    for problem, tol in ((lu, 1e-10), (gamg, 1e-8)):
+        U = problem.solve_columns(B)
+        assert U.shape == B.shape
+        error = MPI.COMM_WORLD.allreduce(np.abs(U - single).max(), op=MPI.MAX)
+        assert error < tol * scale
+        for mode in problem.nullspace.getVecs():
+            dots = MPI.COMM_WORLD.allreduce(mode.getArray(readonly=True) @ U)
+            assert np.abs(dots).max() < 1e-10 * scale

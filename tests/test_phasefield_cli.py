@@ -167,4 +167,5 @@ def test_the_example_config_validates():
     path = Path(__file__).resolve().parents[1] / "examples" / "phasefield.yaml"
     config = load_phasefield_config(path)
     assert config.free_energy.interface_width_nm == 120.0 and config.dim == 2
+    assert config.steps.coarse_mesh_size_px == 3.0
     assert Path(config.output).is_absolute()

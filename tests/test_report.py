@@ -71,3 +71,30 @@ def test_pixel_fields_round_trip_and_xdmf_points_at_them(tmp_path):
     assert grid.find("Topology").attrib["Dimensions"] == "4 3"
     items = [e.text for e in grid.iter("DataItem") if e.attrib.get("Format") == "HDF"]
     assert items == ["fields.h5:/p1/X", "fields.h5:/p1/u_x"]
+
+
+@pytest.mark.mpi
+def test_residual_maps_drawn_by_every_rank_are_the_serial_ones(tmp_path):
+    """`save_residual_maps` deals the figures over the ranks and rank 0 writes them: every
+    particle's PNG exists once and is pixel for pixel the serial figure (1 and 2 ranks)."""
+    from matplotlib.image import imread
+    from mpi4py import MPI
+
+    from chemomech.analysis.report import ResidualMapJob, save_residual_maps
+
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(tmp_path if comm.rank == 0 else None, root=0)
+    rng = np.random.default_rng(3)
+    jobs = []
+    for k, shape in enumerate(((30, 20), (24, 36), (18, 18))):
+        mask = np.zeros(shape, bool)
+        mask[2:-2, 3:-3] = True
+        maps = {c: rng.normal(0, 1e-3 * (k + 1), shape) for c in ("aa", "cc", "ac")}
+        jobs.append(ResidualMapJob(maps, mask, 16.6, out / f"residual_{k}.png", f"particle {k}"))
+    save_residual_maps(jobs if comm.rank == 0 else None, comm)
+    if comm.rank == 0:
+        assert sorted(p.name for p in out.iterdir()) == [f"residual_{k}.png" for k in range(3)]
+        for job in jobs:
+            serial = out / f"serial_{job.path.name}"
+            plot_residual_maps(job.maps, job.mask, job.pixel_size_nm, serial, job.title)
+            assert np.array_equal(imread(job.path), imread(serial))

@@ -155,10 +155,11 @@ class LatticeMisfit:
         return self.n_pixels * len(self.blocks)
 
     def project(self, r: np.ndarray) -> np.ndarray:
-        """P r: the best uniform rotation removed from the theta block (summed over ranks)."""
+        """P r: the best uniform rotation removed from the theta block (summed over ranks); r
+        local rows, or local rows x columns."""
         if self._theta is None:
             return r
-        return r - self._theta * self.comm.allreduce(float(self._theta @ r))
+        return r - np.multiply.outer(self._theta, self.comm.allreduce(self._theta @ r))
 
     def observe(self, u: fem.Function, gammas: Sequence | None = None) -> np.ndarray:
         """Weighted model rows B u - sum_s G_s gamma_s (local, not projected)."""

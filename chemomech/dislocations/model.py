@@ -83,7 +83,7 @@ from chemomech.dislocations.settings import (
     TYPICAL_SLIP_LENGTH_NM,
     Regularisation,
 )
-from chemomech.exceptions import InputError
+from chemomech.exceptions import InputError, SolverError
 from chemomech.inverse.blocks import (
     GroupSumBlock,
     LatticeMisfitBlock,
@@ -92,7 +92,7 @@ from chemomech.inverse.blocks import (
     replicated_controls,
 )
 from chemomech.inverse.identifiability import Gauge
-from chemomech.inverse.optimise import minimise
+from chemomech.inverse.optimise import TaoOutcome, minimise
 from chemomech.inverse.particle import split_coefficients
 from chemomech.inverse.problem import M1Model
 from chemomech.mechanics.slip import slip_system
@@ -346,6 +346,9 @@ class M2Model:
         if tao_type not in M2_TAO_TYPES:
             raise InputError(f"must be one of {M2_TAO_TYPES}, got {tao_type!r}",
                              field="tao_type")
+        if tao_type == "cg" and self.reg.kind != "h1":
+            raise InputError("cg needs the quadratic h1 regularisation (tv is not quadratic: "
+                             "use blmvm or bqnls)", field="tao_type")
         if alpha is not None:
             self.set_alpha(alpha)
         if initial is not None:
@@ -368,12 +371,18 @@ class M2Model:
             return J, np.concatenate(
                 head + [d / w for d, w in zip(gg, sqrt_w, strict=True)] or [np.zeros(0)])
 
-        out = minimise(objective_gradient, self._pack(self.coefficients, gam0, sqrt_w),
-                       comm=self.world, tao_type=tao_type, prefix="chemomech_m2_", J0=J0,
-                       gatol=gatol, grtol=grtol, max_it=max_it, max_evaluations=4 * max_it,
-                       initial_hessian=_InitialHessian(self, pairs, sqrt_w, scale),
-                       label="M2 TAO", log_every=25, stagnation_rtol=stagnation_rtol,
-                       stagnation_window=stagnation_window)
+        x0 = self._pack(self.coefficients, gam0, sqrt_w)
+        if tao_type == "cg":
+            out = self._fit_cg(objective_gradient, x0, pairs, sqrt_w, gatol=gatol,
+                               grtol=grtol, max_it=max_it, stagnation_rtol=stagnation_rtol,
+                               stagnation_window=stagnation_window)
+        else:
+            out = minimise(objective_gradient, x0, comm=self.world, tao_type=tao_type,
+                           prefix="chemomech_m2_", J0=J0, gatol=gatol, grtol=grtol,
+                           max_it=max_it, max_evaluations=4 * max_it,
+                           initial_hessian=_InitialHessian(self, pairs, sqrt_w, scale),
+                           label="M2 TAO", log_every=25, stagnation_rtol=stagnation_rtol,
+                           stagnation_window=stagnation_window)
         iterations, text = out.iterations, out.text
         a, gam = self._unpack(out.x, pairs, sqrt_w)
         self.coefficients = a
@@ -398,6 +407,118 @@ class M2Model:
         logger.info("M2 fit (%s, alpha %.3g): misfit %.6g, R %.3g, %d iterations, %.2f s",
                     self.reg.kind, self.reg.alpha, misfit, R, iterations, t_fit)
         return result
+
+    def _fit_cg(self, objective_gradient, x0: np.ndarray, pairs, sqrt_w, *, gatol: float,
+                grtol: float, max_it: int, stagnation_rtol: float, stagnation_window: int
+                ) -> TaoOutcome:
+        r"""Minimise the quadratic h1 objective by preconditioned conjugate gradients in TAO's
+        variables: one adjoint gradient at x0, then per iteration one exact Hessian action
+        (`_hessian_action`: one forward and one adjoint back-substitution) and one
+        application of the LMVM initial Hessian's inverse H0^-1 as the preconditioner; the
+        step length is exact (no line search) and J is updated exactly,
+        :math:`J_{k+1} = J_k - \tfrac12 \alpha_k r_k\cdot z_k`.  Stops when |g| <= gatol or
+        |g| <= grtol |J| (TAO's tests on the recursively updated gradient), by stagnation as
+        `minimise` does, or at max_it."""
+        comm = self.world
+        t0 = time.perf_counter()
+        J, g = objective_gradient(x0)
+        t_eval = time.perf_counter() - t0
+        pc = _InitialHessian(self, pairs, sqrt_w, 1.0)
+        reg = [[self.particles[i].regularisation_hessian(g_) for g_ in self.gammas[i]]
+               for i in range(len(self.particles))]
+
+        def dot(u, v):
+            return comm.allreduce(float(u @ v))
+
+        def precondition(r):
+            out = _ArrayVec(np.empty_like(r))
+            pc.apply(None, _ArrayVec(r), out)
+            return out.array
+
+        x, r = x0.copy(), -np.asarray(g, float)
+        z = precondition(r)
+        rz = dot(r, z)
+        g0 = np.sqrt(dot(r, r))
+        p = z.copy()
+        history, reason, it, stagnated = {0: J}, 0, 0, False
+        while True:
+            g_norm = np.sqrt(dot(r, r))
+            if g_norm <= gatol or g_norm <= grtol * abs(J):
+                reason = 3 if g_norm <= gatol else 4  # TAO's CONVERGED_GATOL / _GRTOL
+                break
+            before = history.get(it - stagnation_window)
+            if stagnation_rtol > 0 and before is not None and \
+                    before - J <= stagnation_rtol * abs(J):
+                reason, stagnated = 8, True  # TAO CONVERGED_USER
+                break
+            if it >= max_it:
+                reason = -2  # DIVERGED_MAXITS
+                logger.warning("M2 CG stopped at max_it = %d (|g|/|g0| = %.1e)", max_it,
+                               g_norm / g0 if g0 else 0.0)
+                break
+            w = self._hessian_action(p, pairs, sqrt_w, reg)
+            curvature = dot(p, w)
+            if not curvature > 0:
+                raise SolverError(f"M2 CG: non-positive curvature {curvature:.3e} (the h1 "
+                                  "objective is convex: a broken Hessian action)")
+            step = rz / curvature
+            x += step * p
+            r -= step * w
+            J -= 0.5 * step * rz
+            z = precondition(r)
+            rz, rz_old = dot(r, z), rz
+            p = z + (rz / rz_old) * p
+            it += 1
+            history[it] = J
+            if comm.rank == 0 and it % 25 == 0:
+                logger.info("M2 CG %4d  J = %.10e  |grad J| = %.3e", it, J, g_norm)
+        for mats in reg:
+            for m in mats:
+                m.destroy()
+        ratio = g_norm / g0 if g0 else 0.0
+        text = f"CG reason {reason}, |g|/|g0| = {ratio:.1e}"
+        if stagnated:
+            text += (f" (stagnation: J fell by < {stagnation_rtol:.0e} J over "
+                     f"{stagnation_window} iterations: converged)")
+        return TaoOutcome(x, J, it, 1, reason, ratio, reason > 0, text, t_eval)
+
+    def _hessian_action(self, v: np.ndarray, pairs, sqrt_w, reg) -> np.ndarray:
+        """H v of J in TAO's variables for the h1 objective (exact: the misfit is linear in
+        (a, gamma)): the direction (da = T v_a, dgamma = v_gamma / sqrt(w)), its misfit rows
+        J_a da + J_gamma dgamma per particle, then T^T J_a^T rows and (J_gamma^T rows + R''
+        dgamma) / sqrt(w); `reg` the R'' matrices per particle and system."""
+        T = self.gauge_transform()[0]
+        a, gam = self._unpack(v, pairs, sqrt_w)
+        da = a - self.gauge_transform()[1]
+        by_particle = {}
+        for (i, s), g in zip(pairs, gam, strict=True):
+            by_particle.setdefault(i, [None] * len(self.systems))[s] = g
+        grad_a = np.zeros(self.num_coefficients)
+        grad_g = {}
+        for i, (p, Ja) in enumerate(zip(self.particles, self._coefficient_jacobian(),
+                                        strict=True)):
+            d = [x[:, None] for x in by_particle[i]]
+            rows = p.slip_jacobian_columns(d)[:, 0] + Ja @ da
+            part = p.comm.allreduce(Ja.T @ rows)
+            grad_a += part if self.group.rank == 0 else 0.0
+            back = p.slip_jacobian_transpose_columns(rows[:, None])
+            for s, (b, dk) in enumerate(zip(back, d, strict=True)):
+                x, y = reg[i][s].createVecs()
+                x.array[:] = dk[:, 0]
+                reg[i][s].mult(x, y)
+                grad_g[i, s] = b[:, 0] + y.array
+                x.destroy()
+                y.destroy()
+        grad_a = self.world.allreduce(grad_a)
+        head = [T.T @ grad_a] if self.world.rank == 0 else []
+        return np.concatenate(head + [grad_g[i, s] / w for (i, s), w in
+                                      zip(pairs, sqrt_w, strict=True)] or [np.zeros(0)])
+
+    def _coefficient_jacobian(self) -> list[np.ndarray]:
+        """`coefficient_columns`, computed once per model (the basis responses do not change)."""
+        if getattr(self, "_jacobian_a", None) is None:
+            self._jacobian_a = self.coefficient_columns()
+        return self._jacobian_a
 
     def coefficient_columns(self) -> list[np.ndarray]:
         """Per particle of this rank, the projected misfit rows P B u_k of the 2(N+1) basis
@@ -440,6 +561,20 @@ class M2Model:
             for p, gs in zip(self.particles, self.gammas, strict=True):
                 p.solve(self.coefficients, gs)
         return self.world.allreduce((time.perf_counter() - t0) / repeats, op=MPI.MAX)
+
+
+class _ArrayVec:
+    """The part of a PETSc Vec that `_InitialHessian` uses (getArray, setArray) on a numpy
+    array, to apply H0^-1 outside TAO."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def getArray(self, readonly: bool = False) -> np.ndarray:
+        return self.array
+
+    def setArray(self, values: np.ndarray) -> None:
+        self.array[:] = values
 
 
 class _InitialHessian:

@@ -17,9 +17,34 @@ from petsc4py import PETSc
 from chemomech.dislocations.lattice import LatticeData, LatticeMisfit, distortion_tensor
 from chemomech.dislocations.settings import Regularisation
 from chemomech.mechanics.forms import eigenstrain_load_form
+from chemomech.mechanics.forward import solve_columns
 from chemomech.mechanics.slip import InPlaneSlipSystem
 
 logger = logging.getLogger(__name__)
+
+
+def _ghosted(work: fem.Function, owned: np.ndarray) -> np.ndarray:
+    """Columns of owned values (owned DOFs x m) with their ghost values appended (local DOFs
+    x m, the layout of `work.x.array`), one forward scatter per column."""
+    n = owned.shape[0]
+    out = np.empty((work.x.array.size, owned.shape[1]))
+    for j in range(owned.shape[1]):
+        work.x.array[:n] = owned[:, j]
+        work.x.scatter_forward()
+        out[:, j] = work.x.array
+    return out
+
+
+def _owned_sum(work: fem.Function, local: np.ndarray) -> np.ndarray:
+    """Columns of local contributions (local DOFs x m) summed onto their owners (owned DOFs x
+    m), one reverse scatter per column."""
+    n = work.x.index_map.size_local * work.x.block_size
+    out = np.empty((n, local.shape[1]))
+    for j in range(local.shape[1]):
+        work.x.array[:] = local[:, j]
+        work.x.scatter_reverse(la.InsertMode.add)
+        out[:, j] = work.x.array[:n]
+    return out
 
 
 class SlipParticle:
@@ -92,6 +117,9 @@ class SlipParticle:
         self._pc_ksp: list[PETSc.KSP | None] = [None] * len(self.systems)
         self._pc_rhs = self._work.duplicate() if self._work is not None else None
         self._pc_sol = self._work.duplicate() if self._work is not None else None
+        # work functions of the Jacobian products (a slip direction, a displacement)
+        self._direction = fem.Function(self.Q)
+        self._response = fem.Function(base.V)
 
     @property
     def comm(self) -> MPI.Comm:
@@ -191,19 +219,47 @@ class SlipParticle:
     def slip_jacobian(self, directions: Sequence[np.ndarray]) -> np.ndarray:
         """J_gamma dgamma = P(B A^+ sum_s K_s dgamma_s - sum_s G_s dgamma_s): the misfit rows
         (local) of slip directions (owned values per system)."""
-        fns = []
-        for d in directions:
-            f = fem.Function(self.Q)
-            f.x.array[: self.n_owned] = d
-            f.x.scatter_forward()
-            fns.append(f)
-        u = self.solve(np.zeros(len(self.base.loads)), fns, homogeneous=True)
-        return self.misfit.project(self.misfit.observe(u, fns))
+        return self.slip_jacobian_columns([np.asarray(d)[:, None] for d in directions])[:, 0]
 
     def slip_jacobian_transpose(self, rows: np.ndarray) -> list[np.ndarray]:
         """J_gamma^T v = K_s^T A^+ B^T v - G_s^T v per system (owned entries), v projected."""
-        lam = self.base.solve_adjoint(self.misfit.gradient_u(rows))
-        return [self.slip_gradient(k, lam).array[: self.n_owned]
-                + self.misfit.gradient_gamma(k, rows).array[: self.n_owned]
-                for k in range(len(self.systems))]
+        return [x[:, 0] for x in self.slip_jacobian_transpose_columns(np.asarray(rows)[:, None])]
 
+    def slip_jacobian_columns(self, directions: Sequence[np.ndarray]) -> np.ndarray:
+        """`slip_jacobian` of m directions at once: per system owned values (n_owned x m) ->
+        misfit rows (local x m); the m forward solves are one multi-RHS back-substitution
+        (`chemomech.mechanics.forward.solve_columns`).  Collective on the particle's
+        communicator."""
+        rhs = self.base._rhs
+        loads = np.zeros((rhs.getLocalSize(), directions[0].shape[1]))
+        direct = 0.0
+        for K, G, d in zip(self.K, self.misfit.G, directions, strict=True):
+            ghosted = _ghosted(self._direction, d)
+            direct = direct - G @ ghosted
+            for j in range(d.shape[1]):
+                self._direction.x.array[:] = ghosted[:, j]
+                K.mult(self._direction.x.petsc_vec, rhs)
+                loads[:, j] += rhs.array
+        U = self.base.problem.solve_columns(loads)
+        return self.misfit.project(direct + self.misfit.B @ _ghosted(self._response, U))
+
+    def slip_jacobian_transpose_columns(self, rows: np.ndarray) -> list[np.ndarray]:
+        """`slip_jacobian_transpose` of m projected row vectors at once (local rows x m) -> per
+        system owned entries (n_owned x m); the m adjoint solves are one multi-RHS
+        back-substitution.  Collective on the particle's communicator."""
+        lam_cols = self.base.problem.solve_columns(_owned_sum(self._response, self.misfit.B.T
+                                                              @ rows))
+        lam = _ghosted(self._response, lam_cols)
+        out = []
+        for K, G in zip(self.K, self.misfit.G, strict=True):
+            x = _owned_sum(self._direction, -(G.T @ rows))
+            for j in range(rows.shape[1]):
+                self._response.x.array[:] = lam[:, j]
+                K.multTranspose(self._response.x.petsc_vec, self._work)
+                x[:, j] += self._work.array
+            out.append(x)
+        return out
+
+    def apply_preconditioner_columns(self, k: int, r: np.ndarray) -> np.ndarray:
+        """S_k^-1 R for m columns at once (owned rows x m; one multi-RHS back-substitution)."""
+        return solve_columns(self._pc_ksp[k], r)

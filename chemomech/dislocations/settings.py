@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chemomech.exceptions import InputError
 from chemomech.mechanics.slip import IN_PLANE_SYSTEMS
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 RegularisationKind = Literal["h1", "tv"]
 AlphaRule = Literal["discrepancy", "lcurve"]
-M2_TAO_TYPES = ("blmvm", "bqnls")
+M2_TAO_TYPES = ("blmvm", "bqnls", "cg")
 #: Typical slip amplitude and length (nm) that set the scale alpha_0 of the alpha scan.
 TYPICAL_SLIP = 0.01
 TYPICAL_SLIP_LENGTH_NM = 100.0
@@ -68,7 +68,11 @@ class DislocationsConfig(_Strict):
         "the M1 residual, or a number")
     discrepancy_tau: float = Field(1.0, gt=0, description="discrepancy target: tau x noise")
     alpha_decades: tuple[int, int] = Field((2, -3), description="alpha scan alpha_0 10^k")
-    tao_type: Literal["blmvm", "bqnls"] = Field("blmvm", description="TAO method of the M2 fit")
+    tao_type: Literal["blmvm", "bqnls", "cg"] = Field(
+        "blmvm", description="method of the M2 fit: TAO blmvm or bqnls (quasi-Newton with the "
+        "preconditioned initial Hessian), or cg: preconditioned conjugate gradients with exact "
+        "Hessian actions and exact steps (no line search; the h1 objective is quadratic, so "
+        "this is Newton's method; regularisation kind h1 only)")
     max_it: int = Field(2000, ge=1, description="most TAO iterations per alpha")
     grtol: float = Field(1e-7, ge=0, description="gradient tolerance relative to J")
     stagnation_rtol: float = Field(
@@ -98,6 +102,13 @@ class DislocationsConfig(_Strict):
         if not isinstance(value, str) and not value > 0:
             raise ValueError("noise_strain must be > 0, 'auto' or 'm1'")
         return value
+
+    @model_validator(mode="after")
+    def _cg_needs_h1(self):
+        if self.tao_type == "cg" and self.regularisation.kind != "h1":
+            raise ValueError("tao_type cg needs regularisation kind h1 (the tv objective is "
+                             "not quadratic: use blmvm or bqnls)")
+        return self
 
     @field_validator("alpha_decades")
     @classmethod

@@ -42,6 +42,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write `data` as indented JSON to `path` atomically (`atomic_path`)."""
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -77,6 +77,50 @@ def choose_solver(num_dofs: int, kind: SolverKind = "auto") -> Literal["lu", "ga
     return kind
 
 
+def null_space_basis(nullspace: PETSc.NullSpace | None) -> np.ndarray | None:
+    """The orthonormal vectors of a PETSc null space as columns (owned rows x k), or None."""
+    if nullspace is None:
+        return None
+    return np.stack([v.getArray(readonly=True) for v in nullspace.getVecs()], axis=1)
+
+
+def _remove_null_space(basis: np.ndarray | None, x: np.ndarray, comm) -> None:
+    """x -= N (N^T x) in place for the columns of x (owned rows), N the orthonormal `basis`
+    (classical Gram-Schmidt, as MatNullSpaceRemove)."""
+    if basis is not None:
+        x -= basis @ comm.allreduce(basis.T @ x)
+
+
+def solve_columns(ksp: PETSc.KSP, b: np.ndarray, null_basis: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """X = A^-1 B for the m columns of `b` (owned rows x m, numpy) with the operator of `ksp`,
+    the null space (`null_space_basis`) removed from B and X.  One KSPMatSolve: with a
+    factorisation (preonly + LU/Cholesky, MUMPS) a single multi-RHS back-substitution
+    (MatMatSolve), which reads the factor once for all columns (benchmark
+    bench/results/m2_band.json: the M2 band's CGs at the same iterations take 2.6x less CPU
+    than with single solves); other KSPs solve column by column.  Collective on the KSP's
+    communicator."""
+    comm = ksp.getComm()
+    b = np.array(b, dtype=PETSc.ScalarType, order="F", ndmin=2)
+    _remove_null_space(null_basis, b, comm.tompi4py())
+    n, m = b.shape
+    B = PETSc.Mat().createDense([(n, PETSc.DETERMINE), (PETSc.DECIDE, m)], array=b,
+                                comm=comm)
+    X = PETSc.Mat().createDense([(n, PETSc.DETERMINE), (PETSc.DECIDE, m)], comm=comm)
+    X.setUp()
+    try:
+        ksp.matSolve(B, X)
+        reason = ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverError(f"multi-RHS solve failed: KSP reason {reason} ({m} columns)")
+        x = np.array(X.getDenseArray(readonly=True), order="F")
+    finally:
+        B.destroy()
+        X.destroy()
+    _remove_null_space(null_basis, x, comm.tompi4py())
+    return x
+
+
 class ElasticityProblem:
     """Traction-free (or Dirichlet) anisotropic elasticity on `mesh` with stiffness `C`.
 
@@ -115,6 +159,7 @@ class ElasticityProblem:
         if self.nullspace is not None:
             self.A.setNullSpace(self.nullspace)
             self.A.setNearNullSpace(self.nullspace)
+        self._null_basis = null_space_basis(self.nullspace)  # for solve_columns
         n_dofs = self.V.dofmap.index_map.size_global * self.V.dofmap.index_map_bs
         self.num_dofs = n_dofs
         self.solver = choose_solver(n_dofs, solver)
@@ -203,6 +248,11 @@ class ElasticityProblem:
             self.nullspace.remove(u.x.petsc_vec)
         u.x.scatter_forward()
         return u
+
+    def solve_columns(self, b: np.ndarray) -> np.ndarray:
+        """Solve A U = B for m assembled loads at once: `b` (owned DOFs x m) -> U (owned DOFs
+        x m), rigid modes removed (`solve_columns`)."""
+        return solve_columns(self.ksp, b, self._null_basis)
 
     def solve(self, eps_star, u: fem.Function | None = None) -> fem.Function:
         """Displacement u for the eigenstrain `eps_star` (UFL 2x2 tensor, image frame)."""

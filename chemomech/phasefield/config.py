@@ -107,6 +107,17 @@ class StepsConfig(_Strict):
     energy_tol: float = Field(1e-8, ge=0, description="stop when dF / (area barrier) < this")
     patience: int = Field(3, ge=1)
     newton_target: int = Field(5, ge=1)
+    max_dc: float | None = Field(
+        None, gt=0, lt=1, description="limit dt so that the largest composition change of "
+        "the last accepted step, scaled to the next dt, stays below this (dt x max_dc / "
+        "max|c - c_n|; shrinks dt ahead of domain pinch-offs instead of failing Newton); "
+        "null: grow by 1.5 after every easy step")
+    coarse_mesh_size_px: float | None = Field(
+        None, gt=0, description="coarse-to-fine (2-D only): relax first on a mesh of this "
+        "element size (pixels) to the same stop, interpolate X to the run mesh "
+        "(geometry.mesh_size_px) and relax there to the stop, from 0.1 x the last coarse "
+        "dt; must exceed geometry.mesh_size_px and leave at least 2 elements per interface "
+        "width (3 px for 16.6 nm pixels and w = 120 nm); null: the run mesh only")
 
 
 class SolverConfig(_Strict):
@@ -157,6 +168,12 @@ class PhaseFieldConfig(_Strict):
         if self.dim == 2 and self.geometry.mask_from is not None and self.geometry.pores:
             raise ValueError("geometry.pores in 2-D cuts holes in the generated platelet, not "
                              "in geometry.mask_from (in 3-D pores are voids in any mask)")
+        coarse = self.steps.coarse_mesh_size_px
+        if coarse is not None and self.dim != 2:
+            raise ValueError("steps.coarse_mesh_size_px is implemented for dim: 2 only")
+        if coarse is not None and coarse <= self.geometry.mesh_size_px:
+            raise ValueError(f"steps.coarse_mesh_size_px ({coarse}) must exceed "
+                             f"geometry.mesh_size_px ({self.geometry.mesh_size_px})")
         if "/" in self.outputs.name:
             raise ValueError("outputs.name must not contain '/'")
         return self

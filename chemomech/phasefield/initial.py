@@ -51,3 +51,26 @@ def set_initial_composition(forms, mean_x: float, profile, amplitude: float = 0.
     shift = mean_x - forms.mass() / forms.volume
     w.x.array[dofs] += shift
     w.x.scatter_forward()
+
+
+def interpolate_composition(forms, source, padding_nm: float = 1e-6) -> None:
+    r"""Set c of ``forms.w`` to the c of ``source.w`` (another `PhaseFieldForms` of the same
+    particle on a different mesh), interpolated between the non-matching meshes, plus the
+    constant that makes its mean equal to the source's, :math:`\int c / |\Omega|`, exactly
+    (mass conserved across the transfer); mu and u are zeroed (the dt = 0 solve makes them
+    consistent).  Collective.  `padding_nm` widens the cell search boxes so that nodes on
+    a boundary both meshes share are found."""
+    from dolfinx import fem
+
+    V, dofs = forms.W.sub(0).collapse()
+    c_source = source.w.sub(0).collapse()
+    cells = np.arange(forms.mesh.topology.index_map(forms.mesh.topology.dim).size_local,
+                      dtype=np.int32)
+    data = fem.create_interpolation_data(V, c_source.function_space, cells, padding_nm)
+    c = fem.Function(V)
+    c.interpolate_nonmatching(c_source, cells, data)
+    w = forms.w
+    w.x.array[:] = 0.0
+    w.x.array[dofs] = c.x.array
+    w.x.array[dofs] += source.mass() / source.volume - forms.mass() / forms.volume
+    w.x.scatter_forward()

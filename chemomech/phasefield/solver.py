@@ -24,8 +24,9 @@ after each solve (u is reported orthogonal to the rigid modes).
 **Time steps.** A step is rejected (dt halved, state restored) when Newton fails, the state
 is not finite, or (``reject_energy_increase``) the free energy rises by more than a round-off
 margin; an accepted step in at most ``newton_target`` iterations grows dt by ``grow`` up to
-``dt_max``.  The first solve has dt = 0: it leaves c unchanged and makes mu and u
-consistent with the initial c (theta < 1 needs mu_n).
+``dt_max``; with a finite ``max_dc`` the next dt is also at most dt max_dc / max|c - c_n| of
+the last step (`PhaseFieldSolver.next_dt`).  The first solve has dt = 0: it leaves c
+unchanged and makes mu and u consistent with the initial c (theta < 1 needs mu_n).
 
 **Stop.** Equilibrium is declared when the energy decrease of ``patience`` consecutive
 accepted steps, :math:`(F_n - F_{n+1}) / (|\Omega|\,\Delta f_{max})`, is below
@@ -35,6 +36,7 @@ natural energy scale), or at ``max_steps`` / ``t_end`` (then ``converged`` is Fa
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -70,6 +72,7 @@ class StepControl:
     snes_max_it: int = 15
     ksp_rtol: float = 1e-9
     ksp_max_it: int = 500
+    max_dc: float = math.inf
 
     def __post_init__(self):
         checks = {"dt_initial": self.dt_initial > 0, "dt_max": self.dt_max >= self.dt_initial,
@@ -78,7 +81,8 @@ class StepControl:
                   "max_steps": self.max_steps >= 1, "t_end": self.t_end > 0,
                   "energy_tol": self.energy_tol >= 0, "patience": self.patience >= 1,
                   "snes_max_it": self.snes_max_it >= 1,
-                  "ksp_rtol": 0 < self.ksp_rtol < 1, "ksp_max_it": self.ksp_max_it >= 1}
+                  "ksp_rtol": 0 < self.ksp_rtol < 1, "ksp_max_it": self.ksp_max_it >= 1,
+                  "max_dc": self.max_dc > 0}
         for key, ok in checks.items():
             if not ok:
                 raise InputError(f"invalid value {getattr(self, key)!r}", field=key)
@@ -276,6 +280,30 @@ class PhaseFieldSolver:
             x.scatter_forward()
         return ok, snes.getIterationNumber(), snes.getLinearSolveIterations()
 
+    def _max_change(self) -> float:
+        """max |c - c_n| over the mesh (collective)."""
+        from mpi4py import MPI
+
+        dofs = self._c_dofs
+        local = np.abs(self.forms.w.x.array[dofs] - self.forms.w_n.x.array[dofs])
+        return self.forms.mesh.comm.allreduce(float(local.max(initial=0.0)), op=MPI.MAX)
+
+    @functools.cached_property
+    def _c_dofs(self) -> np.ndarray:
+        """Indices of c in the mixed state (owned and ghost)."""
+        return np.ravel(self.forms.W.sub(0).collapse()[1])
+
+    def next_dt(self, dt: float, newton_its: int, change: float) -> float:
+        r"""The step after an accepted one of `dt`: ``grow`` x dt if Newton took at most
+        ``newton_target`` iterations, else dt; with a finite ``max_dc`` also at most
+        :math:`dt\,\Delta c_{max}/\max|c - c_n|` (the composition change per step kept near
+        ``max_dc``, shrinking dt before a fast event such as a domain pinch-off)."""
+        ctl = self.control
+        factor = ctl.grow if newton_its <= ctl.newton_target else 1.0
+        if change > 0 and math.isfinite(ctl.max_dc):
+            factor = min(factor, ctl.max_dc / change)
+        return max(dt * factor, ctl.dt_min)
+
     def initialise(self) -> StepRecord:
         """The dt = 0 solve: mu and u consistent with the initial c (taken from ``w``)."""
         f = self.forms
@@ -330,6 +358,7 @@ class PhaseFieldSolver:
                                       f"{self.t:.4g} (Newton failures or energy increase)")
                 continue
             self.t += dt
+            change = self._max_change() if math.isfinite(ctl.max_dc) else 0.0
             f.w_n.x.array[:] = f.w.x.array
             record = StepRecord(self.t, dt, energy, f.mass(), its, lin,
                                 time.perf_counter() - started)
@@ -345,8 +374,7 @@ class PhaseFieldSolver:
                 self.history.reason = (f"energy decrease below {ctl.energy_tol} for "
                                        f"{ctl.patience} steps")
                 break
-            if its <= ctl.newton_target:
-                dt *= ctl.grow
+            dt = self.next_dt(dt, its, change)
         logger.info("phase field stopped after %d steps (%d rejected), t = %.4g: %s",
                     len(self.history.steps) - 1, self.history.rejected, self.t,
                     self.history.reason)
