@@ -8,8 +8,11 @@ near-null space on the u block), `--steps` (default 3) backward-Euler steps afte
 solve.
 
 Per mesh: DOFs, Newton and FGMRES iterations per step, wall time per step (max over ranks),
-setup time (mesh + forms + preconditioner set-up), and the machine's load average (1 min)
-before and after (2 shared cores).  Rank 0 merges into bench/results/phasefield_3d.json:
+setup time (mesh + forms + SNES and fieldsplit construction; the GAMG hierarchy is built in
+the first, dt = 0, solve), the peak resident memory of every rank over the whole case
+(VmHWM, reset before it) and its resident memory after the set-up, and the machine's load
+average (1 min) before and after (2 shared cores).  Rank 0 merges into
+bench/results/phasefield_3d.json:
 
   scripts/in-env mpirun -n 2 python3 bench/phasefield_3d.py [--linear lu] [--steps N] [SIZE_PX ...]
 """
@@ -42,6 +45,9 @@ COMMON = {"dim": 3, "mean_x": 0.5, "seed": 0, "free_energy": {"interface_width_n
 
 
 def run_case(size_px: float, comm: MPI.Comm, linear: str, steps: int) -> dict:
+    from phasefield_3d_memory import reset_peak, rss_mb
+
+    reset_peak()
     load = os.getloadavg()[0]
     data = json.loads(json.dumps(COMMON))
     data["steps"]["max_steps"] = steps
@@ -52,6 +58,7 @@ def run_case(size_px: float, comm: MPI.Comm, linear: str, steps: int) -> dict:
     _, forms, control = build_model(config, comm)
     solver = PhaseFieldSolver(forms, control, linear=linear)
     setup = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    rss_setup = comm.allgather(round(rss_mb("VmRSS:"), 1))
     t1 = time.perf_counter()
     history = solver.run()
     wall = comm.allreduce(time.perf_counter() - t1, op=MPI.MAX)
@@ -66,7 +73,9 @@ def run_case(size_px: float, comm: MPI.Comm, linear: str, steps: int) -> dict:
             "per_step": [{"dt": r.dt, "newton": r.newton_iterations,
                           "linear": r.linear_iterations, "wall_s": r.wall_s} for r in steps],
             "wall_per_step_s": wall / max(s["steps"] + s["rejected"] + 1, 1),
-            "wall_s": wall, "setup_s": setup, "load_average_1min": [load, os.getloadavg()[0]]}
+            "wall_s": wall, "setup_s": setup, "rss_after_setup_mb": rss_setup,
+            "peak_rss_mb": comm.allgather(round(rss_mb("VmHWM:"), 1)),
+            "load_average_1min": [load, os.getloadavg()[0]]}
 
 
 def main(args: list[str]) -> None:

@@ -5,8 +5,13 @@ Each step solves the scaled theta-method residual of `chemomech.phasefield.model
 (``linear``): "lu", a MUMPS LU of the full Jacobian; "fieldsplit", FGMRES (relative
 tolerance ``ksp_rtol``) preconditioned by a multiplicative fieldsplit of the (c, mu) block,
 solved by MUMPS LU (P1 x P1: a few per cent of the 3-D DOFs with P2 u), and the u block,
-one GAMG V-cycle with the rigid modes as near-null space (and null space); the GAMG
-hierarchy is built once and reused across Newton iterations and steps.  ASM/ILU(1) on the
+one GAMG V-cycle with the rigid modes as near-null space (and null space).  The u block is
+node-blocked (its index set has block size d: the d components of a node are adjacent in
+the mixed dofmap), so GAMG aggregates nodes, not scalar DOFs (at 125 k DOFs in 3-D this
+cut the peak memory of the first solve from 1.10 to 0.66 GB per rank,
+bench/results/phasefield_3d_memory.json); the u block is the elasticity operator, constant
+for a constant stiffness, so its GAMG preconditioner is built once and reused across Newton
+iterations and steps (lagged for C(c); FGMRES corrects it).  ASM/ILU(1) on the
 (c, mu) block instead needed ~180 FGMRES iterations per Newton step on a 300 x 150 nm test
 plate (against ~15) and failed steps, so it is not offered.
 
@@ -156,6 +161,14 @@ LINEAR_SOLVERS = ("lu", "fieldsplit")
 MUMPS_NULL_PIVOTS = {"mat_mumps_icntl_24": 1, "mat_mumps_icntl_25": 0}
 
 
+#: GAMG on the u block (fieldsplit).  The u block of the Jacobian, the elasticity operator,
+#: does not depend on the state for a constant stiffness, so the whole preconditioner is
+#: built once and reused (``ksp_reuse_preconditioner``; a lagged preconditioner for C(c)).
+GAMG_U_OPTIONS = {"ksp_reuse_preconditioner": True, "pc_gamg_threshold": 0.01,
+                  "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi",
+                  "pc_gamg_coarse_eq_limit": 1000}
+
+
 class PhaseFieldSolver:
     """SNES + adaptive theta-method stepping of a `PhaseFieldForms` system."""
 
@@ -210,6 +223,7 @@ class PhaseFieldSolver:
                                             comm=W.mesh.comm)
 
         is_cmu, is_u = owned((0, 1)), owned((2,))
+        is_u.setBlockSize(W.mesh.geometry.dim)  # (u_x, u_y, u_z) of a node are adjacent
         sub_modes = []
         for mode in self.nullspace.getVecs():
             sub = mode.getSubVector(is_u)
@@ -224,10 +238,7 @@ class PhaseFieldSolver:
         pc.setFieldSplitIS(("cmu", is_cmu), ("u", is_u))
         prefix = ksp.getOptionsPrefix()
         cmu = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
-        u = {"ksp_type": "preonly", "pc_type": "gamg", "pc_gamg_threshold": 0.01,
-             "pc_gamg_reuse_interpolation": True,
-             "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi",
-             "pc_gamg_coarse_eq_limit": 1000}
+        u = {"ksp_type": "preonly", "pc_type": "gamg", **GAMG_U_OPTIONS}
         sub = {f"fieldsplit_cmu_{k}": v for k, v in cmu.items()} | {
             f"fieldsplit_u_{k}": v for k, v in u.items()}
         db = PETSc.Options()
