@@ -61,12 +61,14 @@ def main(stack: Path, weak: bool = False) -> dict | None:
               "stages_s": summary["timings_s"], "fit": summary["fit"]["reason"],
               "load_before": load0, "load_after": os.getloadavg()[0],
               "versions": versions()}
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if weak:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         key = f"ranks={comm.size},particles={n}"
         data.setdefault("weak_scaling", {})[key] = result | {
             "particles_per_rank": n / comm.size}
         result = data
+    elif "weak_scaling" in data:  # the main entry is replaced, the weak-scaling runs kept
+        result["weak_scaling"] = data["weak_scaling"]
     write_json_atomic(RESULTS, result)
     print(f"{n} particles on {comm.size} ranks: {elapsed:.0f} s; peak RSS per rank "
           f"{[round(r['peak_rss_mb']) for r in per_rank]} MB -> {RESULTS}")
