@@ -14,6 +14,7 @@ Relative paths are resolved against the folder of the config file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,8 @@ from pydantic import (
 
 from chemomech.dislocations.settings import DislocationsConfig
 from chemomech.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Int = StrictInt  # integer keys: YAML's true / 2.0 are refused, not read as 1 / 2
 
@@ -253,6 +256,12 @@ class RunConfig(_Strict):
                              f"({self.m0_degree}); set m0_degree instead")
         if dirichlet and self.model == "M0":
             raise ValueError("boundary_condition: dirichlet needs a mechanical model (M1)")
+        defaults = DislocationsConfig()
+        m2_options = [k for k in type(defaults).model_fields
+                      if getattr(self.dislocations, k) != getattr(defaults, k)]
+        if m2_options and self.model != "M2":
+            raise ValueError(f"dislocations.{m2_options[0]}: acts only with model: M2 (model is "
+                             f"{self.model}); set model: M2 or remove the dislocations block")
         return self
 
     def material_options(self) -> dict:
@@ -310,7 +319,12 @@ def load_config(path: str | Path, **overrides) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, "
                           f"got {type(raw).__name__}")
-    raw |= {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("model", "M2") != "M2" and raw.get("model") == "M2" and "dislocations" in raw:
+        logger.warning("model %s (override): the config's dislocations block is not used",
+                       overrides["model"])  # `invert --model M1` on an M2 config
+        raw = {k: v for k, v in raw.items() if k != "dislocations"}
+    raw |= overrides
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -81,6 +81,8 @@ def test_strain_composition_pairs_are_resolved(tmp_path):
     ("frame: {check: false, adopt: true}\n", "frame.*adopt"),  # adopt was silently ignored
     ("misfit: strain\nuncertainty: {method: integrated_noise}\n",  # crashed in the bands
      "uncertainty.method"),
+    ("dislocations: {bands: false}\n", "dislocations.bands"),  # M1: was silently ignored
+    ("model: M0\ndislocations: {theta_weight: 0.5}\n", "dislocations.theta_weight"),
 ])
 def test_unsupported_study_combinations_are_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):
@@ -107,3 +109,18 @@ def test_the_study_example_config_is_valid():
     path = Path(__file__).resolve().parents[1] / "examples" / "lfp50_p2_study.yaml"
     cfg = load_config(path)
     assert cfg.boundary_condition == "dirichlet" and cfg.gauge == "LiFePO4"
+
+
+def test_dislocations_options_need_m2_but_a_model_override_drops_the_block(tmp_path, caplog):
+    """An M1 config with M2 options is refused naming the key; `invert --model M1` on an M2
+    config drops its dislocations block with a warning (comparing models from one file)."""
+    m2 = _write(tmp_path, "data: s.h5\nmodel: M2\ndislocations: {theta_weight: 0.5}\n")
+    assert load_config(m2).dislocations.theta_weight == 0.5
+    with caplog.at_level("WARNING"):
+        config = load_config(m2, model="M1")
+    assert config.model == "M1" and config.dislocations.theta_weight == 1.0
+    assert "dislocations block is not used" in caplog.text
+    m1 = _write(tmp_path, "data: s.h5\nmodel: M1\ndislocations: {theta_weight: 0.5}\n")
+    with pytest.raises(ConfigError, match="dislocations.theta_weight: acts only with model: M2"):
+        load_config(m1, model="M1")
+    assert load_config(_write(tmp_path, "data: s.h5\ndislocations: {}\n")).model == "M1"

@@ -39,7 +39,7 @@ def twin():
 
 
 def _config(options: dict | None = None, **dislocations):
-    return RunConfig(data=["unused.h5"], legendre_degree=1, edge_exclusion_px=1,
+    return RunConfig(data=["unused.h5"], model="M2", legendre_degree=1, edge_exclusion_px=1,
                      dislocations=dislocations, **(options or {}))
 
 
@@ -687,7 +687,7 @@ def test_m2_does_not_absorb_a_uniform_shear_offset(real_particle_path):
     from chemomech.io.readers import read_particles
     from chemomech.pipeline import _residuals, fit_direct_regression, run_m1
 
-    config = RunConfig(data=[real_particle_path], optimiser={"method": "linear"},
+    config = RunConfig(data=[real_particle_path], model="M2", optimiser={"method": "linear"},
                        uncertainty={"method": "gauss_newton"},
                        dislocations={"regularisation": {"alpha": 20.0}, "bands": False,
                                      "grtol": 1e-5})

@@ -99,7 +99,7 @@ def test_a_small_alpha_m2_fit_stops_by_stagnation_at_the_unstopped_cost():
     spec = ParticleSpec("twin", 0.5, rotation_rad=0.4, length_nm=1200, width_nm=800,
                         pixel_size_nm=25, slip_amplitude=0.01, slip_width_nm=120,
                         noise_strain=5e-4, noise_composition=0.01, seed=3)
-    config = RunConfig(data=["unused.h5"], legendre_degree=1, edge_exclusion_px=1,
+    config = RunConfig(data=["unused.h5"], model="M2", legendre_degree=1, edge_exclusion_px=1,
                        dislocations={"regularisation": {"alpha": 0.1}})
     prepared = [prepare(simulate_particle(spec, MPI.COMM_SELF), config)]
     stage = build_m1_stage(prepared, config, MPI.COMM_SELF)
