@@ -31,8 +31,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -110,20 +112,22 @@ def run_case(name: str, comm: MPI.Comm, linear: str, budget_s: float,
 
 
 def main(args: list[str]) -> None:
-    options = {"--linear": "lu", "--budget-s": "inf", "--coarse-mesh-px": None,
-               "--max-dc": None}
-    for flag in options:
-        if flag in args:
-            k = args.index(flag)
-            options[flag] = args[k + 1]
-            args = args[:k] + args[k + 2:]
-    linear, budget_s = options["--linear"], float(options["--budget-s"])
-    coarse_px = options["--coarse-mesh-px"] and float(options["--coarse-mesh-px"])
-    max_dc = options["--max-dc"] and float(options["--max-dc"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", metavar="case",
+                        help=f"cases to run (default: all of {', '.join(CASES)})")
+    parser.add_argument("--linear", default="lu", choices=("lu", "fieldsplit"))
+    parser.add_argument("--budget-s", type=float, default=math.inf)
+    parser.add_argument("--coarse-mesh-px", type=float)
+    parser.add_argument("--max-dc", type=float)
+    options = parser.parse_args(args)
+    if unknown := sorted(set(options.cases) - set(CASES)):
+        parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
+    linear, budget_s = options.linear, options.budget_s
+    coarse_px, max_dc = options.coarse_mesh_px, options.max_dc
     comm = MPI.COMM_WORLD
     logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # progress lines
-    for name in args or list(CASES):
+    for name in options.cases or list(CASES):
         result = run_case(name, comm, linear, budget_s, coarse_px, max_dc)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others
             print(name, json.dumps({k: v for k, v in result.items() if k != "per_step"}),

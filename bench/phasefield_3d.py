@@ -23,6 +23,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # BLAS threads on 2 shared cores only contend
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -79,17 +80,17 @@ def run_case(size_px: float, comm: MPI.Comm, linear: str, steps: int) -> dict:
 
 
 def main(args: list[str]) -> None:
-    options = {"--linear": "fieldsplit", "--steps": str(STEPS)}
-    for flag in options:
-        if flag in args:
-            k = args.index(flag)
-            options[flag] = args[k + 1]
-            args = args[:k] + args[k + 2:]
-    linear, steps = options["--linear"], int(options["--steps"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=float, metavar="size_px",
+                        help="element sizes in pixels (default: 3 2 1.5 1.2 1)")
+    parser.add_argument("--linear", default="fieldsplit", choices=("lu", "fieldsplit"))
+    parser.add_argument("--steps", type=int, default=STEPS)
+    options = parser.parse_args(args)
+    linear, steps = options.linear, options.steps
     comm = MPI.COMM_WORLD
     logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # progress lines
-    for size in [float(a) for a in args] or [3.0, 2.0, 1.5, 1.2, 1.0]:
+    for size in options.sizes or [3.0, 2.0, 1.5, 1.2, 1.0]:
         result = run_case(size, comm, linear, steps)
         if comm.rank == 0:  # merged after every case: a long case does not lose the others
             print(json.dumps({k: v for k, v in result.items() if k != "per_step"}), flush=True)

@@ -21,6 +21,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -81,16 +82,17 @@ def relax(comm: MPI.Comm, thickness_nm: float | None, pores: int = 0) -> tuple[d
 
 
 def main(args: list[str]) -> None:
-    comm = MPI.COMM_WORLD
-    pores = 0
-    if "--pores" in args:
-        k = args.index("--pores")
-        pores, args = int(args[k + 1]), args[:k] + args[k + 2:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("thicknesses", nargs="*", type=float, metavar="thickness_nm",
+                        help="3-D platelet thicknesses (default: 50 200)")
+    parser.add_argument("--pores", type=int, default=0, help="closed voids in the 3-D cases")
+    options = parser.parse_args(args)
+    comm, pores = MPI.COMM_WORLD, options.pores
     previous = json.loads(RESULTS.read_text())["cases"] if RESULTS.exists() else []
     rows, (ref, x2) = [], relax(comm, None)
     rows.append(ref)
     rows += [r for r in previous if r["dim"] == 3]  # keep earlier 3-D cases
-    for t in [float(a) for a in args] or [50.0, 200.0]:
+    for t in options.thicknesses or [50.0, 200.0]:
         row, maps = relax(comm, t, pores)
         inside = np.isfinite(maps["X"]) & np.isfinite(x2["X"])
         diff = maps["X"][inside] - x2["X"][inside]

@@ -25,6 +25,8 @@ from pathlib import Path  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
 
+from chemomech.io.results import write_json_atomic  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "phasefield_3d_memory.json"
 
 
@@ -116,7 +118,7 @@ def main(args: list[str]) -> None:
         if comm.rank == 0:
             data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             data.setdefault(f"ranks_{comm.size}", {})[f"{size:g}px"] = result
-            RESULTS.write_text(json.dumps(data, indent=2))
+            write_json_atomic(RESULTS, data)
 
 
 if __name__ == "__main__":
